@@ -1,0 +1,270 @@
+"""The ``gateway`` command: serve, check-config, queue, outbox, hash-password."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import CaptureProviderSection, Config, ConfigError, load_config, summarize
+from gateway.message import DeliveryStatus
+from gateway.passwords import hash_password
+from gateway.providers.capture import read_outbox
+from gateway.store.base import DeliveryFilter
+from gateway.store.sqlite import SqliteStore
+
+DEFAULT_CONFIG_NAME = "gateway.toml"
+
+
+def config_path(given: str | None) -> str | None:
+    """``--config``, else ``$GATEWAY_CONFIG``, else ``./gateway.toml`` if present, else defaults."""
+    if given:
+        return given
+    if os.environ.get("GATEWAY_CONFIG"):
+        return os.environ["GATEWAY_CONFIG"]
+    return DEFAULT_CONFIG_NAME if Path(DEFAULT_CONFIG_NAME).is_file() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _when(timestamp: float) -> str:
+    if not timestamp:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logging.basicConfig(
+        level=config.gateway.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # aiosmtpd logs every command at INFO; one line per message state change is ours to write.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    from gateway.server import serve
+
+    source = config_path(args.config) or "built-in defaults"
+    print(f"gateway {__version__}: configuration from {source}", file=sys.stderr)
+    print(summarize(config), file=sys.stderr)
+    return serve(config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or config_path(args.config)
+    config = load_config(path)
+    print(f"{path or 'built-in defaults'}: OK")
+    print(summarize(config))
+    return 0
+
+
+def _filter(args: argparse.Namespace, limit: int | None = None) -> DeliveryFilter:
+    statuses = [DeliveryStatus(s) for s in args.status] if getattr(args, "status", None) else None
+    return DeliveryFilter(
+        message_id=getattr(args, "message_id", None),
+        statuses=statuses,
+        recipient=getattr(args, "recipient", None),
+        domain=getattr(args, "domain", None),
+        limit=limit if limit is not None else getattr(args, "limit", 100),
+    )
+
+
+async def _with_store(config: Config, work):  # type: ignore[no-untyped-def]
+    store = SqliteStore(config.spool_dir, all_shards=True)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(store: SqliteStore) -> int:
+        deliveries = await store.list_deliveries(_filter(args))
+        if not deliveries:
+            print("no deliveries match")
+            return 0
+        print(f"{'MESSAGE':<22} {'DELIVERY':>8} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<19} "
+              "RECIPIENT / LAST ERROR")
+        for d in deliveries:
+            next_at = _when(d.next_attempt_at) if not d.status.is_terminal else "-"
+            print(f"{d.message_id:<22} {d.shard}:{d.id:<6} {d.status.value:<9} {d.attempts:>5} "
+                  f"{next_at:<19} {d.recipient}")
+            if d.last_error:
+                print(f"{'':>69}{d.last_error[:200]}")
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(store: SqliteStore) -> int:
+        message = await store.get_message(args.message_id)
+        if message is None:
+            print(f"no message {args.message_id}", file=sys.stderr)
+            return 1
+        print(f"message    {message.id}")
+        print(f"tenant     {message.tenant}")
+        print(f"source     {message.source}")
+        print(f"from       <{message.mail_from}>")
+        print(f"received   {_when(message.created_at)} UTC")
+        print(f"size       {len(message.raw)} bytes")
+        deliveries = await store.list_deliveries(DeliveryFilter(message_id=message.id, limit=10_000))
+        for d in deliveries:
+            print(f"\n  to <{d.recipient}>: {d.status.value}, {d.attempts} attempt(s)")
+            if not d.status.is_terminal:
+                print(f"    next attempt {_when(d.next_attempt_at)} UTC, "
+                      f"expires {_when(d.expires_at)} UTC")
+            if d.last_error:
+                print(f"    last error: {d.last_error}")
+            for a in await store.attempts(d):
+                print(f"    {_when(a.at)}  {a.provider:<10} {a.outcome:<9} {a.detail}")
+        if args.raw:
+            print()
+            sys.stdout.flush()
+            sys.stdout.buffer.write(message.raw)
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def _require_selection(args: argparse.Namespace) -> None:
+    if not (args.message_id or args.status or args.recipient or args.domain or args.all):
+        raise SystemExit("name a message id, or filter with --status/--recipient/--domain, "
+                         "or pass --all")
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    _require_selection(args)
+    config = _load(args)
+    import time
+
+    async def work(store: SqliteStore) -> int:
+        count = await store.retry_now(_filter(args, limit=1_000_000), time.time())
+        print(f"{count} deliveries will be retried now")
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_queue_delete(args: argparse.Namespace) -> int:
+    _require_selection(args)
+    config = _load(args)
+
+    async def work(store: SqliteStore) -> int:
+        count = await store.delete(_filter(args, limit=1_000_000))
+        print(f"{count} deliveries deleted")
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    config = _load(args)
+    directories = [
+        Path(p.directory) if p.directory else config.data_dir / "outbox"
+        for p in config.providers.values()
+        if isinstance(p, CaptureProviderSection)
+    ]
+    shown = 0
+    for directory in directories:
+        for envelope in read_outbox(directory)[: args.limit]:
+            shown += 1
+            print(f"{_when(envelope.captured_at)}  {envelope.message_id}  "
+                  f"<{envelope.mail_from}> → <{envelope.recipient}>  {envelope.subject!r}")
+            print(f"    {envelope.file} ({envelope.size} bytes)")
+    if not shown:
+        print("the outbox is empty")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass("Password: ")
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Self-hosted ESP gateway.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument("-c", "--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate a config file and summarize it")
+    check.add_argument("file", nargs="?")
+    check.set_defaults(func=cmd_check_config)
+
+    queue = commands.add_parser("queue", help="inspect and act on the delivery queue")
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True)
+
+    def filters(p: argparse.ArgumentParser, *, message_optional: bool = True) -> None:
+        p.add_argument("message_id", nargs="?" if message_optional else None)
+        p.add_argument("--status", action="append", choices=[s.value for s in DeliveryStatus])
+        p.add_argument("--recipient")
+        p.add_argument("--domain")
+
+    listing = queue_commands.add_parser("list", help="list deliveries, newest message first")
+    filters(listing)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(func=cmd_queue_list)
+
+    show = queue_commands.add_parser("show", help="one message: deliveries and every attempt")
+    show.add_argument("message_id")
+    show.add_argument("--raw", action="store_true", help="also print the stored message")
+    show.set_defaults(func=cmd_queue_show)
+
+    for name, func, text in (
+        ("retry", cmd_queue_retry, "make matching deliveries due now (bounced/expired too)"),
+        ("delete", cmd_queue_delete, "remove matching deliveries for good"),
+    ):
+        sub = queue_commands.add_parser(name, help=text)
+        filters(sub)
+        sub.add_argument("--all", action="store_true", help="every delivery")
+        sub.set_defaults(func=func)
+
+    outbox = commands.add_parser("outbox", help="list mail captured by the capture provider")
+    outbox.add_argument("--limit", type=int, default=50)
+    outbox.set_defaults(func=cmd_outbox)
+
+    hashing = commands.add_parser("hash-password", help="hash an SMTP password for the config")
+    hashing.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    hashing.set_defaults(func=cmd_hash_password)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    return result

@@ -1,0 +1,424 @@
+"""``gateway.toml`` → typed msgspec Structs.
+
+Every error names the key path (``smtp.listeners[1].port``) and, where the key is written in the
+file, its line. Strings of the form ``${NAME}`` are replaced by the environment variable ``NAME``
+before validation, so secrets stay out of the file; a missing variable is an error, not "".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.durations import parse_duration
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+# --- sections -------------------------------------------------------------------------------
+
+_STRICT: dict[str, Any] = {"forbid_unknown_fields": True, "kw_only": True}
+
+
+class GatewaySection(msgspec.Struct, **_STRICT):
+    hostname: str = "localhost"
+    """Name used in the SMTP banner, Received headers, Message-IDs and DSNs."""
+    data_dir: str = "var"
+    """Where the spool and the capture outbox live (relative to the working directory)."""
+    workers: int = 1
+    """Worker processes sharing the listeners (SO_REUSEPORT); each owns one spool shard."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreSection(msgspec.Struct, **_STRICT):
+    backend: Literal["sqlite"] = "sqlite"
+    path: str = ""
+    """Spool directory; default ``<data_dir>/spool``."""
+
+
+class ListenerSection(msgspec.Struct, **_STRICT):
+    name: str
+    port: int
+    address: str = "127.0.0.1"
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    """``starttls`` (submission, 587), ``implicit`` (submissions, 465) or ``none``."""
+    insecure_auth: bool = False
+    """Allow AUTH without TLS. Only for a listener bound to loopback, for development."""
+
+
+class SmtpTlsSection(msgspec.Struct, **_STRICT):
+    cert_file: str = ""
+    key_file: str = ""
+
+
+def _default_listeners() -> list[ListenerSection]:
+    return [ListenerSection(name="dev", port=2525, tls="none", insecure_auth=True)]
+
+
+class SmtpSection(msgspec.Struct, **_STRICT):
+    listeners: list[ListenerSection] = msgspec.field(default_factory=_default_listeners)
+    tls: SmtpTlsSection = msgspec.field(default_factory=SmtpTlsSection)
+    max_message_size: int = 25 * 1024 * 1024
+    """Bytes; advertised as SIZE and enforced during DATA."""
+    max_recipients: int = 100
+    timeout: float = 300.0
+    """Seconds of client silence before the session is dropped."""
+    smtputf8: bool = True
+
+
+class SmtpUserSection(msgspec.Struct, **_STRICT):
+    username: str
+    password_hash: str
+    """Output of ``gateway hash-password``; the password itself is never stored."""
+
+
+class TenantSection(msgspec.Struct, **_STRICT):
+    smtp_users: list[SmtpUserSection] = msgspec.field(default_factory=list)
+    smtp_networks: list[str] = msgspec.field(default_factory=list)
+    """Client addresses/CIDRs trusted to submit for this tenant without AUTH (legacy apps)."""
+
+
+def _default_tenants() -> dict[str, TenantSection]:
+    return {"default": TenantSection(smtp_networks=["127.0.0.1/32", "::1/128"])}
+
+
+def _default_retry_schedule() -> list[str]:
+    return ["5m", "10m", "20m", "40m", "1h20m", "2h40m", "4h"]
+
+
+class DeliverySection(msgspec.Struct, **_STRICT):
+    providers: list[str] = msgspec.field(default_factory=lambda: ["capture"])
+    """Provider names in failover order: a temporary failure moves on to the next one."""
+    concurrency: int = 100
+    batch_size: int = 200
+    retry_schedule: list[str] = msgspec.field(default_factory=_default_retry_schedule)
+    """Waits between attempts; the last one repeats until ``max_lifetime``."""
+    max_lifetime: str = "3d"
+    dsn: bool = False
+    """Send an RFC 3464 bounce to the envelope sender of SMTP-submitted mail."""
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [parse_duration(d) for d in self.retry_schedule]
+
+    @property
+    def max_lifetime_seconds(self) -> float:
+        return parse_duration(self.max_lifetime)
+
+
+class CaptureProviderSection(msgspec.Struct, tag="capture", tag_field="type", **_STRICT):
+    """Development default: writes each outgoing message to ``<data_dir>/outbox``."""
+
+    directory: str = ""
+
+
+class SmtpProviderSection(msgspec.Struct, tag="smtp", tag_field="type", **_STRICT):
+    """Relay to a smarthost with aiosmtplib."""
+
+    host: str
+    port: int = 587
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    username: str = ""
+    password: str = ""
+    timeout: float = 30.0
+    pool_size: int = 10
+    """Connections kept open and reused across messages."""
+    verify_tls: bool = True
+    ca_file: str = ""
+
+
+ProviderSection = CaptureProviderSection | SmtpProviderSection
+
+
+def _default_providers() -> dict[str, ProviderSection]:
+    return {"capture": CaptureProviderSection()}
+
+
+class Config(msgspec.Struct, **_STRICT):
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
+    smtp: SmtpSection = msgspec.field(default_factory=SmtpSection)
+    tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
+    delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
+    providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.gateway.data_dir)
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.store.path) if self.store.path else self.data_dir / "spool"
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read, expand and validate a config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        config = Config()
+        _check(config, "")
+        return config
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    data = _expand_env(data, (), text, source)
+    _check_named_tables(data, text, source)
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(_describe_validation_error(str(e), text, source)) from None
+    _check(config, text, source)
+    return config
+
+
+_NAMED_TABLES: dict[str, Any] = {"tenants": TenantSection, "providers": ProviderSection}
+
+
+def _check_named_tables(data: dict[str, Any], text: str, source: str) -> None:
+    """Validate ``[tenants.<name>]`` / ``[providers.<name>]`` one by one: msgspec's error path
+    says ``[...]`` for a dict key, and the operator needs to know which name is wrong."""
+    for section, struct_type in _NAMED_TABLES.items():
+        tables = data.get(section)
+        if not isinstance(tables, dict):
+            continue
+        for name, value in tables.items():
+            try:
+                msgspec.convert(value, struct_type)
+            except msgspec.ValidationError as e:
+                detail, sep, at = str(e).rpartition(" - at `$")
+                message = f"{detail} - at `$.{section}[\"{name}\"]{at}" if sep else (
+                    f"{e} - at `$.{section}[\"{name}\"]`"
+                )
+                raise ConfigError(_describe_validation_error(message, text, source)) from None
+
+
+def _expand_env(value: Any, path: tuple[str | int, ...], text: str, source: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*path, k), text, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*path, i), text, source) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def substitute(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    _where(path, text, source)
+                    + f": environment variable {name} is not set (referenced as ${{{name}}})"
+                )
+            return os.environ[name]
+
+        return _ENV_REF.sub(substitute, value)
+    return value
+
+
+def _describe_validation_error(message: str, text: str, source: str) -> str:
+    """Turn msgspec's ``... - at `$.a.b[0]``` into ``source:line: a.b[0].key: ...``."""
+    detail, _, at = message.rpartition(" - at `")
+    if not _:
+        detail, at = message, "$`"
+    parts = _split_json_path(at.rstrip("`"))
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", detail)
+    if unknown:
+        parts.append(unknown.group(1))
+        detail = "unknown key"
+    missing = re.match(r"Object missing required field `([^`]+)`", detail)
+    if missing:
+        parts.append(missing.group(1))
+        detail = "required key is missing"
+    return f"{_where(tuple(parts), text, source)}: {detail}"
+
+
+def _split_json_path(at: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index, key in re.findall(r"\.([^.\[]+)|\[(\d+)\]|\[\"?([^\]\"]+)\"?\]", at[1:]):
+        if name:
+            parts.append(name)
+        elif index:
+            parts.append(int(index))
+        else:
+            parts.append(key)
+    return parts
+
+
+def format_key_path(path: tuple[str | int, ...] | list[str | int]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _where(path: tuple[str | int, ...], text: str, source: str) -> str:
+    line = locate_key(text, path) if text else None
+    prefix = f"{source}:{line}" if line else source
+    return f"{prefix}: {format_key_path(path)}" if source else format_key_path(path)
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
+
+
+def locate_key(text: str, path: tuple[str | int, ...]) -> int | None:
+    """Best-effort line number (1-based) of the deepest written key on ``path``."""
+    table: list[str | int] = []
+    counters: dict[tuple[str | int, ...], int] = {}
+    found: dict[tuple[str | int, ...], int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            names: list[str | int] = [n.strip().strip("\"'") for n in header.group(2).split(".")]
+            if header.group(1) == "[[":
+                key = tuple(names)
+                counters[key] = counters.get(key, -1) + 1
+                names = [*names, counters[key]]
+            table = names
+            found.setdefault(tuple(table), lineno)
+            continue
+        key_match = _KEY.match(line)
+        if key_match:
+            names = [n.strip().strip("\"'") for n in key_match.group(1).split(".")]
+            found.setdefault((*table, *names), lineno)
+    for depth in range(len(path), 0, -1):
+        if tuple(path[:depth]) in found:
+            return found[tuple(path[:depth])]
+    return None
+
+
+# --- semantic checks that types alone cannot express ----------------------------------------
+
+
+def _check(config: Config, text: str, source: str = "") -> None:
+    def fail(path: tuple[str | int, ...], why: str) -> None:
+        raise ConfigError(f"{_where(path, text, source)}: {why}")
+
+    if config.gateway.workers < 1:
+        fail(("gateway", "workers"), "must be at least 1")
+    names: set[str] = set()
+    for i, listener in enumerate(config.smtp.listeners):
+        if listener.name in names:
+            fail(("smtp", "listeners", i, "name"), f"duplicate listener name {listener.name!r}")
+        names.add(listener.name)
+        if not 0 <= listener.port <= 65535:
+            fail(("smtp", "listeners", i, "port"), "must be between 0 and 65535")
+        if listener.insecure_auth and not _is_loopback(listener.address):
+            fail(
+                ("smtp", "listeners", i, "insecure_auth"),
+                "AUTH without TLS is only allowed on a loopback address",
+            )
+        if listener.tls != "none" and not (config.smtp.tls.cert_file and config.smtp.tls.key_file):
+            fail(
+                ("smtp", "listeners", i, "tls"),
+                f"tls = {listener.tls!r} needs smtp.tls.cert_file and smtp.tls.key_file",
+            )
+    if config.smtp.max_message_size < 1024:
+        fail(("smtp", "max_message_size"), "must be at least 1024 bytes")
+    if config.smtp.max_recipients < 1:
+        fail(("smtp", "max_recipients"), "must be at least 1")
+    usernames: set[str] = set()
+    for tenant_name, tenant in config.tenants.items():
+        for i, user in enumerate(tenant.smtp_users):
+            path: tuple[str | int, ...] = ("tenants", tenant_name, "smtp_users", i)
+            if user.username in usernames:
+                fail((*path, "username"), f"username {user.username!r} is used twice")
+            usernames.add(user.username)
+            from gateway.passwords import is_password_hash
+
+            if not is_password_hash(user.password_hash):
+                fail((*path, "password_hash"), "not a hash made by `gateway hash-password`")
+        for i, network in enumerate(tenant.smtp_networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                fail(("tenants", tenant_name, "smtp_networks", i), f"not an IP network: {network!r}")
+    delivery = config.delivery
+    if not delivery.providers:
+        fail(("delivery", "providers"), "name at least one provider")
+    for i, name in enumerate(delivery.providers):
+        if name not in config.providers:
+            fail(("delivery", "providers", i), f"no provider named {name!r} in [providers]")
+    if delivery.concurrency < 1:
+        fail(("delivery", "concurrency"), "must be at least 1")
+    if delivery.batch_size < 1:
+        fail(("delivery", "batch_size"), "must be at least 1")
+    if not delivery.retry_schedule:
+        fail(("delivery", "retry_schedule"), "give at least one wait")
+    for i, d in enumerate(delivery.retry_schedule):
+        try:
+            parse_duration(d)
+        except ValueError as e:
+            fail(("delivery", "retry_schedule", i), str(e))
+    try:
+        parse_duration(delivery.max_lifetime)
+    except ValueError as e:
+        fail(("delivery", "max_lifetime"), str(e))
+    for name, provider in config.providers.items():
+        if isinstance(provider, SmtpProviderSection) and provider.pool_size < 1:
+            fail(("providers", name, "pool_size"), "must be at least 1")
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def summarize(config: Config) -> str:
+    """The short human summary printed by ``gateway check-config``."""
+    lines = [
+        f"hostname      {config.gateway.hostname}",
+        f"workers       {config.gateway.workers}",
+        f"store         {config.store.backend} at {config.spool_dir}",
+    ]
+    for listener in config.smtp.listeners:
+        auth = "AUTH without TLS allowed" if listener.insecure_auth else "AUTH over TLS only"
+        lines.append(
+            f"smtp listener {listener.name}: {listener.address}:{listener.port} "
+            f"tls={listener.tls}, {auth}"
+        )
+    lines.append(
+        f"smtp limits   size {config.smtp.max_message_size} bytes, "
+        f"{config.smtp.max_recipients} recipients"
+    )
+    for name, tenant in config.tenants.items():
+        lines.append(
+            f"tenant        {name}: {len(tenant.smtp_users)} SMTP user(s), "
+            f"trusted networks {', '.join(tenant.smtp_networks) or 'none'}"
+        )
+    for name, provider in config.providers.items():
+        where = (
+            f"{provider.host}:{provider.port} tls={provider.tls}"
+            if isinstance(provider, SmtpProviderSection)
+            else "local outbox"
+        )
+        lines.append(f"provider      {name} ({type(provider).__struct_config__.tag}): {where}")
+    d = config.delivery
+    lines.append(
+        f"delivery      via {' → '.join(d.providers)}, concurrency {d.concurrency}, "
+        f"retries {', '.join(d.retry_schedule)} for up to {d.max_lifetime}, "
+        f"DSN {'on' if d.dsn else 'off'}"
+    )
+    return "\n".join(lines)

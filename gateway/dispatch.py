@@ -1,0 +1,274 @@
+"""The dispatcher: claims due deliveries, runs each through ``process()``, records the outcome.
+
+``process()`` reads as the list of its steps (Postal's outgoing message processor):
+
+1. ``expire``   — past the message lifetime → ``expired`` (terminal), no attempt.
+2. ``send``     — try each provider in failover order until one takes the message or refuses
+   it for good; a provider that raises counts as a temporary failure, never a lost message.
+3. ``classify`` — ``sent`` → ``delivered``; ``hard_fail`` → ``bounced``; only temporary
+   failures → ``deferred`` with the next wait from the retry schedule, or ``expired`` when
+   that wait would pass the lifetime.
+
+Bounced and expired deliveries of SMTP-submitted mail produce one RFC 3464 DSN per message
+when ``delivery.dsn`` is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from gateway.clock import Clock
+from gateway.config import DeliverySection
+from gateway.dsn import build_dsn
+from gateway.message import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Message,
+    SendResult,
+    new_message_id,
+)
+from gateway.providers import OutboundMessage, Provider
+from gateway.store.base import Claimed, DeliveryUpdate, Store
+
+log = logging.getLogger("gateway.delivery")
+
+IDLE_POLL_SECONDS = 1.0
+"""Longest sleep when idle; new local mail wakes the dispatcher at once via ``wake()``."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        providers: dict[str, Provider],
+        route: Sequence[str],
+        settings: DeliverySection,
+        clock: Clock,
+        hostname: str,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.route = list(route)
+        self.settings = settings
+        self.clock = clock
+        self.hostname = hostname
+        self._delays = settings.retry_delays
+        self._lifetime = settings.max_lifetime_seconds
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # --- driving ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be due now (called after a local enqueue)."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim everything due now (in batches) and wait until it is processed. For tests and
+        one-shot runs with an injected clock; returns how many deliveries were processed."""
+        total = 0
+        while True:
+            claimed = await self.store.claim(self.clock.now(), self.settings.batch_size)
+            if not claimed:
+                return total
+            total += len(claimed)
+            await asyncio.gather(*(self._handle(c) for c in claimed))
+
+    async def run(self) -> None:
+        """Deliver until ``stop()``: claim as many as there are free slots, sleep when idle."""
+        while not self._stopping:
+            free = self.settings.concurrency - len(self._in_flight)
+            claimed: list[Claimed] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim(
+                        self.clock.now(), min(free, self.settings.batch_size)
+                    )
+                except Exception:
+                    log.exception("claiming deliveries failed; retrying shortly")
+            for item in claimed:
+                task = asyncio.create_task(self._handle(item))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if claimed and len(claimed) == min(free, self.settings.batch_size):
+                await asyncio.sleep(0)  # more may be due: claim again after yielding once
+                continue
+            await self._idle(free > 0)
+
+    async def _idle(self, had_room: bool) -> None:
+        self._wake.clear()
+        timeout = IDLE_POLL_SECONDS
+        if had_room:
+            due = await self.store.next_due()
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - self.clock.now()))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; let sends in progress finish for up to ``grace`` seconds. Anything
+        still unfinished stays ``sending`` and is retried after restart (at-least-once)."""
+        self._stopping = True
+        self._wake.set()
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight), timeout=grace)
+
+    # --- one delivery ----------------------------------------------------------------------
+
+    async def _handle(self, claimed: Claimed) -> None:
+        async with self._slots:
+            try:
+                update = await self.process(claimed.delivery, claimed.message)
+            except Exception as e:  # a bug must defer, never drop, the delivery
+                log.exception("delivery %s of %s failed unexpectedly", claimed.delivery.id,
+                              claimed.message.id)
+                update = self._retry_later(claimed.delivery, [], f"internal error: {e!r}")
+            try:
+                await self.store.complete([update], self.clock.now())
+            except Exception:
+                # Left in ``sending``: ``recover`` returns it to the queue at the next start.
+                log.exception("recording delivery %s failed", claimed.delivery.id)
+                return
+            _log_transition(claimed, update)
+            if update.status in (DeliveryStatus.BOUNCED, DeliveryStatus.EXPIRED):
+                await self._notify_sender(claimed, update)
+
+    async def process(self, delivery: Delivery, message: Message) -> DeliveryUpdate:
+        """Decide one delivery's next state; the steps are listed in the module docstring."""
+        now = self.clock.now()
+        if now >= delivery.expires_at:
+            return self._final(delivery, DeliveryStatus.EXPIRED, [], _expired_reason(delivery))
+        attempts, result, provider = await self._send(delivery, message)
+        if result.kind == "sent":
+            return DeliveryUpdate(
+                delivery_id=delivery.id,
+                shard=delivery.shard,
+                status=DeliveryStatus.DELIVERED,
+                provider=provider,
+                provider_message_id=result.provider_message_id,
+                attempts=attempts,
+            )
+        if result.kind == "hard_fail":
+            return self._final(delivery, DeliveryStatus.BOUNCED, attempts, result.detail, provider)
+        return self._retry_later(delivery, attempts, result.detail, provider)
+
+    async def _send(
+        self, delivery: Delivery, message: Message
+    ) -> tuple[list[Attempt], SendResult, str]:
+        outbound = OutboundMessage(
+            message_id=message.id,
+            delivery_id=delivery.id,
+            tenant=message.tenant,
+            mail_from=message.mail_from,
+            recipient=delivery.recipient,
+            raw=message.raw,
+            smtp_utf8=message.smtp_utf8,
+        )
+        attempts: list[Attempt] = []
+        result = SendResult.soft_fail("no provider configured")
+        name = ""
+        for name in self.route:
+            provider = self.providers[name]
+            try:
+                result = await provider.send(outbound)
+            except Exception as e:
+                log.exception("provider %s raised while sending %s", name, message.id)
+                result = SendResult.soft_fail(f"{name}: provider error: {e!r}")
+            attempts.append(
+                Attempt(at=self.clock.now(), provider=name, outcome=result.kind, detail=result.detail)
+            )
+            if result.kind != "soft_fail":
+                break
+        return attempts, result, name
+
+    def _retry_later(
+        self, delivery: Delivery, attempts: list[Attempt], reason: str, provider: str = ""
+    ) -> DeliveryUpdate:
+        tries = delivery.attempts + (1 if attempts else 0)
+        wait = self._delays[min(max(tries - 1, 0), len(self._delays) - 1)]
+        next_at = self.clock.now() + wait
+        if next_at >= delivery.expires_at:
+            return self._final(
+                delivery, DeliveryStatus.EXPIRED, attempts,
+                f"gave up after {tries} attempt(s): {reason}", provider,
+            )
+        return DeliveryUpdate(
+            delivery_id=delivery.id,
+            shard=delivery.shard,
+            status=DeliveryStatus.DEFERRED,
+            next_attempt_at=next_at,
+            last_error=reason,
+            provider=provider,
+            attempts=attempts,
+        )
+
+    def _final(
+        self,
+        delivery: Delivery,
+        status: DeliveryStatus,
+        attempts: list[Attempt],
+        reason: str,
+        provider: str = "",
+    ) -> DeliveryUpdate:
+        return DeliveryUpdate(
+            delivery_id=delivery.id,
+            shard=delivery.shard,
+            status=status,
+            last_error=reason,
+            provider=provider,
+            attempts=attempts,
+        )
+
+    async def _notify_sender(self, claimed: Claimed, update: DeliveryUpdate) -> None:
+        message = claimed.message
+        if not self.settings.dsn or message.source != "smtp" or not message.mail_from:
+            return
+        failed = Delivery(
+            id=claimed.delivery.id,
+            message_id=message.id,
+            recipient=claimed.delivery.recipient,
+            status=update.status,
+            last_error=update.last_error,
+            updated_at=self.clock.now(),
+        )
+        now = self.clock.now()
+        report = Message(
+            id=new_message_id(),
+            tenant=message.tenant,
+            mail_from="",
+            raw=build_dsn(message, [failed], reporting_mta=self.hostname, now=now),
+            created_at=now,
+            source="dsn",
+        )
+        try:
+            await self.store.enqueue(report, [message.mail_from], expires_at=now + self._lifetime)
+        except Exception:
+            log.exception("could not queue the DSN for %s", message.id)
+            return
+        log.info("dsn queued message=%s for=%s dsn=%s", message.id, message.mail_from, report.id)
+        self.wake()
+
+
+def _expired_reason(delivery: Delivery) -> str:
+    last = f": last error: {delivery.last_error}" if delivery.last_error else ""
+    return f"message lifetime ran out after {delivery.attempts} attempt(s){last}"
+
+
+def _log_transition(claimed: Claimed, update: DeliveryUpdate) -> None:
+    log.info(
+        "delivery status=%s message=%s delivery=%s rcpt=%s provider=%s detail=%r",
+        update.status.value,
+        claimed.message.id,
+        claimed.delivery.id,
+        claimed.delivery.recipient,
+        update.provider or "-",
+        update.last_error or (update.attempts[-1].detail if update.attempts else ""),
+    )

@@ -1,0 +1,21 @@
+"""Providers: the ways mail leaves the gateway. ``build_provider`` turns a config table into one."""
+
+from __future__ import annotations
+
+from gateway.config import CaptureProviderSection, Config, ProviderSection, SmtpProviderSection
+from gateway.providers.base import OutboundMessage, Provider
+from gateway.providers.capture import CaptureProvider
+from gateway.providers.smtp_relay import SmtpRelayProvider
+
+__all__ = ["OutboundMessage", "Provider", "build_provider"]
+
+
+def build_provider(name: str, section: ProviderSection, config: Config) -> Provider:
+    if isinstance(section, CaptureProviderSection):
+        directory = section.directory or str(config.data_dir / "outbox")
+        from pathlib import Path
+
+        return CaptureProvider(name, Path(directory))
+    if isinstance(section, SmtpProviderSection):
+        return SmtpRelayProvider(name, section, local_hostname=config.gateway.hostname)
+    raise TypeError(f"no provider for {type(section).__name__}")

@@ -1,0 +1,222 @@
+"""Running the gateway: one ``Gateway`` per worker process, and the supervisor that forks them.
+
+A ``Gateway`` wires config → store → providers → dispatcher → ingress → SMTP listeners, in
+one event loop. With ``gateway.workers = N`` the supervisor forks N workers; each binds the
+same ports with SO_REUSEPORT (the kernel spreads connections), writes to its own spool shard
+and delivers from the shards ``i, i+N, i+2N, …``, so shards left by a larger worker count are
+still drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import Config
+from gateway.dispatch import Dispatcher
+from gateway.ingress import Ingress
+from gateway.providers import Provider, build_provider
+from gateway.smtp import (
+    SubmissionHandler,
+    TenantDirectory,
+    make_protocol_factory,
+    server_tls_context,
+)
+from gateway.store.base import Store
+from gateway.store.sqlite import SqliteStore, existing_shards
+
+log = logging.getLogger("gateway")
+
+
+def open_store(config: Config, *, worker: int = 0, workers: int = 1) -> SqliteStore:
+    """The store for worker ``worker`` of ``workers``: writes its own shard, drains its share."""
+    directory = config.spool_dir
+    present = existing_shards(directory) if directory.is_dir() else []
+    mine = sorted({worker} | {s for s in present if s % workers == worker})
+    return SqliteStore(directory, write_shard=worker, shards=mine)
+
+
+class Gateway:
+    """Everything one worker runs. ``start()`` binds and begins delivering; ``stop()`` drains."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        worker: int = 0,
+        workers: int = 1,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.worker = worker
+        self.store: Store = store or open_store(config, worker=worker, workers=workers)
+        self.reuse_port = workers > 1
+        self.providers: dict[str, Provider] = {
+            name: build_provider(name, section, config)
+            for name, section in config.providers.items()
+        }
+        self.dispatcher = Dispatcher(
+            store=self.store,
+            providers=self.providers,
+            route=config.delivery.providers,
+            settings=config.delivery,
+            clock=self.clock,
+            hostname=config.gateway.hostname,
+        )
+        self.ingress = Ingress(
+            store=self.store,
+            clock=self.clock,
+            hostname=config.gateway.hostname,
+            lifetime=config.delivery.max_lifetime_seconds,
+            on_enqueued=self.dispatcher.wake,
+        )
+        self.directory = TenantDirectory(config.tenants)
+        self.servers: dict[str, asyncio.Server] = {}
+        self._dispatch_task: asyncio.Task[None] | None = None
+
+    @property
+    def smtp_ports(self) -> dict[str, int]:
+        """Bound port per listener name (useful when the config asked for port 0)."""
+        return {
+            name: server.sockets[0].getsockname()[1] for name, server in self.servers.items()
+        }
+
+    async def start(self, *, deliver: bool = True) -> None:
+        await self.store.open()
+        recovered = await self.store.recover(self.clock.now())
+        if recovered:
+            log.info("returned %d interrupted deliveries to the queue", recovered)
+        for provider in self.providers.values():
+            await provider.start()
+        await self._listen()
+        if deliver:
+            self._dispatch_task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+
+    async def _listen(self) -> None:
+        smtp = self.config.smtp
+        tls_context = None
+        if smtp.tls.cert_file:
+            tls_context = server_tls_context(smtp.tls.cert_file, smtp.tls.key_file)
+        loop = asyncio.get_running_loop()
+        for listener in smtp.listeners:
+            handler = SubmissionHandler(
+                ingress=self.ingress, directory=self.directory, listener=listener, limits=smtp
+            )
+            factory = make_protocol_factory(
+                handler,
+                hostname=self.config.gateway.hostname,
+                listener=listener,
+                limits=smtp,
+                tls_context=tls_context,
+            )
+            sock = bind_socket(listener.address, listener.port, reuse_port=self.reuse_port)
+            self.servers[listener.name] = await loop.create_server(
+                factory,
+                sock=sock,
+                ssl=tls_context if listener.tls == "implicit" else None,
+            )
+            log.info(
+                "smtp listener %s on %s:%d (tls=%s)",
+                listener.name, listener.address, self.smtp_ports[listener.name], listener.tls,
+            )
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let deliveries in progress finish (up to ``grace``), close."""
+        for server in self.servers.values():
+            server.close()
+        for server in self.servers.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), grace)
+        await self.dispatcher.stop(grace)
+        if self._dispatch_task is not None:
+            self._dispatch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatch_task
+        for provider in self.providers.values():
+            with contextlib.suppress(Exception):
+                await provider.close()
+        await self.store.close()
+
+
+def bind_socket(address: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((address, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+# --- process model ----------------------------------------------------------------------------
+
+
+async def _serve_worker(config: Config, worker: int, workers: int) -> None:
+    gateway = Gateway(config, worker=worker, workers=workers)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    ports = ", ".join(f"{n}={p}" for n, p in gateway.smtp_ports.items())
+    log.info("worker %d/%d ready (smtp %s)", worker + 1, workers, ports)
+    await stop.wait()
+    log.info("worker %d stopping", worker)
+    await gateway.stop()
+
+
+def serve(config: Config) -> int:
+    """Run the gateway until SIGTERM/SIGINT: in this process, or as a supervisor of workers."""
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    workers = config.gateway.workers
+    if workers == 1:
+        asyncio.run(_serve_worker(config, 0, 1))
+        return 0
+    children: list[int] = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            code = 0
+            try:
+                asyncio.run(_serve_worker(config, index, workers))
+            except BaseException:
+                log.exception("worker %d crashed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def _die_with_parent() -> None:
+    """Workers get SIGKILL when the supervisor dies, so no orphan keeps a port or a shard."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

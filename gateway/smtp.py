@@ -1,0 +1,294 @@
+"""SMTP submission (aiosmtpd): who may send, what is accepted, and the replies they get.
+
+Policy, in the order a session meets it:
+
+* EHLO advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING, ENHANCEDSTATUSCODES, STARTTLS on a
+  STARTTLS listener, and AUTH PLAIN/LOGIN only once the session is encrypted (or on a loopback
+  listener marked ``insecure_auth``).
+* MAIL FROM needs either a successful AUTH or a client address in a tenant's
+  ``smtp_networks``; anything else is ``530 5.7.0`` — the gateway is never an open relay.
+* RCPT TO is capped at ``max_recipients`` (``452 4.5.3``, the client sends the rest later).
+* DATA is size-capped (``552 5.3.4``) and refused on bare CR/LF or NUL (``550 5.6.0``),
+  which closes SMTP smuggling; ``250`` comes only after the spool write is durable, and a local
+  fault answers ``451 4.3.0`` so the client keeps the message.
+
+Every reply carries an RFC 3463 enhanced status code: ``GatewaySMTP.push`` adds the
+conventional one to aiosmtpd's own replies that lack it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import ssl
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from gateway.config import ListenerSection, SmtpSection, TenantSection
+from gateway.ingress import Ingress, Submission, content_problem
+from gateway.message import Reject
+from gateway.passwords import CredentialCache, verify_password
+
+log = logging.getLogger("gateway.smtp")
+
+
+def smtp_reply(verdict: Reject) -> str:
+    """The one place a ``Reject`` becomes an SMTP reply line."""
+    return f"{verdict.code} {verdict.enhanced} {verdict.text}"
+
+
+AUTH_REQUIRED = Reject(530, "5.7.0", "Authentication required")
+BAD_CREDENTIALS = Reject(535, "5.7.8", "Authentication credentials invalid")
+TOO_MANY_RECIPIENTS = Reject(452, "4.5.3", "Too many recipients")
+LOCAL_FAULT = Reject(451, "4.3.0", "Temporary local problem, please try again later")
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(\s|$)")
+_DEFAULT_ENHANCED = {
+    221: "2.0.0", 250: "2.0.0", 251: "2.1.5", 252: "2.0.0", 214: "2.0.0", 235: "2.7.0",
+    421: "4.3.2", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
+    530: "5.7.0", 534: "5.7.9", 535: "5.7.8", 538: "5.7.11",
+    550: "5.0.0", 552: "5.3.4", 553: "5.1.3", 554: "5.7.0", 555: "5.5.4",
+}
+_NO_ENHANCED = {220, 334, 354}
+_UNSAFE_IN_ADDRESS = re.compile(r"[\x00-\x1f\x7f\s]")
+
+
+class GatewaySMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's protocol with enhanced status codes everywhere and non-blocking AUTH."""
+
+    _in_greeting_reply = False
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and not self._in_greeting_reply:
+            status = _with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034: replies to EHLO/HELO carry no enhanced status code.
+        self._in_greeting_reply = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_greeting_reply = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_greeting_reply = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_greeting_reply = False
+
+    # aiosmtpd calls its authenticator synchronously; scrypt must not run on the event loop,
+    # so the built-in mechanisms only collect the credentials and we verify them here.
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, collected: AuthResult) -> AuthResult:
+        if not isinstance(collected.auth_data, LoginPassword):
+            return collected
+        login, password = collected.auth_data
+        tenant = await self.event_handler.authenticate(login, password)
+        if tenant is None:
+            log.info("auth failed user=%r peer=%s", login, self.session.peer)
+            return AuthResult(success=False, handled=False, message=smtp_reply(BAD_CREDENTIALS))
+        return AuthResult(success=True, auth_data=tenant)
+
+
+def _with_enhanced_code(status: str) -> str:
+    if len(status) < 4 or not status[:3].isdigit() or _HAS_ENHANCED.match(status):
+        return status
+    code = int(status[:3])
+    if code in _NO_ENHANCED:
+        return status
+    enhanced = _DEFAULT_ENHANCED.get(code)
+    if enhanced is None:
+        enhanced = f"{status[0]}.0.0"
+    if code == 421 and "timeout" in status.lower():
+        enhanced = "4.4.2"
+    return f"{status[:4]}{enhanced} {status[4:]}"
+
+
+class TenantDirectory:
+    """Who is who: SMTP users and trusted networks of every tenant."""
+
+    def __init__(self, tenants: dict[str, TenantSection]) -> None:
+        self._users = {
+            user.username.encode(): (name, user.password_hash)
+            for name, tenant in tenants.items()
+            for user in tenant.smtp_users
+        }
+        self._networks = [
+            (ipaddress.ip_network(network, strict=False), name)
+            for name, tenant in tenants.items()
+            for network in tenant.smtp_networks
+        ]
+        self._cache = CredentialCache()
+
+    def tenant_for_address(self, address: str) -> str | None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        for network, tenant in self._networks:
+            if ip in network:
+                return tenant
+        return None
+
+    async def authenticate(self, username: bytes, password: bytes) -> str | None:
+        cached = self._cache.get(username, password)
+        if cached is not None:
+            return cached
+        entry = self._users.get(username)
+        if entry is None:
+            # Same cost as a real check, so a probe cannot tell missing users from wrong passwords.
+            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            return None
+        tenant, encoded = entry
+        if not await asyncio.to_thread(verify_password, password, encoded):
+            return None
+        self._cache.put(username, password, tenant)
+        return tenant
+
+
+_DUMMY_HASH = (
+    "scrypt$14$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+)
+
+
+class SubmissionHandler:
+    """aiosmtpd handler for one listener. State per transaction lives on the ``Envelope``."""
+
+    def __init__(
+        self,
+        *,
+        ingress: Ingress,
+        directory: TenantDirectory,
+        listener: ListenerSection,
+        limits: SmtpSection,
+    ) -> None:
+        self.ingress = ingress
+        self.directory = directory
+        self.listener = listener
+        self.limits = limits
+
+    async def authenticate(self, username: bytes, password: bytes) -> str | None:
+        return await self.directory.authenticate(username, password)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if _UNSAFE_IN_ADDRESS.search(address):
+            return smtp_reply(Reject(501, "5.1.7", "Bad sender address syntax"))
+        tenant = session.auth_data if session.authenticated else None
+        if tenant is None:
+            tenant = self.directory.tenant_for_address(str(session.peer[0]))
+        if tenant is None:
+            log.info("refused unauthenticated MAIL peer=%s", session.peer[0])
+            return smtp_reply(AUTH_REQUIRED)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.tenant = tenant  # type: ignore[attr-defined]
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if _UNSAFE_IN_ADDRESS.search(address) or "@" not in address:
+            return smtp_reply(Reject(501, "5.1.3", "Bad recipient address syntax"))
+        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            return smtp_reply(TOO_MANY_RECIPIENTS)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content
+        problem = content_problem(raw)
+        if problem is not None:
+            log.info("refused DATA peer=%s: %s", session.peer[0], problem.text)
+            return smtp_reply(problem)
+        submission = Submission(
+            tenant=envelope.tenant,
+            mail_from=envelope.mail_from,
+            recipients=list(envelope.rcpt_tos),
+            raw=raw,
+            source="smtp",
+            smtp_utf8=envelope.smtp_utf8 or not _is_ascii(envelope),
+            client_address=str(session.peer[0]),
+            client_name=session.host_name or "",
+            protocol=_protocol(session),
+        )
+        try:
+            message = await self.ingress.accept(submission)
+        except Exception:
+            log.exception("could not spool a message from %s", session.peer[0])
+            return smtp_reply(LOCAL_FAULT)
+        log.info(
+            "accepted message=%s tenant=%s from=%s rcpts=%d size=%d",
+            message.id, message.tenant, message.mail_from, len(submission.recipients), len(raw),
+        )
+        return f"250 2.0.0 OK queued as {message.id}"
+
+
+def _is_ascii(envelope: Envelope) -> bool:
+    return envelope.mail_from.isascii() and all(r.isascii() for r in envelope.rcpt_tos)
+
+
+def _protocol(session: Session) -> str:
+    tls = "S" if session.ssl else ""
+    auth = "A" if session.authenticated else ""
+    return f"ESMTP{tls}{auth}"
+
+
+def make_protocol_factory(
+    handler: SubmissionHandler,
+    *,
+    hostname: str,
+    listener: ListenerSection,
+    limits: SmtpSection,
+    tls_context: ssl.SSLContext | None,
+) -> Any:
+    """A ``loop.create_server`` factory for one listener."""
+    implicit = listener.tls == "implicit"
+
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(
+            handler,
+            hostname=hostname,
+            ident="ESP gateway",
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=limits.smtputf8,
+            decode_data=False,
+            tls_context=tls_context if listener.tls == "starttls" else None,
+            # An implicit-TLS session is encrypted from the first byte; aiosmtpd only knows
+            # about STARTTLS, so it is told not to ask for it.
+            auth_require_tls=not (implicit or listener.insecure_auth),
+            timeout=limits.timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    return factory
+
+
+def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
