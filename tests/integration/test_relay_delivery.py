@@ -1,0 +1,48 @@
+"""Submission → spool → smtp provider → a real sink, bytes intact."""
+
+from __future__ import annotations
+
+import smtplib
+
+from gateway.message import DeliveryStatus
+from gateway.store.base import DeliveryFilter
+from tests.conftest import GatewayThread, Sink, make_config, wait_until
+
+RELAY = """
+[smtp]
+listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
+
+[delivery]
+providers = ["relay"]
+
+[providers.relay]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+"""
+
+BODY = (
+    b"From: App <app@example.com>\r\nTo: <user@example.org>\r\nSubject: Relay test\r\n"
+    b"Message-ID: <fixed-id@example.com>\r\n\r\n"
+    b"Line one\r\n.leading dot survives\r\n\xc3\xa9 8-bit body\r\n"
+)
+
+
+def test_message_arrives_byte_intact_at_the_sink(tmp_path, sink: Sink, gateway_factory) -> None:
+    gw: GatewayThread = gateway_factory(make_config(tmp_path, RELAY, port=sink.port))
+    with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+        client.sendmail("app@example.com", ["user@example.org"], BODY)
+    wait_until(lambda: len(sink.messages) == 1, what="the sink to receive the message")
+    received = sink.messages[0]
+    assert received.mail_from == "app@example.com"
+    assert received.rcpt_tos == ["user@example.org"]
+    assert received.data.endswith(BODY), "the gateway may only prepend headers"
+    assert received.data.startswith(b"Received: from ")
+    deliveries = gw.call(gw.gateway.store.list_deliveries(DeliveryFilter()))
+    wait_until(
+        lambda: gw.call(gw.gateway.store.list_deliveries(DeliveryFilter()))[0].status
+        is DeliveryStatus.DELIVERED,
+        what="the delivery to be recorded",
+    )
+    assert len(deliveries) == 1
