@@ -150,6 +150,10 @@ class Config(msgspec.Struct, **_STRICT):
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
 
+    def __post_init__(self) -> None:
+        # `capture` is always there to fall back to or test with, unless a table redefines it.
+        self.providers.setdefault("capture", CaptureProviderSection())
+
     @property
     def data_dir(self) -> Path:
         return Path(self.gateway.data_dir)
@@ -331,6 +335,10 @@ def _check(config: Config, text: str, source: str = "") -> None:
                 ("smtp", "listeners", i, "tls"),
                 f"tls = {listener.tls!r} needs smtp.tls.cert_file and smtp.tls.key_file",
             )
+    for key in ("cert_file", "key_file"):
+        file = getattr(config.smtp.tls, key)
+        if file and not os.access(file, os.R_OK):
+            fail(("smtp", "tls", key), f"cannot read {file!r}")
     if config.smtp.max_message_size < 1024:
         fail(("smtp", "max_message_size"), "must be at least 1024 bytes")
     if config.smtp.max_recipients < 1:

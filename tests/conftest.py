@@ -162,13 +162,15 @@ def sink() -> Iterator[Sink]:
 
 
 def make_config(tmp_path: Path, toml: str = "", **format_args: Any) -> Config:
-    """A config rooted in ``tmp_path``; ``toml`` is appended after the test defaults."""
+    """A config rooted in ``tmp_path``; ``toml`` (a ``str.format`` template when
+    ``format_args`` are given) is appended after the test defaults."""
     base = f"""
 [gateway]
 hostname = "gw.test"
 data_dir = "{tmp_path / 'data'}"
 """
-    return parse_config(base + toml.format(**format_args), source="test.toml")
+    body = toml.format(**format_args) if format_args else toml
+    return parse_config(base + body, source="test.toml")
 
 
 class GatewayThread:

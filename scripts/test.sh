@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the test suite needs, then runs lint, types and tests.
+# Safe to run again; extra arguments go to pytest (e.g. `bash scripts/test.sh -k smtp`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive as real clients/servers.
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+if ((${#missing[@]})); then
+    echo "installing ${missing[*]} (Debian packages used by the tests)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+    | grep -v "^WARNING: Location" || true
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"

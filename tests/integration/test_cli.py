@@ -1,0 +1,171 @@
+"""The ``gateway`` command, run as a real subprocess against a real spool."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import FakeClock
+from tests.conftest import GatewayThread, make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gateway_cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=60,
+    )
+
+
+def write_config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n{body}')
+    return path
+
+
+BROKEN = "[smtp]\nmax_recipients = 5\nmax_recipient = 6\n"
+
+
+def test_check_config_names_the_bad_key_and_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, BROKEN)
+    result = gateway_cli("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{path}:5: smtp.max_recipient: unknown key" in result.stderr
+
+
+def test_serve_refuses_an_invalid_config_with_the_same_message(tmp_path: Path) -> None:
+    path = write_config(tmp_path, BROKEN)
+    result = gateway_cli("-c", str(path), "serve", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{path}:5: smtp.max_recipient: unknown key" in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing may start on a bad config"
+
+
+def test_check_config_summarizes_a_good_file(tmp_path: Path) -> None:
+    result = gateway_cli("check-config", str(ROOT / "gateway.toml.example"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+    assert "smtp listener dev: 127.0.0.1:2525" in result.stdout
+
+
+def test_missing_secret_is_named(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, '[providers.relay]\ntype = "smtp"\nhost = "h"\npassword = "${GW_NO_SUCH_SECRET}"\n'
+    )
+    result = gateway_cli("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "providers.relay.password: environment variable GW_NO_SUCH_SECRET is not set" in (
+        result.stderr
+    )
+
+
+@pytest.fixture
+def spool_with_mail(tmp_path: Path, gateway_factory) -> tuple[Path, list[str]]:
+    """A spool holding one delivered message (capture) and one deferred (relay refused)."""
+    body = """
+[smtp]
+listeners = [{ name = "dev", port = 0, tls = "none", insecure_auth = true }]
+[delivery]
+providers = ["capture"]
+"""
+    path = write_config(tmp_path, body)
+    config = make_config(tmp_path, body)
+    clock = FakeClock()
+    gw: GatewayThread = gateway_factory(config, clock=clock, deliver=False)
+    with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+        client.sendmail(
+            "app@example.com", ["first@example.org"],
+            b"From: app@example.com\r\nSubject: First\r\n\r\nhello\r\n",
+        )
+        client.sendmail(
+            "app@example.com", ["second@example.net", "third@example.net"],
+            b"From: app@example.com\r\nSubject: Second\r\n\r\nhello\r\n",
+        )
+    assert gw.call(gw.gateway.dispatcher.run_once()) == 3
+    with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+        client.sendmail(
+            "app@example.com", ["waiting@example.com"],
+            b"From: app@example.com\r\nSubject: Waiting\r\n\r\nhello\r\n",
+        )
+    ids = sorted({d.message_id for d in gw.call(gw.gateway.store.list_deliveries(_all()))})
+    return path, ids
+
+
+def _all():
+    from gateway.store.base import DeliveryFilter
+
+    return DeliveryFilter(limit=1000)
+
+
+def test_queue_list_filters_by_status_recipient_and_domain(spool_with_mail, tmp_path) -> None:
+    path, _ = spool_with_mail
+    everything = gateway_cli("-c", str(path), "queue", "list", cwd=tmp_path)
+    assert everything.returncode == 0, everything.stderr
+    assert everything.stdout.count("delivered") == 3
+    assert "queued" in everything.stdout
+    queued = gateway_cli("-c", str(path), "queue", "list", "--status", "queued", cwd=tmp_path)
+    assert "waiting@example.com" in queued.stdout and "first@" not in queued.stdout
+    by_domain = gateway_cli("-c", str(path), "queue", "list", "--domain", "EXAMPLE.NET", cwd=tmp_path)
+    assert "second@example.net" in by_domain.stdout and "third@example.net" in by_domain.stdout
+    assert "first@" not in by_domain.stdout
+    by_rcpt = gateway_cli(
+        "-c", str(path), "queue", "list", "--recipient", "First@example.org", cwd=tmp_path
+    )
+    assert "first@example.org" in by_rcpt.stdout and "second@" not in by_rcpt.stdout
+
+
+def test_queue_show_lists_deliveries_and_attempts(spool_with_mail, tmp_path) -> None:
+    path, ids = spool_with_mail
+    shown = gateway_cli("-c", str(path), "queue", "show", ids[0], "--raw", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "to <first@example.org>: delivered, 1 attempt(s)" in shown.stdout
+    assert "capture    sent" in shown.stdout
+    assert "Subject: First" in shown.stdout
+    missing = gateway_cli("-c", str(path), "queue", "show", "nope", cwd=tmp_path)
+    assert missing.returncode == 1 and "no message nope" in missing.stderr
+
+
+def test_queue_retry_and_delete(spool_with_mail, tmp_path) -> None:
+    path, ids = spool_with_mail
+    refused = gateway_cli("-c", str(path), "queue", "delete", cwd=tmp_path)
+    assert refused.returncode != 0 and "--all" in refused.stderr
+    retried = gateway_cli("-c", str(path), "queue", "retry", "--status", "queued", cwd=tmp_path)
+    assert "1 deliveries will be retried now" in retried.stdout
+    deleted = gateway_cli("-c", str(path), "queue", "delete", ids[-1], cwd=tmp_path)
+    assert "1 deliveries deleted" in deleted.stdout
+    after = gateway_cli("-c", str(path), "queue", "list", cwd=tmp_path)
+    assert "waiting@example.com" not in after.stdout
+    assert after.stdout.count("delivered") == 3
+
+
+def test_outbox_lists_captured_mail(spool_with_mail, tmp_path) -> None:
+    path, _ = spool_with_mail
+    result = gateway_cli("-c", str(path), "outbox", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("<app@example.com> →") == 3
+    assert "'First'" in result.stdout and "'Second'" in result.stdout
+    eml = [line.split()[0] for line in result.stdout.splitlines() if line.endswith("bytes)")]
+    assert all(Path(p).read_bytes().startswith(b"Received: ") for p in eml)
+
+
+def test_hash_password_output_is_accepted_by_the_config(tmp_path: Path) -> None:
+    hashed = gateway_cli("hash-password", "--stdin", cwd=tmp_path, stdin="correct horse\n")
+    assert hashed.returncode == 0, hashed.stderr
+    value = hashed.stdout.strip()
+    assert value.startswith("scrypt$")
+    path = write_config(
+        tmp_path,
+        f'[[tenants.acme.smtp_users]]\nusername = "app"\npassword_hash = "{value}"\n',
+    )
+    assert gateway_cli("check-config", str(path), cwd=tmp_path).returncode == 0
+    from gateway.passwords import verify_password
+
+    assert verify_password(b"correct horse", value)
+    assert not verify_password(b"wrong horse", value)
