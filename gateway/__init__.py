@@ -1,4 +1,4 @@
-"""A self-hosted ESP gateway: SMTP and HTTP in, durable spool, pluggable pipeline, many providers out."""
+"""A self-hosted ESP gateway: SMTP and HTTP in, durable spool, pluggable pipeline, many out."""
 
 __version__ = "0.1.0"
 

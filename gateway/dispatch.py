@@ -9,8 +9,13 @@
    failures → ``deferred`` with the next wait from the retry schedule, or ``expired`` when
    that wait would pass the lifetime.
 
-Bounced and expired deliveries of SMTP-submitted mail produce one RFC 3464 DSN per message
-when ``delivery.dsn`` is on.
+Bounced and expired deliveries of SMTP-submitted mail produce an RFC 3464 DSN to the envelope
+sender when ``delivery.dsn`` is on: one per failed delivery, queued *before* the final state is
+recorded, so a crash between the two writes repeats the notice rather than losing it.
+
+The loop never dies of a store fault: a failed claim or look-up is logged and retried at the
+next poll, and an outcome that cannot be recorded leaves the delivery ``sending`` for
+``recover`` to return to the queue at the next start.
 """
 
 from __future__ import annotations
@@ -95,17 +100,25 @@ class Dispatcher:
             for item in claimed:
                 task = asyncio.create_task(self._handle(item))
                 self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                task.add_done_callback(self._finished)
             if claimed and len(claimed) == min(free, self.settings.batch_size):
                 await asyncio.sleep(0)  # more may be due: claim again after yielding once
                 continue
             await self._idle(free > 0)
 
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._wake.set()  # a slot is free: a loop that was full may claim again now
+
     async def _idle(self, had_room: bool) -> None:
         self._wake.clear()
         timeout = IDLE_POLL_SECONDS
         if had_room:
-            due = await self.store.next_due()
+            try:
+                due = await self.store.next_due()
+            except Exception:
+                log.exception("looking up the next due delivery failed; polling instead")
+                due = None
             if due is not None:
                 timeout = max(0.0, min(timeout, due - self.clock.now()))
         try:
@@ -114,12 +127,18 @@ class Dispatcher:
             pass
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop claiming; let sends in progress finish for up to ``grace`` seconds. Anything
-        still unfinished stays ``sending`` and is retried after restart (at-least-once)."""
+        """Stop claiming; let sends in progress finish for up to ``grace`` seconds, then cancel
+        the rest. Those stay ``sending`` and are retried after restart (at-least-once)."""
         self._stopping = True
         self._wake.set()
         if self._in_flight:
             await asyncio.wait(list(self._in_flight), timeout=grace)
+        leftover = list(self._in_flight)
+        if leftover:
+            log.warning("cancelling %d deliveries still in progress", len(leftover))
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
 
     # --- one delivery ----------------------------------------------------------------------
 
@@ -128,9 +147,12 @@ class Dispatcher:
             try:
                 update = await self.process(claimed.delivery, claimed.message)
             except Exception as e:  # a bug must defer, never drop, the delivery
-                log.exception("delivery %s of %s failed unexpectedly", claimed.delivery.id,
-                              claimed.message.id)
+                log.exception(
+                    "delivery %s of %s failed unexpectedly", claimed.delivery.id, claimed.message.id
+                )
                 update = self._retry_later(claimed.delivery, [], f"internal error: {e!r}")
+            if update.status in (DeliveryStatus.BOUNCED, DeliveryStatus.EXPIRED):
+                await self._notify_sender(claimed, update)
             try:
                 await self.store.complete([update], self.clock.now())
             except Exception:
@@ -138,8 +160,6 @@ class Dispatcher:
                 log.exception("recording delivery %s failed", claimed.delivery.id)
                 return
             _log_transition(claimed, update)
-            if update.status in (DeliveryStatus.BOUNCED, DeliveryStatus.EXPIRED):
-                await self._notify_sender(claimed, update)
 
     async def process(self, delivery: Delivery, message: Message) -> DeliveryUpdate:
         """Decide one delivery's next state; the steps are listed in the module docstring."""
@@ -183,7 +203,9 @@ class Dispatcher:
                 log.exception("provider %s raised while sending %s", name, message.id)
                 result = SendResult.soft_fail(f"{name}: provider error: {e!r}")
             attempts.append(
-                Attempt(at=self.clock.now(), provider=name, outcome=result.kind, detail=result.detail)
+                Attempt(
+                    at=self.clock.now(), provider=name, outcome=result.kind, detail=result.detail
+                )
             )
             if result.kind != "soft_fail":
                 break
@@ -197,8 +219,11 @@ class Dispatcher:
         next_at = self.clock.now() + wait
         if next_at >= delivery.expires_at:
             return self._final(
-                delivery, DeliveryStatus.EXPIRED, attempts,
-                f"gave up after {tries} attempt(s): {reason}", provider,
+                delivery,
+                DeliveryStatus.EXPIRED,
+                attempts,
+                f"gave up after {tries} attempt(s): {reason}",
+                provider,
             )
         return DeliveryUpdate(
             delivery_id=delivery.id,
@@ -228,8 +253,11 @@ class Dispatcher:
         )
 
     async def _notify_sender(self, claimed: Claimed, update: DeliveryUpdate) -> None:
+        """Queue a DSN for a failed delivery; a failure here is logged, never raised."""
         message = claimed.message
-        if not self.settings.dsn or message.source != "smtp" or not message.mail_from:
+        if not self.settings.dsn or message.source != "smtp":
+            return
+        if message.mail_from in ("", "<>"):  # never answer a null reverse-path (RFC 5321 6.1)
             return
         failed = Delivery(
             id=claimed.delivery.id,
@@ -240,15 +268,19 @@ class Dispatcher:
             updated_at=self.clock.now(),
         )
         now = self.clock.now()
-        report = Message(
-            id=new_message_id(),
-            tenant=message.tenant,
-            mail_from="",
-            raw=build_dsn(message, [failed], reporting_mta=self.hostname, now=now),
-            created_at=now,
-            source="dsn",
-        )
         try:
+            raw = build_dsn(message, [failed], reporting_mta=self.hostname, now=now)
+            report = Message(
+                id=new_message_id(),
+                tenant=message.tenant,
+                mail_from="",
+                raw=raw,
+                created_at=now,
+                source="dsn",
+                # An internationalized sender, or original headers quoted in UTF-8 (RFC 6532),
+                # need SMTPUTF8 from the next hop.
+                smtp_utf8=not (message.mail_from.isascii() and raw.isascii()),
+            )
             await self.store.enqueue(report, [message.mail_from], expires_at=now + self._lifetime)
         except Exception:
             log.exception("could not queue the DSN for %s", message.id)

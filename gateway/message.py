@@ -39,7 +39,12 @@ class DeliveryStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset(
-    {DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.EXPIRED, DeliveryStatus.SKIPPED}
+    {
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.BOUNCED,
+        DeliveryStatus.EXPIRED,
+        DeliveryStatus.SKIPPED,
+    }
 )
 
 Source = Literal["smtp", "http", "dsn"]
@@ -141,9 +146,13 @@ class SendResult(msgspec.Struct, frozen=True, kw_only=True):
         return cls(kind="sent", detail=detail, provider_message_id=provider_message_id)
 
     @classmethod
-    def soft_fail(cls, detail: str, smtp_code: int | None = None, enhanced: str | None = None) -> SendResult:
+    def soft_fail(
+        cls, detail: str, smtp_code: int | None = None, enhanced: str | None = None
+    ) -> SendResult:
         return cls(kind="soft_fail", detail=detail, smtp_code=smtp_code, enhanced=enhanced)
 
     @classmethod
-    def hard_fail(cls, detail: str, smtp_code: int | None = None, enhanced: str | None = None) -> SendResult:
+    def hard_fail(
+        cls, detail: str, smtp_code: int | None = None, enhanced: str | None = None
+    ) -> SendResult:
         return cls(kind="hard_fail", detail=detail, smtp_code=smtp_code, enhanced=enhanced)

@@ -13,7 +13,9 @@ import hmac
 import os
 import re
 
-_FORMAT = re.compile(r"^scrypt\$(\d{1,2})\$(\d{1,2})\$(\d{1,2})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
+_FORMAT = re.compile(
+    r"^scrypt\$(\d{1,2})\$(\d{1,2})\$(\d{1,2})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$"
+)
 
 
 def hash_password(password: str, *, log2_n: int = 14, r: int = 8, p: int = 1) -> str:

@@ -112,22 +112,21 @@ def _trace(hook_name: str, impl: pluggy.HookImpl, started: float, result: Any) -
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
             "%s[%s] %.3f ms -> %r",
-            hook_name, impl.plugin_name, (time.perf_counter() - started) * 1000, result,
+            hook_name,
+            impl.plugin_name,
+            (time.perf_counter() - started) * 1000,
+            result,
         )
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[tuple[str, str, list[str]]]:
     """(name, version, hooks) per plugin, in registration order, for ``gateway plugins``."""
     out = []
-    dist_versions = {
-        id(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()
-    }
+    dist_versions = {id(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()}
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        hooks = sorted(
-            caller.name for caller in pm.get_hookcallers(plugin) or []
-        )
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         version = dist_versions.get(id(plugin)) or getattr(plugin, "__version__", "built-in")
         out.append((name, str(version), hooks))
     return out

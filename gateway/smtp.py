@@ -7,13 +7,16 @@ Policy, in the order a session meets it:
   listener marked ``insecure_auth``).
 * MAIL FROM needs either a successful AUTH or a client address in a tenant's
   ``smtp_networks``; anything else is ``530 5.7.0`` — the gateway is never an open relay.
+* An address holding a control character, whitespace or bytes that are not UTF-8 is refused
+  (``501 5.1.7`` / ``501 5.1.3``) before it can reach a header, the spool or the next hop.
 * RCPT TO is capped at ``max_recipients`` (``452 4.5.3``, the client sends the rest later).
 * DATA is size-capped (``552 5.3.4``) and refused on bare CR/LF or NUL (``550 5.6.0``),
   which closes SMTP smuggling; ``250`` comes only after the spool write is durable, and a local
   fault answers ``451 4.3.0`` so the client keeps the message.
 
-Every reply carries an RFC 3463 enhanced status code: ``GatewaySMTP.push`` adds the
-conventional one to aiosmtpd's own replies that lack it.
+Every reply carries an RFC 3463 enhanced status code, except where RFC 2034 says none belongs
+(the greeting and replies to HELO/EHLO) and the 334/354 continuations: ``GatewaySMTP.push``
+adds the conventional one to aiosmtpd's own replies that lack it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import ipaddress
 import logging
 import re
 import ssl
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -47,28 +50,79 @@ LOCAL_FAULT = Reject(451, "4.3.0", "Temporary local problem, please try again la
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(\s|$)")
 _DEFAULT_ENHANCED = {
-    221: "2.0.0", 250: "2.0.0", 251: "2.1.5", 252: "2.0.0", 214: "2.0.0", 235: "2.7.0",
-    421: "4.3.2", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1",
-    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
-    530: "5.7.0", 534: "5.7.9", 535: "5.7.8", 538: "5.7.11",
-    550: "5.0.0", 552: "5.3.4", 553: "5.1.3", 554: "5.7.0", 555: "5.5.4",
+    214: "2.0.0",
+    220: "2.0.0",
+    221: "2.0.0",
+    235: "2.7.0",
+    250: "2.0.0",
+    251: "2.1.5",
+    252: "2.0.0",
+    421: "4.3.2",
+    450: "4.2.0",
+    451: "4.3.0",
+    452: "4.3.1",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    534: "5.7.9",
+    535: "5.7.8",
+    538: "5.7.11",
+    550: "5.0.0",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.7.0",
+    555: "5.5.4",
 }
-_NO_ENHANCED = {220, 334, 354}
-_UNSAFE_IN_ADDRESS = re.compile(r"[\x00-\x1f\x7f\s]")
+_NO_ENHANCED = {334, 354}
+# Controls, whitespace, and lone surrogates (aiosmtpd's stand-ins for bytes that are not UTF-8).
+_UNSAFE_IN_ADDRESS = re.compile(r"[\x00-\x1f\x7f\s\ud800-\udfff]")
 
 
-class GatewaySMTP(SMTP):  # type: ignore[misc]
+class GatewayEnvelope(Envelope):
+    """aiosmtpd's envelope plus the tenant that MAIL FROM was accepted for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tenant: str | None = None
+
+
+class GatewaySession(Session):
+    """aiosmtpd's session without the deprecation warning it logs on every successful AUTH
+    (aiosmtpd itself sets the deprecated ``login_data``)."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with enhanced status codes everywhere and non-blocking AUTH."""
 
     _in_greeting_reply = False
+    _greeted = False
 
-    async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str) and not self._in_greeting_reply:
-            status = _with_enhanced_code(status)
+    def _create_session(self) -> GatewaySession:
+        return GatewaySession(self.loop)
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
+
+    async def push(self, status: AnyStr) -> None:
+        # RFC 2034: the 220 greeting and replies to EHLO/HELO carry no enhanced status code.
+        if isinstance(status, str) and self._greeted and not self._in_greeting_reply:
+            await super().push(_with_enhanced_code(status))
+            return
+        self._greeted = True
         await super().push(status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        # RFC 2034: replies to EHLO/HELO carry no enhanced status code.
         self._in_greeting_reply = True
         try:
             await super().smtp_EHLO(hostname)
@@ -95,11 +149,13 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
 
     async def _verify(self, collected: AuthResult) -> AuthResult:
         if not isinstance(collected.auth_data, LoginPassword):
-            return collected
+            # No credentials: the client aborted with "*" or sent bad base64, and aiosmtpd has
+            # already answered 501. Unless told it was handled, it would add a 535 as well.
+            return AuthResult(success=False, handled=True)
         login, password = collected.auth_data
         tenant = await self.event_handler.authenticate(login, password)
         if tenant is None:
-            log.info("auth failed user=%r peer=%s", login, self.session.peer)
+            log.info("auth failed user=%r peer=%s", login, _peer_address(self.session))
             return AuthResult(success=False, handled=False, message=smtp_reply(BAD_CREDENTIALS))
         return AuthResult(success=True, auth_data=tenant)
 
@@ -162,13 +218,12 @@ class TenantDirectory:
         return tenant
 
 
-_DUMMY_HASH = (
-    "scrypt$14$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
-)
+_DUMMY_HASH = "scrypt$14$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 
 
 class SubmissionHandler:
-    """aiosmtpd handler for one listener. State per transaction lives on the ``Envelope``."""
+    """aiosmtpd handler for one listener (served by ``GatewaySMTP``). State per transaction
+    lives on the ``GatewayEnvelope``."""
 
     def __init__(
         self,
@@ -187,29 +242,45 @@ class SubmissionHandler:
         return await self.directory.authenticate(username, password)
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: GatewayEnvelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: GatewayEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
         if _UNSAFE_IN_ADDRESS.search(address):
             return smtp_reply(Reject(501, "5.1.7", "Bad sender address syntax"))
-        tenant = session.auth_data if session.authenticated else None
+        peer = _peer_address(session)
+        tenant: str | None = session.auth_data if session.authenticated else None
         if tenant is None:
-            tenant = self.directory.tenant_for_address(str(session.peer[0]))
+            tenant = self.directory.tenant_for_address(peer)
         if tenant is None:
-            log.info("refused unauthenticated MAIL peer=%s", session.peer[0])
+            log.info("refused unauthenticated MAIL peer=%s", peer)
             return smtp_reply(AUTH_REQUIRED)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        envelope.tenant = tenant  # type: ignore[attr-defined]
+        envelope.tenant = tenant
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: GatewayEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
         if _UNSAFE_IN_ADDRESS.search(address) or "@" not in address:
             return smtp_reply(Reject(501, "5.1.3", "Bad recipient address syntax"))
@@ -219,41 +290,63 @@ class SubmissionHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw: bytes = envelope.original_content
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: GatewayEnvelope) -> str:
+        # aiosmtpd only calls DATA after an accepted MAIL and RCPT, with the content read.
+        raw, mail_from, tenant = envelope.original_content, envelope.mail_from, envelope.tenant
+        assert raw is not None and mail_from is not None and tenant is not None
+        peer = _peer_address(session)
         problem = content_problem(raw)
         if problem is not None:
-            log.info("refused DATA peer=%s: %s", session.peer[0], problem.text)
+            log.info("refused DATA peer=%s: %s", peer, problem.text)
             return smtp_reply(problem)
         submission = Submission(
-            tenant=envelope.tenant,
-            mail_from=envelope.mail_from,
+            tenant=tenant,
+            # aiosmtpd reports the null reverse-path as "<>"; the gateway's spelling is "".
+            mail_from="" if mail_from == "<>" else mail_from,
             recipients=list(envelope.rcpt_tos),
             raw=raw,
             source="smtp",
-            smtp_utf8=envelope.smtp_utf8 or not _is_ascii(envelope),
-            client_address=str(session.peer[0]),
+            smtp_utf8=envelope.smtp_utf8 or not _is_ascii(mail_from, envelope.rcpt_tos),
+            client_address=peer,
             client_name=session.host_name or "",
-            protocol=_protocol(session),
+            protocol=_protocol(server, session),
         )
         try:
             message = await self.ingress.accept(submission)
         except Exception:
-            log.exception("could not spool a message from %s", session.peer[0])
+            log.exception("could not spool a message from %s", peer)
             return smtp_reply(LOCAL_FAULT)
         log.info(
             "accepted message=%s tenant=%s from=%s rcpts=%d size=%d",
-            message.id, message.tenant, message.mail_from, len(submission.recipients), len(raw),
+            message.id,
+            message.tenant,
+            message.mail_from,
+            len(submission.recipients),
+            len(raw),
         )
         return f"250 2.0.0 OK queued as {message.id}"
 
 
-def _is_ascii(envelope: Envelope) -> bool:
-    return envelope.mail_from.isascii() and all(r.isascii() for r in envelope.rcpt_tos)
+def _is_ascii(mail_from: str, recipients: list[str]) -> bool:
+    return mail_from.isascii() and all(r.isascii() for r in recipients)
 
 
-def _protocol(session: Session) -> str:
-    tls = "S" if session.ssl else ""
+def _peer_address(session: Session | None) -> str:
+    # aiosmtpd annotates ``peer`` as a str; it holds the transport's peername tuple.
+    peer: Any = session.peer if session is not None else None
+    return str(peer[0]) if peer else ""
+
+
+def _protocol(server: SMTP, session: Session) -> str:
+    """RFC 3848 ``with`` keyword: SMTP for HELO, else ESMTP with S (TLS) and A (AUTH)."""
+    if not session.extended_smtp:
+        return "SMTP"
+    # ``session.ssl`` is only set by STARTTLS; an implicit-TLS transport says so itself.
+    transport = server.transport
+    encrypted = session.ssl is not None or (
+        transport is not None and transport.get_extra_info("ssl_object") is not None
+    )
+    tls = "S" if encrypted else ""
     auth = "A" if session.authenticated else ""
     return f"ESMTP{tls}{auth}"
 

@@ -6,18 +6,22 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive as real clients/servers.
 missing=()
-command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+# swaks needs Net::SSLeay / IO::Socket::SSL for STARTTLS and implicit TLS.
+if ! command -v swaks >/dev/null 2>&1 || ! swaks --support 2>&1 | grep -q "=== TLS supported"; then
+    missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
+fi
 if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages used by the tests)"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
     | grep -v "^WARNING: Location" || true
 .venv/bin/ruff check .
+.venv/bin/ruff format --check gateway tests
 .venv/bin/mypy
 .venv/bin/pytest "$@"

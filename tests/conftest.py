@@ -26,7 +26,9 @@ from gateway.server import Gateway
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until true; fail after ``timeout`` seconds (never a bare sleep)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -91,7 +93,9 @@ class _SinkHandler:
         if reply is not None:
             return reply
         with self.sink.lock:
-            self.sink.messages.append(Received(envelope.mail_from, recipients, envelope.original_content))
+            self.sink.messages.append(
+                Received(envelope.mail_from, recipients, envelope.original_content)
+            )
         return f"250 2.0.0 OK queued as SINK{len(self.sink.messages)}"
 
 
@@ -167,7 +171,7 @@ def make_config(tmp_path: Path, toml: str = "", **format_args: Any) -> Config:
     base = f"""
 [gateway]
 hostname = "gw.test"
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 """
     body = toml.format(**format_args) if format_args else toml
     return parse_config(base + body, source="test.toml")
@@ -176,7 +180,9 @@ data_dir = "{tmp_path / 'data'}"
 class GatewayThread:
     """A ``Gateway`` running in its own event loop thread, so blocking clients can talk to it."""
 
-    def __init__(self, config: Config, clock: FakeClock | None = None, deliver: bool = True) -> None:
+    def __init__(
+        self, config: Config, clock: FakeClock | None = None, deliver: bool = True
+    ) -> None:
         self.clock = clock
         self.deliver = deliver
         self._loop = asyncio.new_event_loop()
@@ -208,7 +214,9 @@ class GatewayThread:
 def gateway_factory() -> Iterator[Callable[..., GatewayThread]]:
     started: list[GatewayThread] = []
 
-    def factory(config: Config, clock: FakeClock | None = None, deliver: bool = True) -> GatewayThread:
+    def factory(
+        config: Config, clock: FakeClock | None = None, deliver: bool = True
+    ) -> GatewayThread:
         gateway = GatewayThread(config, clock=clock, deliver=deliver).start()
         started.append(gateway)
         return gateway

@@ -27,7 +27,7 @@ _CONNECTION_ERRORS = (
 
 
 class SmtpRelayProvider(Provider):
-    """Relays through one smarthost; up to ``pool_size`` sessions at once, kept open between sends."""
+    """Relays through one smarthost: up to ``pool_size`` sessions, kept open between sends."""
 
     def __init__(self, name: str, settings: SmtpProviderSection, local_hostname: str) -> None:
         super().__init__(name)

@@ -16,11 +16,18 @@ from tests.conftest import GatewayThread, make_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def gateway_cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def gateway_cli(
+    *args: str, cwd: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
-        cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=60,
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -57,7 +64,8 @@ def test_check_config_summarizes_a_good_file(tmp_path: Path) -> None:
 
 def test_missing_secret_is_named(tmp_path: Path) -> None:
     path = write_config(
-        tmp_path, '[providers.relay]\ntype = "smtp"\nhost = "h"\npassword = "${GW_NO_SUCH_SECRET}"\n'
+        tmp_path,
+        '[providers.relay]\ntype = "smtp"\nhost = "h"\npassword = "${GW_NO_SUCH_SECRET}"\n',
     )
     result = gateway_cli("check-config", str(path), cwd=tmp_path)
     assert result.returncode == 2
@@ -81,17 +89,20 @@ providers = ["capture"]
     gw: GatewayThread = gateway_factory(config, clock=clock, deliver=False)
     with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
         client.sendmail(
-            "app@example.com", ["first@example.org"],
+            "app@example.com",
+            ["first@example.org"],
             b"From: app@example.com\r\nSubject: First\r\n\r\nhello\r\n",
         )
         client.sendmail(
-            "app@example.com", ["second@example.net", "third@example.net"],
+            "app@example.com",
+            ["second@example.net", "third@example.net"],
             b"From: app@example.com\r\nSubject: Second\r\n\r\nhello\r\n",
         )
     assert gw.call(gw.gateway.dispatcher.run_once()) == 3
     with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
         client.sendmail(
-            "app@example.com", ["waiting@example.com"],
+            "app@example.com",
+            ["waiting@example.com"],
             b"From: app@example.com\r\nSubject: Waiting\r\n\r\nhello\r\n",
         )
     ids = sorted({d.message_id for d in gw.call(gw.gateway.store.list_deliveries(_all()))})
@@ -112,7 +123,9 @@ def test_queue_list_filters_by_status_recipient_and_domain(spool_with_mail, tmp_
     assert "queued" in everything.stdout
     queued = gateway_cli("-c", str(path), "queue", "list", "--status", "queued", cwd=tmp_path)
     assert "waiting@example.com" in queued.stdout and "first@" not in queued.stdout
-    by_domain = gateway_cli("-c", str(path), "queue", "list", "--domain", "EXAMPLE.NET", cwd=tmp_path)
+    by_domain = gateway_cli(
+        "-c", str(path), "queue", "list", "--domain", "EXAMPLE.NET", cwd=tmp_path
+    )
     assert "second@example.net" in by_domain.stdout and "third@example.net" in by_domain.stdout
     assert "first@" not in by_domain.stdout
     by_rcpt = gateway_cli(

@@ -41,8 +41,21 @@ def test_message_arrives_byte_intact_at_the_sink(tmp_path, sink: Sink, gateway_f
     assert received.data.startswith(b"Received: from ")
     deliveries = gw.call(gw.gateway.store.list_deliveries(DeliveryFilter()))
     wait_until(
-        lambda: gw.call(gw.gateway.store.list_deliveries(DeliveryFilter()))[0].status
-        is DeliveryStatus.DELIVERED,
+        lambda: (
+            gw.call(gw.gateway.store.list_deliveries(DeliveryFilter()))[0].status
+            is DeliveryStatus.DELIVERED
+        ),
         what="the delivery to be recorded",
     )
     assert len(deliveries) == 1
+
+
+def test_null_reverse_path_is_relayed_as_null(tmp_path, sink: Sink, gateway_factory) -> None:
+    """``MAIL FROM:<>`` (bounces, auto-replies) reaches the next hop as ``<>``, not a literal."""
+    gw: GatewayThread = gateway_factory(make_config(tmp_path, RELAY, port=sink.port))
+    with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+        client.sendmail("", ["user@example.org"], BODY)
+    wait_until(lambda: len(sink.messages) == 1, what="the sink to receive the message")
+    assert sink.messages[0].mail_from == "<>"
+    message_id = gw.call(gw.gateway.store.list_deliveries(DeliveryFilter()))[0].message_id
+    assert gw.call(gw.gateway.store.get_message(message_id)).mail_from == ""

@@ -37,7 +37,11 @@ def test_example_config_loads_as_shipped() -> None:
 def test_example_config_loads_with_every_block_switched_on(certificates, monkeypatch) -> None:
     monkeypatch.setenv("RELAY_PASSWORD", "s3cret")
     config = parse_config(_uncommented_example(certificates), source="example")
-    assert [listener.name for listener in config.smtp.listeners] == ["dev", "submission", "submissions"]
+    assert [listener.name for listener in config.smtp.listeners] == [
+        "dev",
+        "submission",
+        "submissions",
+    ]
     relay = config.providers["relay"]
     assert relay.password == "s3cret"  # type: ignore[union-attr]
     assert config.tenants["default"].smtp_users[0].username == "billing-app"
@@ -74,11 +78,13 @@ def test_every_config_key_is_documented_in_the_example() -> None:
             "test.toml:2: smtp.max_recipients: Expected `int`, got `str`",
         ),
         (
-            '[[smtp.listeners]]\nname = "a"\nport = 25\n\n[[smtp.listeners]]\nname = "b"\nport = "x"\n',
+            '[[smtp.listeners]]\nname = "a"\nport = 25\n\n'
+            '[[smtp.listeners]]\nname = "b"\nport = "x"\n',
             "test.toml:7: smtp.listeners[1].port: Expected `int`, got `str`",
         ),
         (
-            '[providers.relay]\ntype = "smtp"\nhost = "h"\npassword = "${GATEWAY_TEST_UNSET_VAR}"\n',
+            '[providers.relay]\ntype = "smtp"\nhost = "h"\n'
+            'password = "${GATEWAY_TEST_UNSET_VAR}"\n',
             "test.toml:4: providers.relay.password: environment variable GATEWAY_TEST_UNSET_VAR "
             "is not set",
         ),

@@ -44,9 +44,10 @@ async def test_call_first_awaits_async_impls_and_skips_their_none(pm) -> None:
 async def test_call_first_returns_none_when_nobody_has_an_opinion(pm) -> None:
     pm.register(AsyncNoOpinion(), name="async-none")
     pm.register(SyncNoOpinion(), name="sync")
-    assert await call_first(
-        pm, "gateway_recipient_filter", gateway=None, message=None, delivery=None
-    ) is None
+    assert (
+        await call_first(pm, "gateway_recipient_filter", gateway=None, message=None, delivery=None)
+        is None
+    )
 
 
 async def test_call_all_runs_in_pluggy_order(pm) -> None:
