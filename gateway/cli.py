@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, check-config, queue, outbox, hash-password."""
+"""The ``gateway`` command: serve, check-config, queue, outbox, hash-password, api-key."""
 
 from __future__ import annotations
 
@@ -97,12 +97,16 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
         if not deliveries:
             print("no deliveries match")
             return 0
-        print(f"{'MESSAGE':<22} {'DELIVERY':>8} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<19} "
-              "RECIPIENT / LAST ERROR")
+        print(
+            f"{'MESSAGE':<22} {'DELIVERY':>8} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<19} "
+            "RECIPIENT / LAST ERROR"
+        )
         for d in deliveries:
             next_at = _when(d.next_attempt_at) if not d.status.is_terminal else "-"
-            print(f"{d.message_id:<22} {d.shard}:{d.id:<6} {d.status.value:<9} {d.attempts:>5} "
-                  f"{next_at:<19} {d.recipient}")
+            print(
+                f"{d.message_id:<22} {d.shard}:{d.id:<6} {d.status.value:<9} {d.attempts:>5} "
+                f"{next_at:<19} {d.recipient}"
+            )
             if d.last_error:
                 print(f"{'':>69}{d.last_error[:200]}")
         return 0
@@ -125,12 +129,16 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         print(f"from       <{message.mail_from}>")
         print(f"received   {_when(message.created_at)} UTC")
         print(f"size       {len(message.raw)} bytes")
-        deliveries = await store.list_deliveries(DeliveryFilter(message_id=message.id, limit=10_000))
+        deliveries = await store.list_deliveries(
+            DeliveryFilter(message_id=message.id, limit=10_000)
+        )
         for d in deliveries:
             print(f"\n  to <{d.recipient}>: {d.status.value}, {d.attempts} attempt(s)")
             if not d.status.is_terminal:
-                print(f"    next attempt {_when(d.next_attempt_at)} UTC, "
-                      f"expires {_when(d.expires_at)} UTC")
+                print(
+                    f"    next attempt {_when(d.next_attempt_at)} UTC, "
+                    f"expires {_when(d.expires_at)} UTC"
+                )
             if d.last_error:
                 print(f"    last error: {d.last_error}")
             for a in await store.attempts(d):
@@ -147,8 +155,9 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 def _require_selection(args: argparse.Namespace) -> None:
     if not (args.message_id or args.status or args.recipient or args.domain or args.all):
-        raise SystemExit("name a message id, or filter with --status/--recipient/--domain, "
-                         "or pass --all")
+        raise SystemExit(
+            "name a message id, or filter with --status/--recipient/--domain, or pass --all"
+        )
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
@@ -189,8 +198,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     for directory in directories:
         for envelope in read_outbox(directory)[: args.limit]:
             shown += 1
-            print(f"{_when(envelope.captured_at)}  {envelope.message_id}  "
-                  f"<{envelope.mail_from}> → <{envelope.recipient}>  {envelope.subject!r}")
+            print(
+                f"{_when(envelope.captured_at)}  {envelope.message_id}  "
+                f"<{envelope.mail_from}> → <{envelope.recipient}>  {envelope.subject!r}"
+            )
             print(f"    {envelope.file} ({envelope.size} bytes)")
     if not shown:
         print("the outbox is empty")
@@ -206,13 +217,32 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_key(args: argparse.Namespace) -> int:
+    from gateway.tenants import generate_api_key, hash_api_key
+
+    key = generate_api_key()
+    scopes = ", ".join(f'"{s}"' for s in dict.fromkeys(args.scope or ["send", "read"]))
+    print(
+        f"API key (shown once; give it to the service, keep it secret):\n\n  {key}\n",
+        file=sys.stderr,
+    )
+    print("Add to gateway.toml:\n", file=sys.stderr)
+    print(
+        f'[[tenants.{args.tenant}.api_keys]]\nname = "{args.name}"\n'
+        f'key_hash = "{hash_api_key(key)}"\nscopes = [{scopes}]'
+    )
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Self-hosted ESP gateway.")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
-    parser.add_argument("-c", "--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)")
+    parser.add_argument(
+        "-c", "--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -257,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     hashing = commands.add_parser("hash-password", help="hash an SMTP password for the config")
     hashing.add_argument("--stdin", action="store_true", help="read the password from stdin")
     hashing.set_defaults(func=cmd_hash_password)
+
+    api_key = commands.add_parser(
+        "api-key", help="make an HTTP API key and print its config block (the key goes to stderr)"
+    )
+    api_key.add_argument("--tenant", default="default", help="tenant that owns the key")
+    api_key.add_argument("--name", required=True, help="a name for the key, e.g. the service")
+    api_key.add_argument(
+        "--scope",
+        action="append",
+        choices=["send", "read", "admin"],
+        help="repeat for several (default: send and read)",
+    )
+    api_key.set_defaults(func=cmd_api_key)
     return parser
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,10 +81,43 @@ class SmtpUserSection(msgspec.Struct, **_STRICT):
     """Output of ``gateway hash-password``; the password itself is never stored."""
 
 
+class ApiKeySection(msgspec.Struct, **_STRICT):
+    name: str
+    """Shown in logs and rate-limit answers; unique within the tenant."""
+    key_hash: str
+    """Output of ``gateway api-key``; the key itself is never stored."""
+    scopes: list[Literal["send", "read", "admin"]] = msgspec.field(
+        default_factory=lambda: ["send", "read"]
+    )
+    """``send`` (POST messages), ``read`` (status, stats, suppressions), ``admin`` (everything)."""
+    rate_limit: float = 0.0
+    """Requests per second for this key; 0 means ``http.rate_limit``."""
+
+
 class TenantSection(msgspec.Struct, **_STRICT):
     smtp_users: list[SmtpUserSection] = msgspec.field(default_factory=list)
     smtp_networks: list[str] = msgspec.field(default_factory=list)
     """Client addresses/CIDRs trusted to submit for this tenant without AUTH (legacy apps)."""
+    api_keys: list[ApiKeySection] = msgspec.field(default_factory=list)
+    sending_domains: list[str] = msgspec.field(default_factory=list)
+    """Domains the HTTP API lets this tenant send from (``from`` address); empty means any."""
+
+
+class HttpSection(msgspec.Struct, **_STRICT):
+    """The JSON API (litestar, served by uvicorn in the same event loop as SMTP)."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = 8025
+    """0 picks a free port (tests)."""
+    max_body_size: int = 40 * 1024 * 1024
+    """Bytes per request; base64 attachments make JSON about a third larger than the message."""
+    rate_limit: float = 50.0
+    """Requests per second per API key (token bucket, per worker process); 0 turns it off."""
+    rate_burst: int = 100
+    """Requests a key may make at once before the rate applies."""
+    docs: bool = True
+    """Serve the OpenAPI document and an interactive page under ``/docs``."""
 
 
 def _default_tenants() -> dict[str, TenantSection]:
@@ -146,6 +180,7 @@ class Config(msgspec.Struct, **_STRICT):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     smtp: SmtpSection = msgspec.field(default_factory=SmtpSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
     tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
@@ -211,8 +246,10 @@ def _check_named_tables(data: dict[str, Any], text: str, source: str) -> None:
                 msgspec.convert(value, struct_type)
             except msgspec.ValidationError as e:
                 detail, sep, at = str(e).rpartition(" - at `$")
-                message = f"{detail} - at `$.{section}[\"{name}\"]{at}" if sep else (
-                    f"{e} - at `$.{section}[\"{name}\"]`"
+                message = (
+                    f'{detail} - at `$.{section}["{name}"]{at}'
+                    if sep
+                    else (f'{e} - at `$.{section}["{name}"]`')
                 )
                 raise ConfigError(_describe_validation_error(message, text, source)) from None
 
@@ -344,6 +381,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
     if config.smtp.max_recipients < 1:
         fail(("smtp", "max_recipients"), "must be at least 1")
     usernames: set[str] = set()
+    key_hashes: set[str] = set()
     for tenant_name, tenant in config.tenants.items():
         for i, user in enumerate(tenant.smtp_users):
             path: tuple[str | int, ...] = ("tenants", tenant_name, "smtp_users", i)
@@ -358,7 +396,21 @@ def _check(config: Config, text: str, source: str = "") -> None:
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
-                fail(("tenants", tenant_name, "smtp_networks", i), f"not an IP network: {network!r}")
+                fail(
+                    ("tenants", tenant_name, "smtp_networks", i), f"not an IP network: {network!r}"
+                )
+        _check_api_keys(tenant_name, tenant, key_hashes, fail)
+        for i, domain in enumerate(tenant.sending_domains):
+            if not _DOMAIN.match(domain):
+                fail(("tenants", tenant_name, "sending_domains", i), f"not a domain: {domain!r}")
+    if not 0 <= config.http.port <= 65535:
+        fail(("http", "port"), "must be between 0 and 65535")
+    if config.http.max_body_size < 1024:
+        fail(("http", "max_body_size"), "must be at least 1024 bytes")
+    if config.http.rate_limit < 0:
+        fail(("http", "rate_limit"), "must be 0 (off) or more")
+    if config.http.rate_burst < 1:
+        fail(("http", "rate_burst"), "must be at least 1")
     delivery = config.delivery
     if not delivery.providers:
         fail(("delivery", "providers"), "name at least one provider")
@@ -383,6 +435,36 @@ def _check(config: Config, text: str, source: str = "") -> None:
     for name, provider in config.providers.items():
         if isinstance(provider, SmtpProviderSection) and provider.pool_size < 1:
             fail(("providers", name, "pool_size"), "must be at least 1")
+
+
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+
+
+def _check_api_keys(
+    tenant_name: str,
+    tenant: TenantSection,
+    seen_hashes: set[str],
+    fail: Callable[[tuple[str | int, ...], str], None],
+) -> None:
+    from gateway.tenants import is_api_key_hash
+
+    names: set[str] = set()
+    for i, key in enumerate(tenant.api_keys):
+        path: tuple[str | int, ...] = ("tenants", tenant_name, "api_keys", i)
+        if key.name in names:
+            fail((*path, "name"), f"key name {key.name!r} is used twice in this tenant")
+        names.add(key.name)
+        if not is_api_key_hash(key.key_hash):
+            fail((*path, "key_hash"), "not a hash made by `gateway api-key`")
+        if key.key_hash in seen_hashes:
+            fail((*path, "key_hash"), "the same key is configured twice")
+        seen_hashes.add(key.key_hash)
+        if not key.scopes:
+            fail((*path, "scopes"), "give at least one of send, read, admin")
+        if key.rate_limit < 0:
+            fail((*path, "rate_limit"), "must be 0 (use http.rate_limit) or more")
 
 
 def _is_loopback(address: str) -> bool:
@@ -411,9 +493,16 @@ def summarize(config: Config) -> str:
         f"smtp limits   size {config.smtp.max_message_size} bytes, "
         f"{config.smtp.max_recipients} recipients"
     )
+    http = config.http
+    lines.append(
+        f"http api      {http.address}:{http.port}, {http.rate_limit:g} req/s per key"
+        if http.enabled
+        else "http api      off"
+    )
     for name, tenant in config.tenants.items():
         lines.append(
             f"tenant        {name}: {len(tenant.smtp_users)} SMTP user(s), "
+            f"{len(tenant.api_keys)} API key(s), "
             f"trusted networks {', '.join(tenant.smtp_networks) or 'none'}"
         )
     for name, provider in config.providers.items():

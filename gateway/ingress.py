@@ -15,7 +15,7 @@ import msgspec
 
 from gateway.clock import Clock
 from gateway.message import Message, Reject, Source, new_message_id
-from gateway.store.base import Store
+from gateway.store.base import IdempotencyClaim, MessageMeta, Store
 
 _HEADER_NAME = re.compile(rb"[!-9;-~]+:")
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
@@ -34,7 +34,10 @@ class Submission(msgspec.Struct, kw_only=True):
     client_address: str = ""
     client_name: str = ""
     protocol: str = "ESMTP"
-    """``ESMTP``, ``ESMTPS`` (TLS), ``ESMTPA``/``ESMTPSA`` (AUTH), or ``HTTP``."""
+    """RFC 3848 ``with`` keyword: ``SMTP`` (HELO), ``ESMTP``, ``ESMTPS`` (TLS),
+    ``ESMTPA``/``ESMTPSA`` (AUTH), or ``HTTP``."""
+    meta: MessageMeta | None = None
+    """Tags, metadata and tracking switches (HTTP API); stored with the message."""
 
 
 def content_problem(raw: bytes) -> Reject | None:
@@ -48,7 +51,8 @@ def content_problem(raw: bytes) -> Reject | None:
     if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
         position = _first_bare_newline(raw)
         return Reject(
-            550, "5.6.0",
+            550,
+            "5.6.0",
             f"Message refused: bare CR or LF at byte {position}; lines must end with CRLF",
         )
     nul = raw.find(b"\x00")
@@ -63,11 +67,15 @@ def content_problem(raw: bytes) -> Reject | None:
             continue
         if line[:1] in (b" ", b"\t"):
             if number == 1:
-                return Reject(550, "5.6.0", "Message refused: header section starts with a continuation line")
+                return Reject(
+                    550, "5.6.0", "Message refused: header section starts with a continuation line"
+                )
             continue
         if _HEADER_NAME.match(line) is None:
             return Reject(
-                550, "5.6.0", f"Message refused: malformed header on line {number} (expected 'Name: value')"
+                550,
+                "5.6.0",
+                f"Message refused: malformed header on line {number} (expected 'Name: value')",
             )
         if line[:5].lower() == b"from:":
             has_from = True
@@ -119,8 +127,15 @@ class Ingress:
             received += f"Message-ID: <{message_id}@{self.hostname}>\r\n".encode()
         return received + submission.raw
 
-    async def accept(self, submission: Submission, *, not_before: float | None = None) -> Message:
-        """Store the submission; durable when this returns. Raises ``StoreError`` if not."""
+    async def accept(
+        self,
+        submission: Submission,
+        *,
+        not_before: float | None = None,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> Message:
+        """Store the submission; durable when this returns. Raises ``StoreError`` if not
+        (``IdempotencyConflict`` if ``idempotency`` names a key already used)."""
         now = self.clock.now()
         message_id = new_message_id()
         message = Message(
@@ -132,8 +147,15 @@ class Ingress:
             source=submission.source,
             smtp_utf8=submission.smtp_utf8,
         )
+        # A scheduled message gets its whole lifetime from the time it is due.
+        starts = now if not_before is None else max(now, not_before)
         await self.store.enqueue(
-            message, submission.recipients, expires_at=now + self.lifetime, not_before=not_before
+            message,
+            submission.recipients,
+            expires_at=starts + self.lifetime,
+            not_before=not_before,
+            meta=submission.meta,
+            idempotency=idempotency,
         )
         self.on_enqueued()
         return message

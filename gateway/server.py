@@ -1,10 +1,10 @@
 """Running the gateway: one ``Gateway`` per worker process, and the supervisor that forks them.
 
-A ``Gateway`` wires config → store → providers → dispatcher → ingress → SMTP listeners, in
-one event loop. With ``gateway.workers = N`` the supervisor forks N workers; each binds the
-same ports with SO_REUSEPORT (the kernel spreads connections), writes to its own spool shard
-and delivers from the shards ``i, i+N, i+2N, …``, so shards left by a larger worker count are
-still drained.
+A ``Gateway`` wires config → store → providers → dispatcher → ingress → SMTP listeners (and
+the HTTP API when ``[http]`` is on), in one event loop. With ``gateway.workers = N`` the
+supervisor forks N workers; each binds the same ports with SO_REUSEPORT (the kernel spreads
+connections), writes to its own spool shard and delivers from the shards ``i, i+N, i+2N, …``,
+so shards left by a larger worker count are still drained.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
@@ -32,6 +33,9 @@ from gateway.smtp import (
 )
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
+
+if TYPE_CHECKING:
+    from gateway.api.serving import HttpServer
 
 log = logging.getLogger("gateway")
 
@@ -82,14 +86,18 @@ class Gateway:
         )
         self.directory = TenantDirectory(config.tenants)
         self.servers: dict[str, asyncio.Server] = {}
+        self.http: HttpServer | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
 
     @property
     def smtp_ports(self) -> dict[str, int]:
         """Bound port per listener name (useful when the config asked for port 0)."""
-        return {
-            name: server.sockets[0].getsockname()[1] for name, server in self.servers.items()
-        }
+        return {name: server.sockets[0].getsockname()[1] for name, server in self.servers.items()}
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP API's bound port, or ``None`` when ``[http]`` is off."""
+        return self.http.port if self.http is not None else None
 
     async def start(self, *, deliver: bool = True) -> None:
         await self.store.open()
@@ -99,6 +107,8 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         await self._listen()
+        if self.config.http.enabled:
+            await self._serve_http()
         if deliver:
             self._dispatch_task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
 
@@ -127,11 +137,32 @@ class Gateway:
             )
             log.info(
                 "smtp listener %s on %s:%d (tls=%s)",
-                listener.name, listener.address, self.smtp_ports[listener.name], listener.tls,
+                listener.name,
+                listener.address,
+                self.smtp_ports[listener.name],
+                listener.tls,
             )
+
+    async def _serve_http(self) -> None:
+        # Imported here: litestar and uvicorn load only when the API is switched on.
+        from gateway.api.app import create_app
+        from gateway.api.serving import HttpServer
+
+        http = self.config.http
+        sock = bind_socket(http.address, http.port, reuse_port=self.reuse_port)
+        try:
+            self.http = HttpServer(create_app(self), sock)
+            await self.http.start()
+        except BaseException:
+            sock.close()
+            self.http = None
+            raise
+        log.info("http api on %s:%d", http.address, self.http.port)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let deliveries in progress finish (up to ``grace``), close."""
+        if self.http is not None:
+            await self.http.stop()
         for server in self.servers.values():
             server.close()
         for server in self.servers.values():
@@ -171,6 +202,8 @@ async def _serve_worker(config: Config, worker: int, workers: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
     ports = ", ".join(f"{n}={p}" for n, p in gateway.smtp_ports.items())
+    if gateway.http_port is not None:
+        ports += f"; http {gateway.http_port}"
     log.info("worker %d/%d ready (smtp %s)", worker + 1, workers, ports)
     await stop.wait()
     log.info("worker %d stopping", worker)
@@ -185,10 +218,13 @@ def serve(config: Config) -> int:
         asyncio.run(_serve_worker(config, 0, 1))
         return 0
     children: list[int] = []
+    supervisor = os.getpid()
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
             _die_with_parent()
+            if os.getppid() != supervisor:  # the supervisor died before prctl took effect
+                os._exit(1)
             code = 0
             try:
                 asyncio.run(_serve_worker(config, index, workers))

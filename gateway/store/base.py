@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Literal
 
 import msgspec
 
@@ -56,6 +57,125 @@ class StoreError(Exception):
     """The store could not do what was asked; callers treat it as a temporary, local fault."""
 
 
+# --- what the HTTP API adds: metadata, idempotency, suppressions, listings, stats, events -----
+
+
+class MessageMeta(msgspec.Struct, kw_only=True, frozen=True):
+    """What an HTTP client attached to a message besides its bytes (SMTP mail has none)."""
+
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    tracking: dict[str, bool] = msgspec.field(default_factory=dict)
+    """Per-message switches such as ``opens``/``clicks``, for the tracking plugins."""
+
+
+class IdempotencyClaim(msgspec.Struct, kw_only=True, frozen=True):
+    """Written in the same transaction as the message, so a retry can never queue it twice."""
+
+    tenant: str
+    key: str
+    part: int = 0
+    """Which message of the request (batch sends have one per recipient)."""
+    fingerprint: str
+    """Hash of the request, to tell a retry from a different request reusing the key."""
+    response: bytes = b""
+    """What to answer a retry with (the caller adds the message id)."""
+    expires_at: float
+
+
+class IdempotencyEntry(msgspec.Struct, kw_only=True, frozen=True):
+    part: int
+    message_id: str
+    fingerprint: str
+    response: bytes
+    created_at: float
+
+
+class IdempotencyConflict(StoreError):
+    """Another request with the same idempotency key and part was stored first."""
+
+
+SuppressionReason = Literal["bounce", "complaint", "unsubscribe", "manual"]
+
+
+class Suppression(msgspec.Struct, kw_only=True, frozen=True):
+    """A recipient a tenant must not send to, and why."""
+
+    tenant: str
+    address: str
+    reason: SuppressionReason
+    created_at: float
+    detail: str = ""
+
+
+class MessageQuery(msgspec.Struct, kw_only=True):
+    """A tenant's messages, newest first; every given filter must match."""
+
+    tenant: str
+    status: DeliveryStatus | None = None
+    """Messages with at least one delivery in this state."""
+    tag: str | None = None
+    recipient: str | None = None
+    since: float | None = None
+    until: float | None = None
+    before_id: str | None = None
+    """Cursor: only messages older than this id (ids sort by creation time)."""
+    limit: int = 50
+
+
+class MessageRecord(msgspec.Struct, kw_only=True):
+    """A message as the API shows it: envelope, metadata and per-recipient state, no body."""
+
+    id: str
+    tenant: str
+    source: str
+    mail_from: str
+    created_at: float
+    size: int
+    head: bytes
+    """The header section (up to 16 KiB), for subject and message-id."""
+    meta: MessageMeta
+    send_at: float | None = None
+    """When it was scheduled for, if it was."""
+    deliveries: list[Delivery]
+
+
+EventType = Literal[
+    "queued",
+    "scheduled",
+    "attempted",
+    "delivered",
+    "deferred",
+    "bounced",
+    "expired",
+    "suppressed",
+    "opened",
+    "clicked",
+    "unsubscribed",
+    "complained",
+]
+
+
+class MessageEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One entry in a message's timeline."""
+
+    message_id: str
+    at: float
+    type: EventType
+    recipient: str = ""
+    provider: str = ""
+    detail: str = ""
+
+
+class DeliveryStats(msgspec.Struct, kw_only=True):
+    """Deliveries of a tenant's messages created in a period, by current status."""
+
+    by_status: dict[str, int]
+    by_tag: dict[str, dict[str, int]]
+    by_day: dict[str, dict[str, int]]
+    """``YYYY-MM-DD`` (UTC, day the message was accepted) → status → count."""
+
+
 class Store(abc.ABC):
     """Durable spool, delivery queue and delivery history."""
 
@@ -73,8 +193,14 @@ class Store(abc.ABC):
         *,
         expires_at: float,
         not_before: float | None = None,
+        meta: MessageMeta | None = None,
+        idempotency: IdempotencyClaim | None = None,
     ) -> list[Delivery]:
-        """Store ``message`` with one delivery per recipient; durable when it returns."""
+        """Store ``message`` with one delivery per recipient; durable when it returns.
+
+        ``meta`` and ``idempotency`` (HTTP API) are written in the same transaction; a claim
+        whose key and part are already stored raises ``IdempotencyConflict`` and stores nothing.
+        """
 
     @abc.abstractmethod
     async def recover(self, now: float) -> int:
@@ -103,7 +229,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def retry_now(self, where: DeliveryFilter, now: float) -> int:
-        """Make matching non-delivered deliveries due now (bounced/expired ones too); count."""
+        """Make matching deliveries due now (bounced/expired too, never delivered/skipped)."""
 
     @abc.abstractmethod
     async def delete(self, where: DeliveryFilter) -> int:
@@ -111,3 +237,53 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def counts(self) -> dict[DeliveryStatus, int]: ...
+
+    # --- HTTP API: reads see every shard/node, not just the ones this process writes ------
+
+    @abc.abstractmethod
+    async def find_idempotency(self, tenant: str, key: str, now: float) -> list[IdempotencyEntry]:
+        """Unexpired entries for ``key``, by part."""
+
+    @abc.abstractmethod
+    async def purge_idempotency(self, now: float) -> int:
+        """Forget expired idempotency keys; count them."""
+
+    @abc.abstractmethod
+    async def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        """Insert or replace entries (one per tenant and address); count them."""
+
+    @abc.abstractmethod
+    async def remove_suppression(self, tenant: str, address: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def list_suppressions(
+        self,
+        tenant: str,
+        *,
+        reason: SuppressionReason | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Suppression]:
+        """Entries ordered by address; ``after`` is the cursor (the last address seen)."""
+
+    @abc.abstractmethod
+    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
+        """The entries for those of ``addresses`` that are suppressed, by lower-cased address."""
+
+    @abc.abstractmethod
+    async def list_messages(self, query: MessageQuery) -> list[MessageRecord]: ...
+
+    @abc.abstractmethod
+    async def message_record(self, tenant: str, message_id: str) -> MessageRecord | None:
+        """The message if it exists and belongs to ``tenant``."""
+
+    @abc.abstractmethod
+    async def timeline(self, message_id: str) -> list[MessageEvent]:
+        """Queued, attempts and their outcomes, final states and recorded events, oldest first."""
+
+    @abc.abstractmethod
+    async def record_event(self, event: MessageEvent) -> None:
+        """Store an event that delivery records cannot tell (opened, clicked, complained…)."""
+
+    @abc.abstractmethod
+    async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats: ...

@@ -5,7 +5,12 @@ SQLite allows one writer per file, so each worker process owns a *shard* file
 Within a process, every operation is handed to the shard's writer thread, which runs all
 operations waiting at that moment in one transaction and commits once (``synchronous=FULL``
 fsyncs the WAL at each commit). Under load, one fsync covers many messages; idle, a lone
-message still commits at once. Callers' futures resolve only after the commit returns.
+message still commits at once. Callers' futures resolve only after the commit returns. Each
+operation runs in its own savepoint, so one that fails (say, a duplicate message id) fails
+only its caller, with a ``StoreError``; the rest of the batch commits.
+
+Delivery ids are ``AUTOINCREMENT``: an id is never handed out twice, so the late outcome of a
+send whose delivery an operator deleted cannot land on a newer delivery.
 """
 
 from __future__ import annotations
@@ -20,7 +25,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
-from gateway.store.base import Claimed, DeliveryFilter, DeliveryUpdate, Store, StoreError
+from gateway.store import sqlite_api
+from gateway.store.base import (
+    Claimed,
+    DeliveryFilter,
+    DeliveryStats,
+    DeliveryUpdate,
+    IdempotencyClaim,
+    IdempotencyEntry,
+    MessageEvent,
+    MessageMeta,
+    MessageQuery,
+    MessageRecord,
+    Store,
+    StoreError,
+    Suppression,
+    SuppressionReason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +58,7 @@ CREATE TABLE IF NOT EXISTS messages (
     raw BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL REFERENCES messages(id),
     recipient TEXT NOT NULL,
     domain TEXT NOT NULL,
@@ -89,8 +110,11 @@ def existing_shards(directory: Path) -> list[int]:
 class _Writer:
     """One SQLite connection on its own thread, committing whatever work is waiting, together."""
 
-    def __init__(self, path: Path, max_batch: int = 512) -> None:
+    def __init__(
+        self, path: Path, max_batch: int = 512, schema: str = SCHEMA + sqlite_api.SHARD_SCHEMA
+    ) -> None:
         self.path = path
+        self._schema = schema
         self._max_batch = max_batch
         self._work: queue.SimpleQueue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
@@ -98,6 +122,7 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, name=f"spool:{path.name}", daemon=True)
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
+        self._stopped = False
         self.commits = 0
         self.operations = 0
 
@@ -108,10 +133,15 @@ class _Writer:
             raise StoreError(f"cannot open {self.path}: {self._open_error}") from self._open_error
 
     def stop(self) -> None:
-        self._work.put(None)
-        self._thread.join()
+        self._stopped = True
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
 
     async def submit(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        if self._stopped or not self._thread.is_alive():
+            # Nobody would ever run it: fail now rather than leave the caller waiting forever.
+            raise StoreError(f"spool {self.path.name} is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._work.put((operation, future))
         return await future
@@ -123,7 +153,7 @@ class _Writer:
         # FULL: the WAL is fsync'd at every commit, which is what makes "250 OK" a promise.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(SCHEMA)
+        conn.executescript(self._schema)
         return conn
 
     def _run(self) -> None:
@@ -167,7 +197,12 @@ class _Writer:
                     result = operation(conn)
                 except Exception as e:
                     conn.execute("ROLLBACK TO op")
-                    outcomes.append((future, None, e))
+                    if isinstance(e, sqlite3.Error):
+                        failure: Exception = StoreError(f"spool {self.path.name}: {e}")
+                        failure.__cause__ = e
+                    else:
+                        failure = e
+                    outcomes.append((future, None, failure))
                 else:
                     outcomes.append((future, result, None))
                 conn.execute("RELEASE op")
@@ -275,6 +310,9 @@ class SqliteStore(Store):
             numbers = set(shards if shards is not None else [write_shard]) | {write_shard}
         self._writers = {n: _Writer(shard_path(self.directory, n)) for n in sorted(numbers)}
         self._claim_cursor = 0
+        # Tenant-wide data (suppressions) is shared by all workers; see sqlite_api.
+        self._tenants = _Writer(self.directory / "tenants.db", schema=sqlite_api.TENANT_SCHEMA)
+        self._reader = sqlite_api.ShardReader(self.directory, self._shard_files)
 
     @property
     def shards(self) -> list[int]:
@@ -288,11 +326,13 @@ class SqliteStore(Store):
         }
 
     async def open(self) -> None:
-        for writer in self._writers.values():
+        for writer in [*self._writers.values(), self._tenants]:
             await asyncio.to_thread(writer.start)
+        self._reader.start()
 
     async def close(self) -> None:
-        for writer in self._writers.values():
+        await asyncio.to_thread(self._reader.stop)
+        for writer in [*self._writers.values(), self._tenants]:
             await asyncio.to_thread(writer.stop)
 
     async def _on(self, shard: int, operation: Callable[[sqlite3.Connection], T]) -> T:
@@ -316,6 +356,8 @@ class SqliteStore(Store):
         *,
         expires_at: float,
         not_before: float | None = None,
+        meta: MessageMeta | None = None,
+        idempotency: IdempotencyClaim | None = None,
     ) -> list[Delivery]:
         shard = self.write_shard
         due = message.created_at if not_before is None else not_before
@@ -362,6 +404,10 @@ class SqliteStore(Store):
                         shard=shard,
                     )
                 )
+            if meta is not None or not_before is not None:
+                sqlite_api.insert_meta(conn, message.id, meta or MessageMeta(), not_before)
+            if idempotency is not None:
+                sqlite_api.insert_idempotency(conn, idempotency, message.id, message.created_at)
             return deliveries
 
         return await self._on(shard, insert)
@@ -397,7 +443,7 @@ class SqliteStore(Store):
         def apply(batch: list[DeliveryUpdate]) -> Callable[[sqlite3.Connection], None]:
             def operation(conn: sqlite3.Connection) -> None:
                 for u in batch:
-                    conn.execute(
+                    cursor = conn.execute(
                         "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?,"
                         " provider = ?, provider_message_id = ?, updated_at = ?,"
                         " attempts = attempts + ? WHERE id = ?",
@@ -412,6 +458,10 @@ class SqliteStore(Store):
                             u.delivery_id,
                         ),
                     )
+                    if cursor.rowcount == 0:
+                        # Deleted by an operator while it was being sent: nothing to record.
+                        log.info("delivery %s is gone; its outcome is dropped", u.delivery_id)
+                        continue
                     for a in u.attempts:
                         conn.execute(
                             "INSERT INTO attempts (delivery_id, at, provider, outcome, detail)"
@@ -480,7 +530,7 @@ class SqliteStore(Store):
             cursor = conn.execute(
                 "UPDATE deliveries SET status = ?, next_attempt_at = ?, updated_at = ?,"
                 " expires_at = MAX(expires_at, ?) WHERE id IN (SELECT d.id FROM deliveries d"
-                f" JOIN messages m ON m.id = d.message_id{clause}{extra}d.status NOT IN (?, ?))",
+                f" JOIN messages m ON m.id = d.message_id{clause}{extra}d.status NOT IN (?, ?, ?))",
                 [
                     DeliveryStatus.DEFERRED.value,
                     now,
@@ -489,6 +539,8 @@ class SqliteStore(Store):
                     *args,
                     DeliveryStatus.DELIVERED.value,
                     DeliveryStatus.SENDING.value,
+                    # Skipped means suppressed on purpose: a retry must not override that.
+                    DeliveryStatus.SKIPPED.value,
                 ],
             )
             return cursor.rowcount
@@ -515,6 +567,7 @@ class SqliteStore(Store):
                 "DELETE FROM messages WHERE NOT EXISTS"
                 " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)"
             )
+            sqlite_api.delete_orphans(conn)
             return len(ids)
 
         return sum(await self._on_all(remove))
@@ -530,6 +583,71 @@ class SqliteStore(Store):
             for status, n in rows:
                 totals[DeliveryStatus(status)] += n
         return totals
+
+    # --- HTTP API (queries in sqlite_api) ---------------------------------------------------
+
+    def _shard_files(self) -> list[Path]:
+        return [shard_path(self.directory, n) for n in existing_shards(self.directory)]
+
+    async def find_idempotency(self, tenant: str, key: str, now: float) -> list[IdempotencyEntry]:
+        found = await self._reader.read(
+            lambda conn: sqlite_api.find_idempotency(conn, tenant, key, now)
+        )
+        return sqlite_api.merge_idempotency(found)
+
+    async def purge_idempotency(self, now: float) -> int:
+        return sum(await self._on_all(lambda conn, _: sqlite_api.purge_idempotency(conn, now)))
+
+    async def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        return await self._tenants.submit(lambda conn: sqlite_api.add_suppressions(conn, entries))
+
+    async def remove_suppression(self, tenant: str, address: str) -> bool:
+        return await self._tenants.submit(
+            lambda conn: sqlite_api.remove_suppression(conn, tenant, address)
+        )
+
+    async def list_suppressions(
+        self,
+        tenant: str,
+        *,
+        reason: SuppressionReason | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Suppression]:
+        return await self._tenants.submit(
+            lambda conn: sqlite_api.list_suppressions(conn, tenant, reason, after, limit)
+        )
+
+    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
+        if not addresses:
+            return {}
+        return await self._tenants.submit(
+            lambda conn: sqlite_api.suppressed(conn, tenant, addresses)
+        )
+
+    async def list_messages(self, query: MessageQuery) -> list[MessageRecord]:
+        found = await self._reader.read(lambda conn: sqlite_api.list_messages(conn, query))
+        merged = sorted((r for records in found for r in records), key=lambda r: r.id, reverse=True)
+        return merged[: query.limit]
+
+    async def message_record(self, tenant: str, message_id: str) -> MessageRecord | None:
+        found = await self._reader.read(
+            lambda conn: sqlite_api.message_record(conn, tenant, message_id)
+        )
+        return next((r for r in found if r is not None), None)
+
+    async def timeline(self, message_id: str) -> list[MessageEvent]:
+        found = await self._reader.read(lambda conn: sqlite_api.timeline(conn, message_id))
+        return sorted((e for events in found for e in events), key=lambda e: e.at)
+
+    async def record_event(self, event: MessageEvent) -> None:
+        await self._on(self.write_shard, lambda conn: sqlite_api.insert_event(conn, event))
+
+    async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats:
+        found = await self._reader.read(
+            lambda conn: sqlite_api.delivery_stats(conn, tenant, since, until)
+        )
+        return sqlite_api.merge_stats(found)
 
 
 def _claim_op(now: float, limit: int, shard: int) -> Callable[[sqlite3.Connection], list[Claimed]]:

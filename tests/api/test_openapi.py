@@ -1,0 +1,33 @@
+"""The served OpenAPI 3.1 document describes every endpoint, its bodies and its problems."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Api
+
+
+def test_openapi_document_and_docs_page(idle_api: Api) -> None:
+    with idle_api.anonymous() as client:
+        document = client.get("/docs/openapi.json").json()
+        page = client.get("/docs")
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {
+        "/v1/messages",
+        "/v1/messages/batch",
+        "/v1/messages/{message_id}",
+        "/v1/stats",
+        "/v1/suppressions",
+        "/v1/suppressions/{email}",
+        "/v1/suppressions/import",
+        "/v1/suppressions/export",
+    }
+    send = document["paths"]["/v1/messages"]["post"]
+    assert set(send["requestBody"]["content"]) == {"application/json", "message/rfc822"}
+    schemas = document["components"]["schemas"]
+    assert "from" in schemas["SendRequest"]["properties"]
+    assert schemas["SendRequest"]["additionalProperties"] is False
+    assert "recipients" in schemas["BatchRequest"]["required"]
+    problem = send["responses"]["422"]["content"]["application/problem+json"]["schema"]
+    assert problem == {"$ref": "#/components/schemas/ProblemDetail"}
+    assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert page.status_code == 200
+    assert "swagger" in page.text.lower()
