@@ -187,6 +187,21 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     return result
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from gateway.plugin_manager import describe_plugins, make_plugin_manager
+
+    pm = make_plugin_manager(extra=config.gateway.plugins, tables=config.plugins)
+    rows = describe_plugins(pm)
+    if not rows:
+        print("no plugins loaded")
+    for name, version, hooks in rows:
+        print(f"{name} ({version})")
+        for hook in hooks:
+            print(f"    {hook}")
+    return 0
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     config = _load(args)
     directories = [
@@ -279,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
         filters(sub)
         sub.add_argument("--all", action="store_true", help="every delivery")
         sub.set_defaults(func=func)
+
+    plugins = commands.add_parser(
+        "plugins", help="list loaded plugins and their hooks, in call order"
+    )
+    plugins.set_defaults(func=cmd_plugins)
 
     outbox = commands.add_parser("outbox", help="list mail captured by the capture provider")
     outbox.add_argument("--limit", type=int, default=50)

@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -37,6 +37,8 @@ class GatewaySection(msgspec.Struct, **_STRICT):
     workers: int = 1
     """Worker processes sharing the listeners (SO_REUSEPORT); each owns one spool shard."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    plugins: list[str] = msgspec.field(default_factory=list)
+    """Extra plugin modules to load by import path, after the built-ins and entry points."""
 
 
 class StoreSection(msgspec.Struct, **_STRICT):
@@ -184,6 +186,8 @@ class Config(msgspec.Struct, **_STRICT):
     tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
+    plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """``[plugins.<name>]`` tables, each validated by its own plugin (``plugin_settings``)."""
 
     def __post_init__(self) -> None:
         # `capture` is always there to fall back to or test with, unless a table redefines it.
@@ -519,3 +523,21 @@ def summarize(config: Config) -> str:
         f"DSN {'on' if d.dsn else 'off'}"
     )
     return "\n".join(lines)
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def plugin_settings(config: Config, name: str, settings_type: type[S]) -> S:
+    """Decode ``[plugins.<name>]`` into a plugin's own Struct; errors name ``plugins.<name>.key``.
+
+    The ``enabled`` key belongs to the gateway (it decides whether the plugin is registered)
+    and is removed before decoding.
+    """
+    table = {k: v for k, v in config.plugins.get(name, {}).items() if k != "enabled"}
+    try:
+        return msgspec.convert(table, settings_type)
+    except msgspec.ValidationError as e:
+        detail, sep, at = str(e).rpartition(" - at `$")
+        message = f"{detail} - at `$.plugins.{name}{at}" if sep else f"{e} - at `$.plugins.{name}`"
+        raise ConfigError(_describe_validation_error(message, "", "")) from None

@@ -1,13 +1,23 @@
 """The dispatcher: claims due deliveries, runs each through ``process()``, records the outcome.
 
-``process()`` reads as the list of its steps (Postal's outgoing message processor):
+``process()`` reads as the list of its steps (Postal's outgoing message processor), calling
+these hooks (``gateway/hookspecs.py``) in this order:
 
-1. ``expire``   — past the message lifetime → ``expired`` (terminal), no attempt.
-2. ``send``     — try each provider in failover order until one takes the message or refuses
-   it for good; a provider that raises counts as a temporary failure, never a lost message.
-3. ``classify`` — ``sent`` → ``delivered``; ``hard_fail`` → ``bounced``; only temporary
+1. ``expire``    — past the message lifetime → ``expired`` (terminal), no attempt.
+2. ``filter``    — ``gateway_recipient_filter``: a ``Skip`` → ``skipped`` with its reason.
+3. ``transform`` — ``gateway_transform``, each plugin seeing the previous one's bytes.
+4. ``sign``      — ``gateway_sign`` on the final bytes; returned headers are prepended.
+5. ``send``      — per provider in failover order, ``gateway_permit`` may ``Defer`` that route;
+   otherwise the provider is tried until one takes the message or refuses it for good. A
+   provider that raises counts as a temporary failure, never a lost message.
+6. ``classify``  — ``sent`` → ``delivered``; ``hard_fail`` → ``bounced``; only temporary
    failures → ``deferred`` with the next wait from the retry schedule, or ``expired`` when
-   that wait would pass the lifetime.
+   that wait would pass the lifetime; only policy deferrals → ``deferred`` until the earliest
+   ``Defer.until``, without counting an attempt.
+
+A plugin that raises in steps 2 to 5 defers the delivery with the plugin and error recorded as an
+attempt; it is retried on the schedule and delivered once the plugin works.
+Afterwards ``gateway_delivery_result`` observers see the new state.
 
 Bounced and expired deliveries of SMTP-submitted mail produce an RFC 3464 DSN to the envelope
 sender when ``delivery.dsn`` is on: one per failed delivery, queued *before* the final state is
@@ -23,17 +33,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import pluggy
 
 from gateway.clock import Clock
 from gateway.config import DeliverySection
 from gateway.dsn import build_dsn
 from gateway.message import (
     Attempt,
+    Defer,
     Delivery,
     DeliveryStatus,
     Message,
     SendResult,
+    Skip,
     new_message_id,
+)
+from gateway.plugin_manager import (
+    HookError,
+    call_all,
+    call_chain,
+    call_first,
+    has_impls,
+    make_plugin_manager,
 )
 from gateway.providers import OutboundMessage, Provider
 from gateway.store.base import Claimed, DeliveryUpdate, Store
@@ -54,6 +78,8 @@ class Dispatcher:
         settings: DeliverySection,
         clock: Clock,
         hostname: str,
+        plugins: pluggy.PluginManager | None = None,
+        gateway: Any = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -61,6 +87,10 @@ class Dispatcher:
         self.settings = settings
         self.clock = clock
         self.hostname = hostname
+        self.pm = (
+            plugins if plugins is not None else make_plugin_manager(builtins=(), entry_points=False)
+        )
+        self.gateway = gateway
         self._delays = settings.retry_delays
         self._lifetime = settings.max_lifetime_seconds
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -160,13 +190,42 @@ class Dispatcher:
                 log.exception("recording delivery %s failed", claimed.delivery.id)
                 return
             _log_transition(claimed, update)
+            await self._observe(claimed, update)
+
+    async def _observe(self, claimed: Claimed, update: DeliveryUpdate) -> None:
+        if not has_impls(self.pm, "gateway_delivery_result"):
+            return
+        detail = update.last_error or (update.attempts[-1].detail if update.attempts else "")
+        try:
+            await call_all(
+                self.pm,
+                "gateway_delivery_result",
+                gateway=self.gateway,
+                message=claimed.message,
+                delivery=claimed.delivery,
+                status=update.status.value,
+                detail=detail,
+            )
+        except HookError as e:
+            log.error("observer failed for delivery %s: %s", claimed.delivery.id, e)
 
     async def process(self, delivery: Delivery, message: Message) -> DeliveryUpdate:
         """Decide one delivery's next state; the steps are listed in the module docstring."""
         now = self.clock.now()
         if now >= delivery.expires_at:
             return self._final(delivery, DeliveryStatus.EXPIRED, [], _expired_reason(delivery))
-        attempts, result, provider = await self._send(delivery, message)
+        try:
+            skip = await self._filter(delivery, message)
+            if skip is not None:
+                return self._final(delivery, DeliveryStatus.SKIPPED, [], skip.reason)
+            final = await self._prepare(delivery, message)
+            attempts, result, provider, deferral = await self._send(delivery, final)
+        except HookError as e:
+            log.error("delivery %s of %s deferred: %s", delivery.id, message.id, e)
+            failed = Attempt(
+                at=self.clock.now(), provider=f"plugin:{e.plugin}", outcome="error", detail=str(e)
+            )
+            return self._retry_later(delivery, [failed], str(e))
         if result.kind == "sent":
             return DeliveryUpdate(
                 delivery_id=delivery.id,
@@ -178,11 +237,39 @@ class Dispatcher:
             )
         if result.kind == "hard_fail":
             return self._final(delivery, DeliveryStatus.BOUNCED, attempts, result.detail, provider)
+        if deferral is not None and not attempts:
+            return self._defer_by_policy(delivery, deferral)
         return self._retry_later(delivery, attempts, result.detail, provider)
+
+    async def _filter(self, delivery: Delivery, message: Message) -> Skip | None:
+        skip: Skip | None = await call_first(
+            self.pm,
+            "gateway_recipient_filter",
+            gateway=self.gateway,
+            message=message,
+            delivery=delivery,
+        )
+        return skip
+
+    async def _prepare(self, delivery: Delivery, message: Message) -> Message:
+        """This recipient's final bytes: every transform, then signatures over the result."""
+        if has_impls(self.pm, "gateway_transform"):
+            message = await call_chain(
+                self.pm, "gateway_transform", message, gateway=self.gateway, delivery=delivery
+            )
+        if has_impls(self.pm, "gateway_sign"):
+            headers = await call_all(
+                self.pm, "gateway_sign", gateway=self.gateway, message=message, delivery=delivery
+            )
+            if headers:
+                message = msgspec.structs.replace(message, raw=b"".join(headers) + message.raw)
+        return message
 
     async def _send(
         self, delivery: Delivery, message: Message
-    ) -> tuple[list[Attempt], SendResult, str]:
+    ) -> tuple[list[Attempt], SendResult, str, Defer | None]:
+        """Try routes in order. Returns the attempts, the last result, its provider, and the
+        earliest policy deferral when ``gateway_permit`` held back every route tried."""
         outbound = OutboundMessage(
             message_id=message.id,
             delivery_id=delivery.id,
@@ -195,7 +282,23 @@ class Dispatcher:
         attempts: list[Attempt] = []
         result = SendResult.soft_fail("no provider configured")
         name = ""
+        deferral: Defer | None = None
+        check_permits = has_impls(self.pm, "gateway_permit")
         for name in self.route:
+            if check_permits:
+                held: Defer | None = await call_first(
+                    self.pm,
+                    "gateway_permit",
+                    gateway=self.gateway,
+                    message=message,
+                    delivery=delivery,
+                    route=name,
+                )
+                if held is not None:
+                    if deferral is None or held.until < deferral.until:
+                        deferral = held
+                    result = SendResult.soft_fail(f"{name}: held back: {held.reason}")
+                    continue
             provider = self.providers[name]
             try:
                 result = await provider.send(outbound)
@@ -209,7 +312,22 @@ class Dispatcher:
             )
             if result.kind != "soft_fail":
                 break
-        return attempts, result, name
+        return attempts, result, name, deferral
+
+    def _defer_by_policy(self, delivery: Delivery, deferral: Defer) -> DeliveryUpdate:
+        """Held back by a plugin (caps, rates): wait, without spending an attempt or the
+        retry schedule — but never past the lifetime."""
+        if deferral.until >= delivery.expires_at:
+            return self._final(
+                delivery, DeliveryStatus.EXPIRED, [], f"held back until expiry: {deferral.reason}"
+            )
+        return DeliveryUpdate(
+            delivery_id=delivery.id,
+            shard=delivery.shard,
+            status=DeliveryStatus.DEFERRED,
+            next_attempt_at=deferral.until,
+            last_error=deferral.reason,
+        )
 
     def _retry_later(
         self, delivery: Delivery, attempts: list[Attempt], reason: str, provider: str = ""

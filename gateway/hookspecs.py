@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from gateway.config import Config
     from gateway.message import Defer, Delivery, Message, Reject, Skip
 
 hookspec = pluggy.HookspecMarker("gateway")
@@ -31,15 +32,18 @@ hookspec = pluggy.HookspecMarker("gateway")
 
 
 @hookspec
-def gateway_configure(gateway: Any, config: dict[str, Any]) -> None:
+def gateway_configure(gateway: Any, config: Config) -> None:
     """Validate and keep this plugin's own ``[plugins.<name>]`` table.
 
-    :param gateway: the gateway being configured.
-    :param config: the raw table for this plugin (``{}`` when absent). Convert it to your own
-        msgspec Struct and raise :class:`gateway.config.ConfigError` naming the key path
-        (``plugins.<name>.<key>``) when it is wrong; the gateway refuses to start.
+    :param gateway: the gateway being configured; keep per-gateway state in
+        ``gateway.plugin_state["<name>"]`` (never in module globals).
+    :param config: the whole configuration. Decode your table with
+        :func:`gateway.config.plugin_settings`, which raises
+        :class:`gateway.config.ConfigError` naming ``plugins.<name>.<key>``; the gateway then
+        refuses to start.
 
-    Called once per plugin, before :func:`gateway_startup`.
+    Must be a plain ``def`` (it runs while the gateway is built, before any event loop work).
+    Called once, before :func:`gateway_startup`.
     """
 
 
@@ -56,6 +60,22 @@ def gateway_shutdown(gateway: Any) -> None:
     """Close what :func:`gateway_startup` opened.
 
     :param gateway: the gateway shutting down.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Registration: all run, results concatenated
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def gateway_register_routes(gateway: Any) -> list[Any] | None:
+    """Add HTTP endpoints (tracking, unsubscribe pages) to the gateway's web server.
+
+    :param gateway: the gateway.
+    :return: litestar route handlers or controllers, mounted at the paths they declare.
+
+    Must be a plain ``def``; runs once when the HTTP app is built.
     """
 
 

@@ -18,12 +18,15 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pluggy
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.dispatch import Dispatcher
 from gateway.ingress import Ingress
+from gateway.plugin_manager import call_all, configure_plugins, make_plugin_manager
 from gateway.providers import Provider, build_provider
 from gateway.smtp import (
     SubmissionHandler,
@@ -59,10 +62,17 @@ class Gateway:
         store: Store | None = None,
         worker: int = 0,
         workers: int = 1,
+        plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.worker = worker
+        self.pm = plugin_manager or make_plugin_manager(
+            extra=config.gateway.plugins, tables=config.plugins
+        )
+        self.plugin_state: dict[str, Any] = {}
+        """Per-gateway state of plugins, keyed by plugin name (set in ``gateway_configure``)."""
+        configure_plugins(self.pm, self, config)
         self.store: Store = store or open_store(config, worker=worker, workers=workers)
         self.reuse_port = workers > 1
         self.providers: dict[str, Provider] = {
@@ -76,6 +86,8 @@ class Gateway:
             settings=config.delivery,
             clock=self.clock,
             hostname=config.gateway.hostname,
+            plugins=self.pm,
+            gateway=self,
         )
         self.ingress = Ingress(
             store=self.store,
@@ -106,6 +118,7 @@ class Gateway:
             log.info("returned %d interrupted deliveries to the queue", recovered)
         for provider in self.providers.values():
             await provider.start()
+        await call_all(self.pm, "gateway_startup", gateway=self)
         await self._listen()
         if self.config.http.enabled:
             await self._serve_http()
@@ -176,6 +189,10 @@ class Gateway:
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()
+        try:
+            await call_all(self.pm, "gateway_shutdown", gateway=self)
+        except Exception:
+            log.exception("a plugin failed during shutdown")
         await self.store.close()
 
 

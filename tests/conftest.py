@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pluggy
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -181,17 +182,22 @@ class GatewayThread:
     """A ``Gateway`` running in its own event loop thread, so blocking clients can talk to it."""
 
     def __init__(
-        self, config: Config, clock: FakeClock | None = None, deliver: bool = True
+        self,
+        config: Config,
+        clock: FakeClock | None = None,
+        deliver: bool = True,
+        plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
         self.clock = clock
         self.deliver = deliver
+        self.plugin_manager = plugin_manager
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
         self._thread.start()
         self.gateway: Gateway = self.call(self._build(config))
 
     async def _build(self, config: Config) -> Gateway:
-        return Gateway(config, clock=self.clock)
+        return Gateway(config, clock=self.clock, plugin_manager=self.plugin_manager)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -215,9 +221,14 @@ def gateway_factory() -> Iterator[Callable[..., GatewayThread]]:
     started: list[GatewayThread] = []
 
     def factory(
-        config: Config, clock: FakeClock | None = None, deliver: bool = True
+        config: Config,
+        clock: FakeClock | None = None,
+        deliver: bool = True,
+        plugin_manager: pluggy.PluginManager | None = None,
     ) -> GatewayThread:
-        gateway = GatewayThread(config, clock=clock, deliver=deliver).start()
+        gateway = GatewayThread(
+            config, clock=clock, deliver=deliver, plugin_manager=plugin_manager
+        ).start()
         started.append(gateway)
         return gateway
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from litestar import Litestar
@@ -86,7 +86,12 @@ def create_app(gateway: Gateway) -> Litestar:
             security=[{"apiKey": []}],
         )
     app = Litestar(
-        route_handlers=[MessagesController, StatsController, SuppressionsController],
+        route_handlers=[
+            MessagesController,
+            StatsController,
+            SuppressionsController,
+            *plugin_routes(gateway),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi,
         request_max_body_size=gateway.config.http.max_body_size,
@@ -152,3 +157,11 @@ async def _purge_forever(api: ApiContext) -> None:
             continue
         if purged:
             log.info("purged %d expired idempotency keys", purged)
+
+
+def plugin_routes(gateway: Gateway) -> list[Any]:
+    """Route handlers contributed by plugins through ``gateway_register_routes``."""
+    routes: list[Any] = []
+    for contributed in gateway.pm.hook.gateway_register_routes(gateway=gateway):
+        routes.extend(contributed)
+    return routes
