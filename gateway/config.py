@@ -122,6 +122,28 @@ class HttpSection(msgspec.Struct, **_STRICT):
     """Serve the OpenAPI document and an interactive page under ``/docs``."""
 
 
+class TrackingSection(msgspec.Struct, **_STRICT):
+    """Shared by the tracking plugins (click_tracking, open_pixel, list_unsubscribe)."""
+
+    base_url: str = ""
+    """Where ``/t/...`` links point, e.g. ``https://t.example.com``: the gateway's HTTP API as
+    the internet reaches it. Required when a tracking plugin is on."""
+    keys: dict[str, str] = msgspec.field(default_factory=dict)
+    """Key id → HMAC secret (at least 32 bytes; use ``${ENV}``). Every key verifies."""
+    signing_key: str = ""
+    """The key id that signs new links; default: the first of ``keys``."""
+    token_lifetime: str = ""
+    """How long links keep working (e.g. ``"180d"``); empty means forever."""
+
+    @property
+    def token_lifetime_seconds(self) -> float:
+        return parse_duration(self.token_lifetime) if self.token_lifetime else 0.0
+
+    @property
+    def signing_key_id(self) -> str:
+        return self.signing_key or next(iter(self.keys), "")
+
+
 def _default_tenants() -> dict[str, TenantSection]:
     return {"default": TenantSection(smtp_networks=["127.0.0.1/32", "::1/128"])}
 
@@ -183,6 +205,7 @@ class Config(msgspec.Struct, **_STRICT):
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     smtp: SmtpSection = msgspec.field(default_factory=SmtpSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
+    tracking: TrackingSection = msgspec.field(default_factory=TrackingSection)
     tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
@@ -415,6 +438,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
         fail(("http", "rate_limit"), "must be 0 (off) or more")
     if config.http.rate_burst < 1:
         fail(("http", "rate_burst"), "must be at least 1")
+    _check_tracking(config.tracking, fail)
     delivery = config.delivery
     if not delivery.providers:
         fail(("delivery", "providers"), "name at least one provider")
@@ -469,6 +493,29 @@ def _check_api_keys(
             fail((*path, "scopes"), "give at least one of send, read, admin")
         if key.rate_limit < 0:
             fail((*path, "rate_limit"), "must be 0 (use http.rate_limit) or more")
+
+
+def _check_tracking(
+    tracking: TrackingSection, fail: Callable[[tuple[str | int, ...], str], None]
+) -> None:
+    from gateway.tokens import KEY_ID, MIN_SECRET_BYTES
+
+    if tracking.base_url:
+        scheme, sep, rest = tracking.base_url.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "?#"):
+            fail(("tracking", "base_url"), "give an absolute http(s) URL without query or fragment")
+    for key_id, secret in tracking.keys.items():
+        if not KEY_ID.match(key_id):
+            fail(("tracking", "keys", key_id), "a key id is 1-16 letters, digits, '-' or '_'")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            fail(("tracking", "keys", key_id), f"a secret needs at least {MIN_SECRET_BYTES} bytes")
+    if tracking.signing_key and tracking.signing_key not in tracking.keys:
+        fail(("tracking", "signing_key"), f"no key {tracking.signing_key!r} in tracking.keys")
+    if tracking.token_lifetime:
+        try:
+            parse_duration(tracking.token_lifetime)
+        except ValueError as e:
+            fail(("tracking", "token_lifetime"), str(e))
 
 
 def _is_loopback(address: str) -> bool:

@@ -28,7 +28,13 @@ hookimpl = pluggy.HookimplMarker("gateway")
 
 ENTRY_POINT_GROUP = "gateway"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "plugins.suppression",
+    "plugins.click_tracking",
+    "plugins.open_pixel",
+    "plugins.list_unsubscribe",
+    "plugins.dkim",
+)
 """Built-in plugin modules in call order. (pluggy calls the latest registration first, so they
 are registered in reverse; third-party plugins, registered after them, run before them unless
 they mark their implementations ``trylast``.)"""

@@ -10,6 +10,10 @@ missing=()
 if ! command -v swaks >/dev/null 2>&1 || ! swaks --support 2>&1 | grep -q "=== TLS supported"; then
     missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
 fi
+# Perl's Mail::DKIM: the independent DKIM verifier (CryptX for its ed25519 support, where present).
+if ! perl -MMail::DKIM::Verifier -MCrypt::PK::Ed25519 -e1 >/dev/null 2>&1; then
+    missing+=(libmail-dkim-perl libcryptx-perl)
+fi
 if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages used by the tests)"
     sudo=""
@@ -19,7 +23,8 @@ if ((${#missing[@]})); then
 fi
 
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
+    -e tests/example_plugin 2>&1 \
     | grep -v "^WARNING: Location" || true
 .venv/bin/ruff check .
 .venv/bin/ruff format --check gateway tests

@@ -98,6 +98,17 @@ class IdempotencyConflict(StoreError):
 SuppressionReason = Literal["bounce", "complaint", "unsubscribe", "manual"]
 
 
+def suppression_key(address: str) -> str:
+    """How suppression entries are stored and matched: surrounding whitespace removed, the
+    whole address lower-cased.
+
+    RFC 5321 lets a local part be case-sensitive, but no mainstream mailbox provider treats
+    ``Ann@`` and ``ann@`` as different people, and the costly mistake is the other one: mailing
+    someone who unsubscribed under a different spelling. So the local part is folded too.
+    """
+    return address.strip().lower()
+
+
 class Suppression(msgspec.Struct, kw_only=True, frozen=True):
     """A recipient a tenant must not send to, and why."""
 
@@ -268,7 +279,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
-        """The entries for those of ``addresses`` that are suppressed, by lower-cased address."""
+        """The entries for those of ``addresses`` that are suppressed, by
+        :func:`suppression_key`."""
+
+    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
+        """The entry for one recipient (matched by :func:`suppression_key`), or ``None``.
+
+        Called for every delivery, so engines override it with a cheap exact lookup that does
+        not wait behind writes.
+        """
+        return (await self.suppressed(tenant, [address])).get(suppression_key(address))
 
     @abc.abstractmethod
     async def list_messages(self, query: MessageQuery) -> list[MessageRecord]: ...

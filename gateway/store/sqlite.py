@@ -313,6 +313,10 @@ class SqliteStore(Store):
         # Tenant-wide data (suppressions) is shared by all workers; see sqlite_api.
         self._tenants = _Writer(self.directory / "tenants.db", schema=sqlite_api.TENANT_SCHEMA)
         self._reader = sqlite_api.ShardReader(self.directory, self._shard_files)
+        # Per-delivery suppression checks read tenants.db on their own thread and connection:
+        # a WAL reader never waits behind the writer, nor behind the API's slow listings.
+        tenants_db = [self.directory / "tenants.db"]
+        self._suppression_reader = sqlite_api.ShardReader(self.directory, lambda: tenants_db)
 
     @property
     def shards(self) -> list[int]:
@@ -329,9 +333,11 @@ class SqliteStore(Store):
         for writer in [*self._writers.values(), self._tenants]:
             await asyncio.to_thread(writer.start)
         self._reader.start()
+        self._suppression_reader.start()
 
     async def close(self) -> None:
         await asyncio.to_thread(self._reader.stop)
+        await asyncio.to_thread(self._suppression_reader.stop)
         for writer in [*self._writers.values(), self._tenants]:
             await asyncio.to_thread(writer.stop)
 
@@ -624,6 +630,12 @@ class SqliteStore(Store):
         return await self._tenants.submit(
             lambda conn: sqlite_api.suppressed(conn, tenant, addresses)
         )
+
+    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
+        found = await self._suppression_reader.read(
+            lambda conn: sqlite_api.find_suppression(conn, tenant, address)
+        )
+        return found[0] if found else None
 
     async def list_messages(self, query: MessageQuery) -> list[MessageRecord]:
         found = await self._reader.read(lambda conn: sqlite_api.list_messages(conn, query))

@@ -33,6 +33,7 @@ from gateway.store.base import (
     StoreError,
     Suppression,
     SuppressionReason,
+    suppression_key,
 )
 
 T = TypeVar("T")
@@ -489,14 +490,15 @@ def add_suppressions(conn: sqlite3.Connection, entries: Sequence[Suppression]) -
     conn.executemany(
         "INSERT OR REPLACE INTO suppressions (tenant, address, reason, created_at, detail)"
         " VALUES (?, ?, ?, ?, ?)",
-        [(e.tenant, e.address.lower(), e.reason, e.created_at, e.detail) for e in entries],
+        [(e.tenant, suppression_key(e.address), e.reason, e.created_at, e.detail) for e in entries],
     )
     return len(entries)
 
 
 def remove_suppression(conn: sqlite3.Connection, tenant: str, address: str) -> bool:
     cursor = conn.execute(
-        "DELETE FROM suppressions WHERE tenant = ? AND address = ?", (tenant, address.lower())
+        "DELETE FROM suppressions WHERE tenant = ? AND address = ?",
+        (tenant, suppression_key(address)),
     )
     return cursor.rowcount > 0
 
@@ -514,7 +516,7 @@ def list_suppressions(
         args.append(reason)
     if after is not None:
         clauses.append("address > ?")
-        args.append(after.lower())
+        args.append(suppression_key(after))
     rows = conn.execute(
         "SELECT tenant, address, reason, created_at, detail FROM suppressions"
         f" WHERE {' AND '.join(clauses)} ORDER BY address LIMIT ?",
@@ -526,7 +528,7 @@ def list_suppressions(
 def suppressed(
     conn: sqlite3.Connection, tenant: str, addresses: Sequence[str]
 ) -> dict[str, Suppression]:
-    wanted = sorted({a.lower() for a in addresses})
+    wanted = sorted({suppression_key(a) for a in addresses})
     found: dict[str, Suppression] = {}
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
@@ -537,6 +539,16 @@ def suppressed(
         ):
             found[row[1]] = _row_to_suppression(row)
     return found
+
+
+def find_suppression(conn: sqlite3.Connection, tenant: str, address: str) -> Suppression | None:
+    """One primary-key lookup: the per-delivery check."""
+    row = conn.execute(
+        "SELECT tenant, address, reason, created_at, detail FROM suppressions"
+        " WHERE tenant = ? AND address = ?",
+        (tenant, suppression_key(address)),
+    ).fetchone()
+    return None if row is None else _row_to_suppression(row)
 
 
 def _row_to_suppression(row: tuple[Any, ...]) -> Suppression:

@@ -36,6 +36,8 @@ def test_example_config_loads_as_shipped() -> None:
 
 def test_example_config_loads_with_every_block_switched_on(certificates, monkeypatch) -> None:
     monkeypatch.setenv("RELAY_PASSWORD", "s3cret")
+    monkeypatch.setenv("TRACKING_KEY_K1", "k1" * 24)
+    monkeypatch.setenv("TRACKING_KEY_K2", "k2" * 24)
     config = parse_config(_uncommented_example(certificates), source="example")
     assert [listener.name for listener in config.smtp.listeners] == [
         "dev",
