@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -95,6 +95,18 @@ def safe_header_text(value: str) -> str:
     return cleaned or "unknown"
 
 
+class Rejected(Exception):
+    """A policy (``gateway_accept_message``) refused the submission; nothing was stored."""
+
+    def __init__(self, verdict: Reject) -> None:
+        super().__init__(verdict.text)
+        self.verdict = verdict
+
+
+async def _no_policy(submission: Submission) -> Reject | None:
+    return None
+
+
 class Ingress:
     """Turns submissions into stored messages."""
 
@@ -106,12 +118,14 @@ class Ingress:
         hostname: str,
         lifetime: float,
         on_enqueued: Callable[[], None] = lambda: None,
+        policy: Callable[[Submission], Awaitable[Reject | None]] = _no_policy,
     ) -> None:
         self.store = store
         self.clock = clock
         self.hostname = hostname
         self.lifetime = lifetime
         self.on_enqueued = on_enqueued
+        self.policy = policy
 
     def stamp(self, submission: Submission, message_id: str, now: float) -> bytes:
         """Prepend a Received header, and a Message-ID when the client sent none."""
@@ -135,7 +149,11 @@ class Ingress:
         idempotency: IdempotencyClaim | None = None,
     ) -> Message:
         """Store the submission; durable when this returns. Raises ``StoreError`` if not
-        (``IdempotencyConflict`` if ``idempotency`` names a key already used)."""
+        (``IdempotencyConflict`` if ``idempotency`` names a key already used), and
+        ``Rejected`` when the ``gateway_accept_message`` policy refuses it."""
+        verdict = await self.policy(submission)
+        if verdict is not None:
+            raise Rejected(verdict)
         now = self.clock.now()
         message_id = new_message_id()
         message = Message(

@@ -25,8 +25,9 @@ import pluggy
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.dispatch import Dispatcher
-from gateway.ingress import Ingress
-from gateway.plugin_manager import call_all, configure_plugins, make_plugin_manager
+from gateway.ingress import Ingress, Submission
+from gateway.message import Reject
+from gateway.plugin_manager import call_all, call_first, configure_plugins, make_plugin_manager
 from gateway.providers import Provider, build_provider
 from gateway.smtp import (
     SubmissionHandler,
@@ -95,11 +96,18 @@ class Gateway:
             hostname=config.gateway.hostname,
             lifetime=config.delivery.max_lifetime_seconds,
             on_enqueued=self.dispatcher.wake,
+            policy=self._accept_policy,
         )
         self.directory = TenantDirectory(config.tenants)
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
+
+    async def _accept_policy(self, submission: Submission) -> Reject | None:
+        verdict: Reject | None = await call_first(
+            self.pm, "gateway_accept_message", gateway=self, submission=submission
+        )
+        return verdict
 
     @property
     def smtp_ports(self) -> dict[str, int]:

@@ -31,7 +31,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import ListenerSection, SmtpSection, TenantSection
-from gateway.ingress import Ingress, Submission, content_problem
+from gateway.ingress import Ingress, Rejected, Submission, content_problem
 from gateway.message import Reject
 from gateway.passwords import CredentialCache, verify_password
 
@@ -313,6 +313,9 @@ class SubmissionHandler:
         )
         try:
             message = await self.ingress.accept(submission)
+        except Rejected as refused:
+            log.info("policy refused DATA peer=%s: %s", peer, refused.verdict.text)
+            return smtp_reply(refused.verdict)
         except Exception:
             log.exception("could not spool a message from %s", peer)
             return smtp_reply(LOCAL_FAULT)

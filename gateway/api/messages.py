@@ -35,9 +35,9 @@ from gateway.api.mime import (
     check_header_text,
     check_headers,
 )
-from gateway.api.problems import Problem, ProblemDetail, decode_json
+from gateway.api.problems import Problem, ProblemDetail, decode_json, rejected_problem
 from gateway.api.templates import RenderError, Template
-from gateway.ingress import Submission, content_problem
+from gateway.ingress import Rejected, Submission, content_problem
 from gateway.message import DeliveryStatus
 from gateway.store.base import (
     IdempotencyClaim,
@@ -760,6 +760,8 @@ class _BatchSender:
                     "a concurrent request with this Idempotency-Key queued this recipient",
                 ),
             )
+        except Rejected as refused:
+            return self._failed(index, address, rejected_problem(refused.verdict))
         except StoreError:
             return self._failed(
                 index,

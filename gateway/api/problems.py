@@ -18,6 +18,9 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from gateway.ingress import Rejected
+from gateway.message import Reject
+from gateway.plugin_manager import HookError
 from gateway.store.base import StoreError
 
 log = logging.getLogger("gateway.api")
@@ -152,6 +155,33 @@ def _on_store(_: Request[Any, Any, Any], exc: StoreError) -> Response[Any]:
     )
 
 
+def _on_rejected(_: Request[Any, Any, Any], exc: Rejected) -> Response[Any]:
+    problem = rejected_problem(exc.verdict)
+    return problem_response(problem.detail, problem.headers)
+
+
+def rejected_problem(verdict: Reject) -> Problem:
+    """A policy ``Reject`` as HTTP: temporary (4xx SMTP) → 503, permanent → 422."""
+    if verdict.is_temporary:
+        return Problem(
+            503, "temporarily-refused", "Temporarily refused", verdict.text, headers=retry_after(60)
+        )
+    return Problem(422, "refused-by-policy", "Refused by policy", verdict.text)
+
+
+def _on_hook_error(_: Request[Any, Any, Any], exc: HookError) -> Response[Any]:
+    log.error("plugin failure answered 503: %s", exc)
+    return problem_response(
+        ProblemDetail(
+            type=PROBLEM_TYPE + "temporarily-unavailable",
+            title="Temporarily unavailable",
+            status=503,
+            detail="a plugin failed while checking this message; nothing was accepted, retry",
+        ),
+        {"Retry-After": "5"},
+    )
+
+
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -173,6 +203,8 @@ EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     ValidationException: _on_validation,
     HTTPException: _on_http,
     StoreError: _on_store,
+    Rejected: _on_rejected,
+    HookError: _on_hook_error,
     Exception: _on_unexpected,
 }
 """The one error map: ``Litestar(exception_handlers=EXCEPTION_HANDLERS)``."""
