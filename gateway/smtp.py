@@ -28,7 +28,7 @@ import re
 import ssl
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from gateway.config import ListenerSection, SmtpSection, TenantSection
 from gateway.ingress import Ingress, Rejected, Submission, content_problem
@@ -122,6 +122,69 @@ class GatewaySMTP(SMTP):
         self._greeted = True
         await super().push(status)
 
+    # aiosmtpd reads DATA one line at a time (~66 awaits for 5 KB) and parses every address with
+    # email's header parser, declaring a Protocol class per call; together that was ~40 % of a
+    # message's CPU. The overrides below keep its semantics and replies.
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        cached = _ADDRESS_CACHE.get(arg)
+        if cached is None:
+            cached = super()._getaddr(arg)
+            if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_SIZE:
+                _ADDRESS_CACHE.clear()
+            _ADDRESS_CACHE[arg] = cached
+        return cached
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body, problem = await self._read_body()
+        if problem is not None:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(problem)
+            return
+        self.envelope.content = self.envelope.original_content = body
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_body(self) -> tuple[bytes, str | None]:
+        """The message up to ``<CRLF>.<CRLF>``, dot-unstuffed (RFC 5321 4.5.2), in one read;
+        or a reply when it is too large or has a line over 1,000 octets (read to its end).
+
+        The CRLF that ended the DATA command line is put back in front of the stream, so the
+        terminator is always the exact five bytes ``<CRLF>.<CRLF>``, even for an empty body;
+        a bare LF never ends the data (no smuggling), exactly as in aiosmtpd's line reader.
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        saved_limit = reader._limit  # type: ignore[attr-defined]
+        reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]
+        reader._limit = (limit or _UNLIMITED) + 1024  # type: ignore[attr-defined]
+        try:
+            data = await _read_through(reader, b"\r\n.\r\n")
+        finally:
+            reader._limit = saved_limit  # type: ignore[attr-defined]
+        if data is None:
+            return b"", "552 Error: Too much mail data"
+        raw = data[2:-3]  # drop the CRLF we put back and the final ".\r\n"
+        if limit and len(raw) > limit:
+            return b"", "552 Error: Too much mail data"
+        if _LONG_LINE.search(raw):
+            return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
+        if raw.startswith(b".."):
+            raw = raw[1:]
+        return raw.replace(b"\r\n..", b"\r\n."), None
+
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_greeting_reply = True
         try:
@@ -158,6 +221,29 @@ class GatewaySMTP(SMTP):
             log.info("auth failed user=%r peer=%s", login, _peer_address(self.session))
             return AuthResult(success=False, handled=False, message=smtp_reply(BAD_CREDENTIALS))
         return AuthResult(success=True, auth_data=tenant)
+
+
+_ADDRESS_CACHE: dict[str, tuple[str | None, str | None]] = {}
+_ADDRESS_CACHE_SIZE = 4096
+_UNLIMITED = 1 << 30
+_LONG_LINE = re.compile(rb"[^\n]{1001}")
+
+
+async def _read_through(reader: asyncio.StreamReader, terminator: bytes) -> bytes | None:
+    """Read up to and including ``terminator``; ``None`` if it came only after more than the
+    reader's limit (the excess is read and thrown away, keeping the session in step)."""
+    try:
+        return await reader.readuntil(terminator)
+    except asyncio.LimitOverrunError as e:
+        await reader.read(e.consumed)
+    while True:
+        try:
+            await reader.readuntil(terminator)
+        except asyncio.LimitOverrunError as e:
+            # ``consumed`` stops short of a possible partial terminator, so none is lost.
+            await reader.read(e.consumed)
+            continue
+        return None
 
 
 def _with_enhanced_code(status: str) -> str:

@@ -22,7 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.clock import FakeClock
 from gateway.config import Config, parse_config
-from gateway.server import Gateway
+from gateway.server import Gateway, new_event_loop
 
 T = TypeVar("T")
 
@@ -191,7 +191,7 @@ class GatewayThread:
         self.clock = clock
         self.deliver = deliver
         self.plugin_manager = plugin_manager
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()  # the production loop (uvloop), not the test runner's
         self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
         self._thread.start()
         self.gateway: Gateway = self.call(self._build(config))
