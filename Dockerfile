@@ -25,7 +25,7 @@ USER gateway
 WORKDIR /var/lib/gateway
 ENV GATEWAY_CONFIG=/etc/gateway/gateway.toml
 VOLUME ["/var/lib/gateway"]
-EXPOSE 25 587 465 2525
+EXPOSE 25 587 465 2525 8025
 
 HEALTHCHECK --interval=30s --timeout=5s CMD ["gateway", "check-config"]
 CMD ["gateway", "serve"]
