@@ -79,6 +79,19 @@ class _SinkHandler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:  # aiosmtpd handles pipelined commands; it just doesn't say so
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -105,9 +118,11 @@ class Sink:
 
     ``script(address, stage, replies)`` makes the sink answer the next RCPT or DATA for
     ``address`` with the given replies in turn (e.g. ``["451 4.3.0 later"]``), then accept.
+    It advertises PIPELINING (so relays use their pipelined path) unless told not to.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = True) -> None:
+        self.pipelining = pipelining
         self.messages: list[Received] = []
         self.lock = threading.Lock()
         self._scripts: dict[tuple[str, str], collections.deque[str]] = {}

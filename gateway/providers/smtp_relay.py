@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
+from typing import cast
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from gateway.config import SmtpProviderSection
 from gateway.message import SendResult
@@ -106,6 +109,8 @@ class SmtpRelayProvider(Provider):
         options = ["SMTPUTF8"] if message.smtp_utf8 else []
         if client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
+        if client.supports_extension("pipelining"):
+            return await self._pipelined(client, message, options)
         try:
             _, reply = await client.sendmail(
                 message.mail_from, [message.recipient], message.raw, mail_options=options
@@ -123,6 +128,125 @@ class SmtpRelayProvider(Provider):
         except aiosmtplib.SMTPException as e:
             return SendResult.soft_fail(f"{self.name}: {e}"), False
         return SendResult.sent(f"250 {reply}", provider_message_id=_queue_id(reply)), True
+
+    async def _pipelined(
+        self, client: aiosmtplib.SMTP, message: OutboundMessage, options: list[str]
+    ) -> tuple[SendResult, bool]:
+        """MAIL, RCPT and DATA in one write (RFC 2920): two round trips instead of four.
+
+        aiosmtplib has no pipelining, and its protocol drops replies that arrive while none is
+        awaited, so for the transaction the transport is lent to ``_ReplyReader`` and handed
+        back afterwards; aiosmtplib keeps connecting, TLS, AUTH, RSET and QUIT.
+        """
+        if message.smtp_utf8 and not client.supports_extension("smtputf8"):
+            return SendResult.hard_fail(f"{self.name}: next hop does not support SMTPUTF8"), True
+        encoding = "utf-8" if message.smtp_utf8 else "ascii"
+        try:
+            sender = message.mail_from.encode(encoding)
+            recipient = message.recipient.encode(encoding)
+        except UnicodeEncodeError:
+            return SendResult.hard_fail(f"{self.name}: non-ASCII address needs SMTPUTF8"), True
+        if client.supports_extension("size"):
+            options = [f"SIZE={len(message.raw)}", *options]
+        params = (" " + " ".join(options)).encode() if options else b""
+        protocol = client.protocol
+        transport = cast(asyncio.Transport | None, protocol.transport if protocol else None)
+        if protocol is None or transport is None or transport.is_closing():
+            return SendResult.soft_fail(f"{self.name}: connection lost"), False
+        reader = _ReplyReader(self.settings.timeout)
+        transport.set_protocol(reader)
+        try:
+            transport.write(
+                b"MAIL FROM:<%s>%s\r\nRCPT TO:<%s>\r\nDATA\r\n" % (sender, params, recipient)
+            )
+            mail, rcpt, data = await reader.next(), await reader.next(), await reader.next()
+            final = data
+            if data[0] == 354:
+                accepted = mail[0] == 250 and rcpt[0] in (250, 251)
+                # With the envelope refused, end the data phase empty (RFC 2920 section 3.1).
+                transport.write(_dot_stuffed(message.raw) if accepted else b".\r\n")
+                final = await reader.next()
+        except (OSError, TimeoutError, ValueError) as e:
+            transport.close()
+            return SendResult.soft_fail(f"{self.name}: connection lost: {e}"), False
+        finally:
+            if reader.lost is None:
+                transport.set_protocol(protocol)
+        for (code, text), ok in ((mail, (250,)), (rcpt, (250, 251)), (final, (250,))):
+            if code not in ok:
+                return classify_smtp_reply(code, text), await _reset(client)
+        return SendResult.sent(f"250 {final[1]}", provider_message_id=_queue_id(final[1])), True
+
+
+class _ReplyReader(asyncio.Protocol):
+    """Collects every SMTP reply that arrives, complete multi-line ones as ``(code, text)``."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.lost: BaseException | None = None
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []
+        self._replies: collections.deque[tuple[int, str]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            self._lines.append(line)
+            if line[3:4] != b"-":
+                lines, self._lines = self._lines, []
+                if not line[:3].isdigit():
+                    self._fail(ValueError(f"malformed SMTP reply {line!r}"))
+                    return
+                text = "\n".join(x[4:].strip().decode("utf-8", "replace") for x in lines)
+                self._replies.append((int(line[:3]), text))
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("the next hop closed the connection"))
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionError("the next hop closed the connection"))
+        return False
+
+    def _fail(self, error: BaseException) -> None:
+        if self.lost is None:
+            self.lost = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> tuple[int, str]:
+        while not self._replies:
+            if self.lost is not None:
+                raise ConnectionError(str(self.lost))
+            self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(self._waiter, self.timeout)
+        return self._replies.popleft()
+
+
+def _dot_stuffed(raw: bytes) -> bytes:
+    """``raw`` as DATA content: CRLF lines, leading dots doubled, ``.`` line at the end."""
+    if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n"):
+        raw = normalize_message_line_endings(raw)  # a plugin's transform left a bare CR/LF
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    if raw.startswith(b"."):
+        raw = b"." + raw
+    return raw.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    """RSET after a refused transaction; whether the session is still usable."""
+    try:
+        await client.rset()
+    except Exception:
+        return False
+    return client.is_connected
 
 
 def _queue_id(reply: str) -> str:
