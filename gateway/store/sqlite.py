@@ -86,10 +86,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
 """
 
-_DELIVERY_COLUMNS = (
-    "id, message_id, recipient, status, attempts, next_attempt_at, expires_at, "
-    "last_error, provider, provider_message_id, updated_at"
-)
+_DELIVERY_COLUMNS = sqlite_api.DELIVERY_COLUMNS
+_row_to_delivery = sqlite_api.row_to_delivery
 _WAITING = (DeliveryStatus.QUEUED.value, DeliveryStatus.DEFERRED.value)
 
 
@@ -233,23 +231,6 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]
             future.set_exception(error)
         else:
             future.set_result(result)
-
-
-def _row_to_delivery(row: tuple[Any, ...], shard: int) -> Delivery:
-    return Delivery(
-        id=row[0],
-        message_id=row[1],
-        recipient=row[2],
-        status=DeliveryStatus(row[3]),
-        attempts=row[4],
-        next_attempt_at=row[5],
-        expires_at=row[6],
-        last_error=row[7],
-        provider=row[8],
-        provider_message_id=row[9],
-        updated_at=row[10],
-        shard=shard,
-    )
 
 
 def _row_to_message(row: tuple[Any, ...]) -> Message:

@@ -89,10 +89,28 @@ CREATE TABLE IF NOT EXISTS suppressions (
 
 HEAD_BYTES = 16384
 _OUTCOME_EVENT = {"sent": "delivered", "soft_fail": "deferred", "hard_fail": "bounced"}
-_DELIVERY_COLUMNS = (
+DELIVERY_COLUMNS = (
     "id, message_id, recipient, status, attempts, next_attempt_at, expires_at, "
     "last_error, provider, provider_message_id, updated_at"
 )
+"""The ``deliveries`` columns, in the order ``row_to_delivery`` reads them."""
+
+
+def row_to_delivery(row: Sequence[Any], shard: int = 0) -> Delivery:
+    return Delivery(
+        id=row[0],
+        message_id=row[1],
+        recipient=row[2],
+        status=DeliveryStatus(row[3]),
+        attempts=row[4],
+        next_attempt_at=row[5],
+        expires_at=row[6],
+        last_error=row[7],
+        provider=row[8],
+        provider_message_id=row[9],
+        updated_at=row[10],
+        shard=shard,
+    )
 
 
 # --- writes, run inside the enqueue transaction -----------------------------------------------
@@ -343,25 +361,11 @@ def _with_deliveries(conn: sqlite3.Connection, records: list[MessageRecord]) -> 
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         for row in conn.execute(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries"
             f" WHERE message_id IN ({','.join('?' * len(chunk))}) ORDER BY id",
             chunk,
         ):
-            by_id[row[1]].deliveries.append(
-                Delivery(
-                    id=row[0],
-                    message_id=row[1],
-                    recipient=row[2],
-                    status=DeliveryStatus(row[3]),
-                    attempts=row[4],
-                    next_attempt_at=row[5],
-                    expires_at=row[6],
-                    last_error=row[7],
-                    provider=row[8],
-                    provider_message_id=row[9],
-                    updated_at=row[10],
-                )
-            )
+            by_id[row[1]].deliveries.append(row_to_delivery(row))
     return records
 
 
