@@ -181,6 +181,24 @@ def sink() -> Iterator[Sink]:
 # --- configuration and a gateway in a thread ------------------------------------------------------
 
 
+RELAY_TO_SINK = """
+[smtp]
+listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
+
+[delivery]
+providers = ["relay"]
+retry_schedule = ["5m"]
+
+[providers.relay]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+"""
+"""A loopback dev listener and an ``smtp`` provider to the sink on ``{port}``; a ``make_config``
+template (``str.format``), so literal braces are doubled."""
+
+
 def make_config(tmp_path: Path, toml: str = "", **format_args: Any) -> Config:
     """A config rooted in ``tmp_path``; ``toml`` (a ``str.format`` template when
     ``format_args`` are given) is appended after the test defaults."""

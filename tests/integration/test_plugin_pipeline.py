@@ -9,22 +9,9 @@ from gateway.clock import FakeClock
 from gateway.message import Defer, DeliveryStatus, Message, Skip
 from gateway.plugin_manager import hookimpl, make_plugin_manager
 from gateway.store.base import DeliveryFilter
-from tests.conftest import GatewayThread, Sink, make_config
+from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
 
-RELAY = """
-[smtp]
-listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
-
-[delivery]
-providers = ["relay"]
-retry_schedule = ["5m"]
-
-[providers.relay]
-type = "smtp"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-"""
+RELAY = RELAY_TO_SINK
 
 BODY = b"From: app@example.com\r\nTo: user@example.org\r\nSubject: Hooks\r\n\r\nbody\r\n"
 

@@ -9,21 +9,9 @@ import pytest
 
 from gateway.message import DeliveryStatus
 from gateway.store.base import DeliveryFilter
-from tests.conftest import GatewayThread, Sink, make_config, wait_until
+from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config, wait_until
 
-RELAY = """
-[smtp]
-listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
-
-[delivery]
-providers = ["relay"]
-
-[providers.relay]
-type = "smtp"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-"""
+RELAY = RELAY_TO_SINK
 
 BODY = (
     b"From: App <app@example.com>\r\nTo: <user@example.org>\r\nSubject: Relay test\r\n"

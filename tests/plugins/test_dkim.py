@@ -21,28 +21,18 @@ from gateway.config import ConfigError
 from gateway.server import Gateway
 from plugins.dkim import Settings, Signer, dns_txt_record
 from tests.api.conftest import API_CONFIG, KEYS, _key_tables
-from tests.conftest import GatewayThread, Sink, make_config
+from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
 
 VERIFIER = Path(__file__).with_name("dkim_verify.pl")
 
-RELAY = """
-[smtp]
-listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
-
-[delivery]
-providers = ["relay"]
-retry_schedule = ["5m"]
-
-[providers.relay]
-type = "smtp"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-
+RELAY = (
+    RELAY_TO_SINK
+    + """
 [plugins.dkim]
 key_dir = "{key_dir}"
 selectors = {selectors}
 """
+)
 
 BODY = (
     b"From: Example News <news@example.com>\r\n"

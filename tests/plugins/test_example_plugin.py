@@ -9,28 +9,19 @@ import smtplib
 
 from gateway.clock import FakeClock
 from gateway.plugin_manager import describe_plugins, make_plugin_manager
-from tests.conftest import Sink, make_config
+from tests.conftest import RELAY_TO_SINK, Sink, make_config
 from tests.integration.test_cli import gateway_cli, write_config
 
 DIST = "gateway-example-header"
 
-RELAY = """
-[smtp]
-listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
-
-[delivery]
-providers = ["relay"]
-
-[providers.relay]
-type = "smtp"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-
+RELAY = (
+    RELAY_TO_SINK
+    + """
 [plugins.example_header]
 name = "X-Campaign-Platform"
 value = "newsletter-2"
 """
+)
 
 
 def installed_version() -> str:

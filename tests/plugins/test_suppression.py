@@ -14,23 +14,13 @@ from gateway.message import DeliveryStatus
 from gateway.server import Gateway
 from gateway.store.base import DeliveryFilter, Suppression, suppression_key
 from tests.api.conftest import Api, api_config
-from tests.conftest import GatewayThread, Sink, make_config
+from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
 
-RELAY = """
-[smtp]
-listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
-
-[delivery]
-providers = ["relay"]
-retry_schedule = ["5m"]
-
-[providers.relay]
-type = "smtp"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-{extra}
+RELAY = (
+    RELAY_TO_SINK
+    + """{extra}
 """
+)
 
 BODY = b"From: app@example.com\r\nSubject: News\r\n\r\nHello\r\n"
 
