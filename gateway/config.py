@@ -200,6 +200,11 @@ def _default_providers() -> dict[str, ProviderSection]:
     return {"capture": CaptureProviderSection()}
 
 
+class DomainSection(msgspec.Struct, **_STRICT):
+    """``[domains."example.com"]``: a sending domain's DNS identity, warming and reputation
+    settings. Its owner is the tenant listing it in ``sending_domains``."""
+
+
 class Config(msgspec.Struct, **_STRICT):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -209,6 +214,7 @@ class Config(msgspec.Struct, **_STRICT):
     tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
+    domains: dict[str, DomainSection] = msgspec.field(default_factory=dict)
     plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """``[plugins.<name>]`` tables, each validated by its own plugin (``plugin_settings``)."""
 

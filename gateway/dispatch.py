@@ -41,6 +41,7 @@ import pluggy
 from gateway.clock import Clock
 from gateway.config import DeliverySection
 from gateway.dsn import build_dsn
+from gateway.events import Event, EventKind, publish
 from gateway.message import (
     Attempt,
     Defer,
@@ -193,9 +194,28 @@ class Dispatcher:
             await self._observe(claimed, update)
 
     async def _observe(self, claimed: Claimed, update: DeliveryUpdate) -> None:
+        detail = update.last_error or (update.attempts[-1].detail if update.attempts else "")
+        kind = _EVENT_OF_STATUS.get(update.status)
+        if kind is not None and has_impls(self.pm, "gateway_event"):
+            message, delivery = claimed.message, claimed.delivery
+            await publish(
+                self.gateway,
+                Event(
+                    type=kind,
+                    tenant=message.tenant,
+                    recipient=delivery.recipient,
+                    at=self.clock.now(),
+                    message_id=message.id,
+                    delivery_id=delivery.id,
+                    provider=update.provider,
+                    bounce="hard" if kind == "bounced" else "",
+                    sending_domain=message.mail_from.rpartition("@")[2].lower(),
+                    detail=detail,
+                ),
+                record=False,  # the delivery record already is the timeline entry
+            )
         if not has_impls(self.pm, "gateway_delivery_result"):
             return
-        detail = update.last_error or (update.attempts[-1].detail if update.attempts else "")
         try:
             await call_all(
                 self.pm,
@@ -405,6 +425,13 @@ class Dispatcher:
             return
         log.info("dsn queued message=%s for=%s dsn=%s", message.id, message.mail_from, report.id)
         self.wake()
+
+
+_EVENT_OF_STATUS: dict[DeliveryStatus, EventKind] = {
+    DeliveryStatus.DELIVERED: "delivered",
+    DeliveryStatus.DEFERRED: "deferred",
+    DeliveryStatus.BOUNCED: "bounced",
+}
 
 
 def _expired_reason(delivery: Delivery) -> str:

@@ -22,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from gateway.config import Config
+    from gateway.events import Event
     from gateway.message import Defer, Delivery, Message, Reject, Skip
 
 hookspec = pluggy.HookspecMarker("gateway")
@@ -124,6 +125,22 @@ def gateway_sign(gateway: Any, message: Message, delivery: Delivery) -> bytes | 
     """
 
 
+@hookspec
+def gateway_modify_routes(
+    gateway: Any, message: Message, delivery: Delivery, routes: list[str]
+) -> None:
+    """Reorder or filter, in place, the provider names this delivery may be sent through.
+
+    :param gateway: the gateway.
+    :param message: the message.
+    :param delivery: the recipient's delivery.
+    :param routes: provider names in the order they will be tried (failover order). Remove
+        a name to keep the delivery off that route; leaving the list empty defers the delivery.
+
+    All implementations run, in plugin order (pools, ISP affinity, identity health).
+    """
+
+
 @hookspec(firstresult=True)
 def gateway_permit(gateway: Any, message: Message, delivery: Delivery, route: str) -> Defer | None:
     """Allow or postpone sending this delivery through ``route`` now (warming caps, rates).
@@ -175,4 +192,19 @@ def gateway_delivery_result(
     :param detail: the provider's reply or the reason.
 
     All implementations run; a failing observer is logged and does not change the outcome.
+    """
+
+
+@hookspec
+def gateway_event(gateway: Any, event: Event) -> None:
+    """Observe a normalized event: delivered, deferred, bounced, complained, opened, clicked,
+    unsubscribed, rejected — from delivery results, provider webhooks, inbound DSN/ARF
+    reports and tracking alike (see :mod:`gateway.events`).
+
+    :param gateway: the gateway.
+    :param event: the :class:`gateway.events.Event`.
+
+    All implementations run; suppression, warming and reputation, metrics and the sender's
+    webhooks subscribe here. A failing observer is logged and does not affect the others'
+    view of the event's source (the webhook is still answered, the delivery still recorded).
     """

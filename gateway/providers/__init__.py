@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gateway.config import CaptureProviderSection, Config, ProviderSection, SmtpProviderSection
-from gateway.providers.base import OutboundMessage, Provider
+from gateway.providers.base import OutboundMessage, Provider, ProviderCheckFailed
 from gateway.providers.capture import CaptureProvider
 from gateway.providers.smtp_relay import SmtpRelayProvider
 
-__all__ = ["OutboundMessage", "Provider", "build_provider"]
+__all__ = ["OutboundMessage", "Provider", "ProviderCheckFailed", "build_provider"]
 
 
 def build_provider(name: str, section: ProviderSection, config: Config) -> Provider:

@@ -41,8 +41,18 @@ class Provider(abc.ABC):
     async def send(self, message: OutboundMessage) -> SendResult:
         """Hand ``message`` over. Must not raise for delivery problems: classify them."""
 
+    async def check(self) -> str:
+        """Verify credentials and reachability without sending mail (``POST
+        /v1/providers/{name}/test``); return what was checked. Raise
+        :class:`ProviderCheckFailed` with the reason when the check fails."""
+        return "nothing to check"
+
     async def close(self) -> None:
         """Release what ``start`` opened."""
+
+
+class ProviderCheckFailed(Exception):
+    """A provider's credentials or endpoint did not pass :meth:`Provider.check`."""
 
 
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")

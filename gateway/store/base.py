@@ -307,3 +307,31 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats: ...
+
+    # --- counters and de-duplication: shared by every process (and node) using the store ----
+
+    @abc.abstractmethod
+    async def consume(
+        self, key: str, amount: int, limit: int, *, expires_at: float, now: float
+    ) -> bool:
+        """Add ``amount`` to counter ``key`` unless that would take it over ``limit``.
+
+        Returns whether it was added. Atomic across processes and nodes sharing the store, so
+        rate limits and warming caps hold under any concurrency. A counter reads as 0 from
+        ``expires_at`` on (callers put the window in the key and expire it with the window).
+        """
+
+    @abc.abstractmethod
+    async def add_to_counter(self, key: str, amount: int, *, expires_at: float, now: float) -> int:
+        """Add ``amount`` to counter ``key`` unconditionally; return the new value."""
+
+    @abc.abstractmethod
+    async def counter(self, key: str, now: float) -> int:
+        """The current value of counter ``key`` (0 if absent or expired)."""
+
+    @abc.abstractmethod
+    async def first_sighting(self, key: str, *, expires_at: float, now: float) -> bool:
+        """Remember ``key`` until ``expires_at``; ``True`` only the first time it is seen.
+
+        For de-duplicating provider events and webhook deliveries across processes/nodes.
+        """

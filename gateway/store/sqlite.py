@@ -612,6 +612,30 @@ class SqliteStore(Store):
             lambda conn: sqlite_api.suppressed(conn, tenant, addresses)
         )
 
+    async def consume(
+        self, key: str, amount: int, limit: int, *, expires_at: float, now: float
+    ) -> bool:
+        added = await self._tenants.submit(
+            lambda conn: sqlite_api.add_to_counter(conn, key, amount, limit, expires_at, now)
+        )
+        return added is not None
+
+    async def add_to_counter(self, key: str, amount: int, *, expires_at: float, now: float) -> int:
+        value = await self._tenants.submit(
+            lambda conn: sqlite_api.add_to_counter(conn, key, amount, None, expires_at, now)
+        )
+        assert value is not None
+        return value
+
+    async def counter(self, key: str, now: float) -> int:
+        found = await self._suppression_reader.read(lambda conn: sqlite_api.counter(conn, key, now))
+        return found[0] if found else 0
+
+    async def first_sighting(self, key: str, *, expires_at: float, now: float) -> bool:
+        return await self._tenants.submit(
+            lambda conn: sqlite_api.first_sighting(conn, key, expires_at, now)
+        )
+
     async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
         found = await self._suppression_reader.read(
             lambda conn: sqlite_api.find_suppression(conn, tenant, address)

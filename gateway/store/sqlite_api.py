@@ -85,6 +85,15 @@ CREATE TABLE IF NOT EXISTS suppressions (
     detail TEXT NOT NULL,
     PRIMARY KEY (tenant, address)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sightings (
+    key TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 HEAD_BYTES = 16384
@@ -559,3 +568,51 @@ def _row_to_suppression(row: tuple[Any, ...]) -> Suppression:
     return Suppression(
         tenant=row[0], address=row[1], reason=row[2], created_at=row[3], detail=row[4]
     )
+
+
+# --- counters and sightings (tenants.db: shared by every worker) -------------------------------
+
+
+def counter(conn: sqlite3.Connection, key: str, now: float) -> int:
+    row = conn.execute(
+        "SELECT value FROM counters WHERE key = ? AND expires_at > ?", (key, now)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def add_to_counter(
+    conn: sqlite3.Connection,
+    key: str,
+    amount: int,
+    limit: int | None,
+    expires_at: float,
+    now: float,
+) -> int | None:
+    """New value, or ``None`` when ``limit`` would be exceeded (nothing is then changed).
+
+    Runs inside the tenants writer's transaction, which serializes it against every other
+    process writing ``tenants.db``.
+    """
+    value = counter(conn, key, now) + amount
+    if limit is not None and value > limit:
+        return None
+    conn.execute(
+        "INSERT INTO counters (key, value, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+        " expires_at = max(counters.expires_at, excluded.expires_at)",
+        (key, value, expires_at),
+    )
+    return value
+
+
+def first_sighting(conn: sqlite3.Connection, key: str, expires_at: float, now: float) -> bool:
+    conn.execute("DELETE FROM sightings WHERE key = ? AND expires_at <= ?", (key, now))
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO sightings (key, expires_at) VALUES (?, ?)", (key, expires_at)
+    )
+    return cursor.rowcount == 1
+
+
+def purge_counters(conn: sqlite3.Connection, now: float) -> int:
+    removed = conn.execute("DELETE FROM counters WHERE expires_at <= ?", (now,)).rowcount
+    return removed + conn.execute("DELETE FROM sightings WHERE expires_at <= ?", (now,)).rowcount

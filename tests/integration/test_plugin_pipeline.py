@@ -6,6 +6,7 @@ import smtplib
 from collections.abc import Callable
 
 from gateway.clock import FakeClock
+from gateway.events import Event
 from gateway.message import Defer, DeliveryStatus, Message, Skip
 from gateway.plugin_manager import hookimpl, make_plugin_manager
 from gateway.store.base import DeliveryFilter
@@ -179,3 +180,29 @@ def test_observers_see_each_outcome(tmp_path, sink: Sink, gateway_factory) -> No
     submit(gw)
     gw.call(gw.gateway.dispatcher.run_once())
     assert observer.seen == [("user@example.org", "bounced")]
+
+
+class EventObserver:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    async def gateway_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+def test_delivery_results_are_published_as_normalized_events(
+    tmp_path, sink: Sink, gateway_factory
+) -> None:
+    observer = EventObserver()
+    gw, _ = start(tmp_path, sink, gateway_factory, observer)
+    sink.script("gone@example.org", "RCPT", ["550 5.1.1 no such user"])
+    submit(gw)
+    submit(gw, "gone@example.org")
+    gw.call(gw.gateway.dispatcher.run_once())
+    seen = sorted((e.recipient, e.type, e.bounce, e.sending_domain) for e in observer.events)
+    assert seen == [
+        ("gone@example.org", "bounced", "hard", "example.com"),
+        ("user@example.org", "delivered", "", "example.com"),
+    ]
+    assert all(e.message_id and e.delivery_id and e.tenant == "default" for e in observer.events)

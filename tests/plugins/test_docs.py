@@ -14,7 +14,7 @@ from gateway.plugin_manager import DEFAULT_PLUGINS
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("gateway_"))
-NOT_YET_CALLED: set[str] = set()
+NOT_YET_CALLED: set[str] = {"gateway_modify_routes"}
 """Hooks specified but not yet called by the gateway (each marked xfail until wired and tested)."""
 
 
@@ -36,7 +36,7 @@ def _test_sources() -> str:
 @pytest.mark.parametrize(
     "hook",
     [
-        pytest.param(h, marks=pytest.mark.xfail(reason="not called by ingress yet"))
+        pytest.param(h, marks=pytest.mark.xfail(reason="not called by the gateway yet"))
         if h in NOT_YET_CALLED
         else h
         for h in HOOKS

@@ -467,3 +467,34 @@ async def test_a_worker_store_drains_the_shards_it_is_given(tmp_path: Path) -> N
         assert new.shard == 0
     finally:
         await worker.close()
+
+
+async def test_consume_never_exceeds_the_limit_under_concurrency(tmp_path: Path) -> None:
+    # Two store instances on one directory stand for two worker processes.
+    first, second = (
+        await opened(tmp_path / "spool"),
+        await opened(tmp_path / "spool", write_shard=1),
+    )
+    try:
+        results = await asyncio.gather(
+            *(
+                s.consume("rate:t:1", 1, 25, expires_at=T0 + 1, now=T0)
+                for _ in range(40)
+                for s in (first, second)
+            )
+        )
+        assert results.count(True) == 25
+        assert await first.counter("rate:t:1", T0) == 25
+        assert await first.counter("rate:t:1", T0 + 1) == 0, "expired with its window"
+        assert await second.consume("rate:t:1", 1, 25, expires_at=T0 + 2, now=T0 + 1)
+        assert await first.add_to_counter("sent:d", 5, expires_at=T0 + 9, now=T0) == 5
+        assert await second.add_to_counter("sent:d", 2, expires_at=T0 + 9, now=T0) == 7
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_first_sighting_is_true_once_until_it_expires(store: SqliteStore) -> None:
+    assert await store.first_sighting("evt:sg:1", expires_at=T0 + 10, now=T0)
+    assert not await store.first_sighting("evt:sg:1", expires_at=T0 + 10, now=T0 + 5)
+    assert await store.first_sighting("evt:sg:1", expires_at=T0 + 30, now=T0 + 10)
