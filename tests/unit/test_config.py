@@ -65,7 +65,7 @@ def _struct_fields(struct_type: type, seen: set[type] | None = None) -> set[str]
 def test_every_config_key_is_documented_in_the_example() -> None:
     text = EXAMPLE.read_text()
     written = set(re.findall(r"^(?:# )?([a-z_0-9]+)\s*=", text, flags=re.M))
-    written |= set(re.findall(r"\[\[?(?:# )?([a-z_.]+)\]", text))
+    written |= set(re.findall(r"\[\[?(?:# )?([a-z_]+(?:\.[a-z_]+)*)[.\]]", text))
     written = {part for name in written for part in name.split(".")}
     missing = sorted((_struct_fields(Config) | {"type"}) - written)
     assert not missing, f"keys not documented in gateway.toml.example: {missing}"
