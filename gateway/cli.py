@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -46,18 +45,15 @@ def _when(timestamp: float) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    logging.basicConfig(
-        level=config.gateway.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # aiosmtpd logs every command at INFO; one line per message state change is ours to write.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    from gateway.ops.logging import configure_logging
     from gateway.server import serve
+
+    configure_logging(config.gateway.log_level, config.gateway.log_format)
 
     source = config_path(args.config) or "built-in defaults"
     print(f"gateway {__version__}: configuration from {source}", file=sys.stderr)
     print(summarize(config), file=sys.stderr)
-    return serve(config)
+    return serve(config, config_path(args.config))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -321,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat for several (default: send and read)",
     )
     api_key.set_defaults(func=cmd_api_key)
+
+    from gateway.ops.commands import add_commands as add_ops_commands
+
+    add_ops_commands(commands)
     return parser
 
 

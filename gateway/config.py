@@ -37,6 +37,10 @@ class GatewaySection(msgspec.Struct, **_STRICT):
     workers: int = 1
     """Worker processes sharing the listeners (SO_REUSEPORT); each owns one spool shard."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json", "logfmt"] = "text"
+    """``text`` for people, ``json`` (one object per line) or ``logfmt`` for log collectors."""
+    shutdown_grace: str = "30s"
+    """On SIGTERM: how long open SMTP sessions and deliveries in flight get to finish."""
     plugins: list[str] = msgspec.field(default_factory=list)
     """Extra plugin modules to load by import path, after the built-ins and entry points."""
 
@@ -109,6 +113,30 @@ class ApiKeySection(msgspec.Struct, **_STRICT):
     """Requests per second for this key; 0 means ``http.rate_limit``."""
 
 
+WEBHOOK_EVENT_TYPES = (
+    "delivered",
+    "deferred",
+    "bounced",
+    "complained",
+    "opened",
+    "clicked",
+    "unsubscribed",
+    "rejected",
+)
+"""Event types a sender's webhook endpoint may subscribe to (``gateway.events.EventKind``)."""
+
+
+class WebhookEndpointSection(msgspec.Struct, **_STRICT):
+    """One of a tenant's endpoints: events are POSTed to ``url``, signed per Standard Webhooks."""
+
+    url: str
+    secret: str
+    """``whsec_`` + base64 of 24-64 random bytes (``gateway webhooks secret``); use ``${ENV}``."""
+    events: list[str] = msgspec.field(default_factory=list)
+    """Event types to send (see ``WEBHOOK_EVENT_TYPES``); empty means all of them."""
+    enabled: bool = True
+
+
 class TenantSection(msgspec.Struct, **_STRICT):
     smtp_users: list[SmtpUserSection] = msgspec.field(default_factory=list)
     smtp_networks: list[str] = msgspec.field(default_factory=list)
@@ -116,6 +144,8 @@ class TenantSection(msgspec.Struct, **_STRICT):
     api_keys: list[ApiKeySection] = msgspec.field(default_factory=list)
     sending_domains: list[str] = msgspec.field(default_factory=list)
     """Domains the HTTP API lets this tenant send from (``from`` address); empty means any."""
+    webhooks: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
+    """``[tenants.<t>.webhooks.<name>]``: the tenant's own endpoints for event webhooks."""
 
 
 class HttpSection(msgspec.Struct, **_STRICT):
@@ -213,6 +243,29 @@ def _default_providers() -> dict[str, ProviderSection]:
     return {"capture": CaptureProviderSection()}
 
 
+class WebhooksSection(msgspec.Struct, **_STRICT):
+    """How event webhooks to senders are delivered (the endpoints are per tenant)."""
+
+    retry_schedule: list[str] = msgspec.field(
+        default_factory=lambda: ["5s", "5m", "30m", "2h", "5h", "10h"]
+    )
+    """Waits between attempts after a failure; the last one repeats until ``max_age``."""
+    max_age: str = "1d"
+    """An event not accepted by its endpoint within this long is marked ``failed``."""
+    timeout: float = 10.0
+    """Seconds per HTTP request to an endpoint."""
+    concurrency: int = 10
+    """Requests in flight at once, per worker."""
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [parse_duration(d) for d in self.retry_schedule]
+
+    @property
+    def max_age_seconds(self) -> float:
+        return parse_duration(self.max_age)
+
+
 class DomainSection(msgspec.Struct, **_STRICT):
     """``[domains."example.com"]``: a sending domain's DNS identity, warming and reputation
     settings. Its owner is the tenant listing it in ``sending_domains``."""
@@ -228,6 +281,7 @@ class Config(msgspec.Struct, **_STRICT):
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
     domains: dict[str, DomainSection] = msgspec.field(default_factory=dict)
+    webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
     plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """``[plugins.<name>]`` tables, each validated by its own plugin (``plugin_settings``)."""
 
@@ -459,6 +513,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
     if config.http.rate_burst < 1:
         fail(("http", "rate_burst"), "must be at least 1")
     _check_tracking(config.tracking, fail)
+    _check_webhooks(config, fail)
     delivery = config.delivery
     if not delivery.providers:
         fail(("delivery", "providers"), "name at least one provider")
@@ -513,6 +568,55 @@ def _check_api_keys(
             fail((*path, "scopes"), "give at least one of send, read, admin")
         if key.rate_limit < 0:
             fail((*path, "rate_limit"), "must be 0 (use http.rate_limit) or more")
+
+
+def _check_webhooks(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    import base64
+    import binascii
+
+    for key in ("shutdown_grace",):
+        try:
+            parse_duration(getattr(config.gateway, key))
+        except ValueError as e:
+            fail(("gateway", key), str(e))
+    section = config.webhooks
+    if not section.retry_schedule:
+        fail(("webhooks", "retry_schedule"), "give at least one wait")
+    for i, d in enumerate(section.retry_schedule):
+        try:
+            parse_duration(d)
+        except ValueError as e:
+            fail(("webhooks", "retry_schedule", i), str(e))
+    try:
+        parse_duration(section.max_age)
+    except ValueError as e:
+        fail(("webhooks", "max_age"), str(e))
+    if section.timeout <= 0:
+        fail(("webhooks", "timeout"), "must be more than 0")
+    if section.concurrency < 1:
+        fail(("webhooks", "concurrency"), "must be at least 1")
+    for tenant_name, tenant in config.tenants.items():
+        for name, endpoint in tenant.webhooks.items():
+            path: tuple[str | int, ...] = ("tenants", tenant_name, "webhooks", name)
+            scheme, sep, rest = endpoint.url.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "#" in rest:
+                fail((*path, "url"), f"give an absolute http(s) URL, not {endpoint.url!r}")
+            prefix, _, encoded = endpoint.secret.partition("whsec_")
+            try:
+                raw = base64.b64decode(encoded, validate=True) if not prefix else b""
+            except binascii.Error:
+                raw = b""
+            if not 24 <= len(raw) <= 64:
+                fail(
+                    (*path, "secret"),
+                    "give 'whsec_' + base64 of 24-64 random bytes (gateway webhooks secret)",
+                )
+            for i, kind in enumerate(endpoint.events):
+                if kind not in WEBHOOK_EVENT_TYPES:
+                    fail(
+                        (*path, "events", i),
+                        f"unknown event type {kind!r}; one of {', '.join(WEBHOOK_EVENT_TYPES)}",
+                    )
 
 
 def _check_tracking(

@@ -52,6 +52,7 @@ from gateway.message import (
     Skip,
     new_message_id,
 )
+from gateway.ops.logging import delivery_context
 from gateway.plugin_manager import (
     HookError,
     call_all,
@@ -174,6 +175,11 @@ class Dispatcher:
     # --- one delivery ----------------------------------------------------------------------
 
     async def _handle(self, claimed: Claimed) -> None:
+        # Every line logged while this delivery is handled names its message and delivery.
+        with delivery_context(claimed.message.id, claimed.delivery.id):
+            await self._handle_in_context(claimed)
+
+    async def _handle_in_context(self, claimed: Claimed) -> None:
         async with self._slots:
             try:
                 update = await self.process(claimed.delivery, claimed.message)

@@ -126,6 +126,9 @@ class Ingress:
         self.lifetime = lifetime
         self.on_enqueued = on_enqueued
         self.policy = policy
+        self.observers: list[Callable[[Message, Sequence[str]], None]] = []
+        """Called with each accepted message and its recipients, after the durable write
+        (metrics)."""
 
     def stamp(self, submission: Submission, message_id: str, now: float) -> bytes:
         """Prepend a Received header, and a Message-ID when the client sent none."""
@@ -176,4 +179,6 @@ class Ingress:
             idempotency=idempotency,
         )
         self.on_enqueued()
+        for observe in self.observers:
+            observe(message, submission.recipients)
         return message

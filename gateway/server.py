@@ -26,8 +26,12 @@ import pluggy
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.dispatch import Dispatcher
+from gateway.durations import parse_duration
 from gateway.ingress import Ingress, Submission
 from gateway.message import Reject
+from gateway.ops.metrics import GatewayMetrics
+from gateway.ops.sender_webhooks import WebhookSender
+from gateway.ops.sessions import SessionTracker
 from gateway.plugin_manager import call_all, call_first, configure_plugins, make_plugin_manager
 from gateway.providers import Provider, build_provider
 from gateway.smtp import (
@@ -40,6 +44,8 @@ from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
 
 if TYPE_CHECKING:
+    from litestar import Litestar
+
     from gateway.api.serving import HttpServer
 
 log = logging.getLogger("gateway")
@@ -95,6 +101,13 @@ class Gateway:
         )
         self.plugin_state: dict[str, Any] = {}
         """Per-gateway state of plugins, keyed by plugin name (set in ``gateway_configure``)."""
+        # Operations (gateway/ops): metrics and sender webhooks observe events like any plugin.
+        self.metrics = GatewayMetrics(self)
+        self.webhooks = WebhookSender(self)
+        self.sessions = SessionTracker()
+        self.sessions.on_change = self.metrics.session_changed
+        self.pm.register(self.metrics, name="ops_metrics")
+        self.pm.register(self.webhooks, name="sender_webhooks")
         configure_plugins(self.pm, self, config)
         self.store: Store = store or open_store(
             config, worker=worker, workers=workers, clock=self.clock
@@ -122,10 +135,14 @@ class Gateway:
             on_enqueued=self.dispatcher.wake,
             policy=self._accept_policy,
         )
+        self.ingress.observers.append(self.metrics.message_accepted)
         self.directory = TenantDirectory(config.tenants)
+        self.handlers: list[SubmissionHandler] = []
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
+        self.api_app: Litestar | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
 
     async def _accept_policy(self, submission: Submission) -> Reject | None:
         verdict: Reject | None = await call_first(
@@ -156,6 +173,7 @@ class Gateway:
             await self._serve_http()
         if deliver:
             self._dispatch_task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+            self._webhook_task = asyncio.create_task(self.webhooks.run(), name="sender-webhooks")
 
     async def _listen(self) -> None:
         smtp = self.config.smtp
@@ -167,6 +185,7 @@ class Gateway:
             handler = SubmissionHandler(
                 ingress=self.ingress, directory=self.directory, listener=listener, limits=smtp
             )
+            self.handlers.append(handler)
             factory = make_protocol_factory(
                 handler,
                 hostname=self.config.gateway.hostname,
@@ -176,7 +195,7 @@ class Gateway:
             )
             sock = bind_socket(listener.address, listener.port, reuse_port=self.reuse_port)
             self.servers[listener.name] = await loop.create_server(
-                factory,
+                self.sessions.wrap(factory, listener.name),
                 sock=sock,
                 ssl=tls_context if listener.tls == "implicit" else None,
             )
@@ -196,7 +215,8 @@ class Gateway:
         http = self.config.http
         sock = bind_socket(http.address, http.port, reuse_port=self.reuse_port)
         try:
-            self.http = HttpServer(create_app(self), sock)
+            self.api_app = create_app(self)
+            self.http = HttpServer(self.api_app, sock)
             await self.http.start()
         except BaseException:
             sock.close()
@@ -205,19 +225,39 @@ class Gateway:
         log.info("http api on %s:%d", http.address, self.http.port)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting, let deliveries in progress finish (up to ``grace``), close."""
+        """Stop accepting; let SMTP sessions finish their transaction and deliveries and
+        webhook requests in progress finish, each for up to ``grace`` seconds; close.
+
+        Open sessions get ``421`` at their next ``MAIL`` (a transaction under way completes
+        first); what is still open after ``grace`` is aborted — unacknowledged, so the client
+        keeps it. Deliveries still sending after ``grace`` are cancelled and returned to the
+        queue (nothing acknowledged is lost; at most a send is repeated).
+        """
+        for server in self.servers.values():
+            server.close()
         if self.http is not None:
             await self.http.stop()
         for server in self.servers.values():
-            server.close()
-        for server in self.servers.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), grace)
+        await self.sessions.drain(grace)
         await self.dispatcher.stop(grace)
         if self._dispatch_task is not None:
             self._dispatch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatch_task
+        await self.webhooks.stop(grace)
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_task
+        if isinstance(self.store, SqliteStore):
+            # This worker's shards are its own: hand deliveries cut off back to the queue now
+            # (the Redis store releases its leases when it closes).
+            with contextlib.suppress(Exception):
+                returned = await self.store.recover(self.clock.now())
+                if returned:
+                    log.info("returned %d deliveries in flight to the queue", returned)
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()
@@ -259,28 +299,49 @@ def bind_socket(address: str, port: int, *, reuse_port: bool) -> socket.socket:
 # --- process model ----------------------------------------------------------------------------
 
 
-async def _serve_worker(config: Config, worker: int, workers: int) -> None:
+async def _serve_worker(
+    config: Config, worker: int, workers: int, config_file: str | None = None
+) -> None:
     gateway = Gateway(config, worker=worker, workers=workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        from gateway.ops.reload import reload_from
+
+        log.info("worker %d: SIGHUP, reloading %s", worker, config_file or "built-in defaults")
+        task = loop.create_task(reload_from(gateway, config_file))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await gateway.start()
     ports = ", ".join(f"{n}={p}" for n, p in gateway.smtp_ports.items())
     if gateway.http_port is not None:
         ports += f"; http {gateway.http_port}"
     log.info("worker %d/%d ready (smtp %s)", worker + 1, workers, ports)
     await stop.wait()
-    log.info("worker %d stopping", worker)
-    await gateway.stop()
+    grace = parse_duration(gateway.config.gateway.shutdown_grace)
+    log.info("worker %d stopping (grace %gs)", worker, grace)
+    await gateway.stop(grace)
+    log.info("worker %d stopped", worker)
 
 
-def serve(config: Config) -> int:
-    """Run the gateway until SIGTERM/SIGINT: in this process, or as a supervisor of workers."""
+def serve(config: Config, config_file: str | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT: in this process, or as a supervisor of workers.
+
+    SIGHUP re-reads ``config_file`` (see ``gateway.ops.reload``); the supervisor forwards
+    SIGHUP, SIGTERM and SIGINT to every worker and exits with their status (0 after a clean
+    SIGTERM)."""
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    # Until a worker's loop installs its handlers, a SIGHUP must not kill it (its default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers = config.gateway.workers
     if workers == 1:
-        run_in_event_loop(_serve_worker(config, 0, 1))
+        run_in_event_loop(_serve_worker(config, 0, 1, config_file))
         return 0
     children: list[int] = []
     supervisor = os.getpid()
@@ -292,7 +353,7 @@ def serve(config: Config) -> int:
                 os._exit(1)
             code = 0
             try:
-                run_in_event_loop(_serve_worker(config, index, workers))
+                run_in_event_loop(_serve_worker(config, index, workers, config_file))
             except BaseException:
                 log.exception("worker %d crashed", index)
                 code = 1
@@ -304,10 +365,10 @@ def serve(config: Config) -> int:
     def forward(signum: int, _frame: object) -> None:
         for child in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
+                os.kill(child, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)

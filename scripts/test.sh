@@ -18,6 +18,11 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
     missing+=(redis-server)
 fi
+# Debian's chromium: the operator console is checked in a real headless browser (Playwright
+# drives this binary; `playwright install` is never run).
+if [ ! -x /usr/bin/chromium ]; then
+    missing+=(chromium)
+fi
 if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages used by the tests)"
     sudo=""

@@ -32,8 +32,10 @@ from litestar.openapi.spec import (
 )
 
 from gateway import __version__
+from gateway.api.console import CONSOLE_ROUTES
 from gateway.api.context import ApiContext
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
+from gateway.api.ops import OPS_ROUTES, WebhooksController
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
@@ -90,6 +92,9 @@ def create_app(gateway: Gateway) -> Litestar:
             MessagesController,
             StatsController,
             SuppressionsController,
+            WebhooksController,
+            *OPS_ROUTES,
+            *CONSOLE_ROUTES,
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

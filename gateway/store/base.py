@@ -187,6 +187,44 @@ class DeliveryStats(msgspec.Struct, kw_only=True):
     """``YYYY-MM-DD`` (UTC, day the message was accepted) → status → count."""
 
 
+# --- operations: event webhooks to senders, and what health checks and metrics read ----------
+
+WebhookStatus = Literal["pending", "delivered", "failed"]
+
+
+class WebhookEvent(msgspec.Struct, kw_only=True):
+    """One event for one of a tenant's webhook endpoints, with where its delivery stands."""
+
+    id: str
+    """The ``webhook-id``: unique, and the same on every retry and replay."""
+    tenant: str
+    endpoint: str
+    """The endpoint's name in ``[tenants.<t>.webhooks.<name>]``."""
+    type: str
+    """The event type (``delivered``, ``bounced``, ``clicked``…)."""
+    payload: bytes
+    """The JSON body, exactly as it is signed and sent."""
+    created_at: float
+    status: WebhookStatus = "pending"
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+    updated_at: float = 0.0
+
+
+class WebhookAttempt(msgspec.Struct, kw_only=True, frozen=True):
+    """One POST of a webhook event: the delivery log."""
+
+    at: float
+    status_code: int
+    """The endpoint's HTTP status; 0 when there was no answer (refused, timeout)."""
+    outcome: WebhookStatus
+    """``delivered`` (2xx), ``pending`` (will retry) or ``failed`` (gave up)."""
+    detail: str = ""
+    duration: float = 0.0
+    """Seconds the request took."""
+
+
 class Store(abc.ABC):
     """Durable spool, delivery queue and delivery history."""
 
@@ -335,3 +373,65 @@ class Store(abc.ABC):
 
         For de-duplicating provider events and webhook deliveries across processes/nodes.
         """
+
+    # --- operations: health, metrics ----------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless the store answers (readiness checks). Engines override
+        this with their cheapest round trip."""
+        await self.next_due()
+
+    @abc.abstractmethod
+    async def oldest_waiting(self) -> float | None:
+        """Creation time of the oldest message with a delivery still waiting (queued,
+        deferred or sending), or ``None`` when nothing waits: the queue's age for metrics."""
+
+    # --- event webhooks to senders: a queue shared by every process/node ----------------------
+
+    @abc.abstractmethod
+    async def enqueue_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        """Store new events (``pending``, due at ``next_attempt_at``); durable when it returns."""
+
+    @abc.abstractmethod
+    async def claim_webhooks(
+        self, now: float, limit: int, lease_until: float
+    ) -> list[WebhookEvent]:
+        """Up to ``limit`` pending events due by ``now``, oldest due first, each made due again
+        only at ``lease_until``: if this process dies mid-send, another sends it after that."""
+
+    @abc.abstractmethod
+    async def record_webhook_attempt(
+        self,
+        event_id: str,
+        attempt: WebhookAttempt,
+        *,
+        next_attempt_at: float = 0.0,
+    ) -> None:
+        """Log ``attempt`` and move the event to ``attempt.outcome`` (``pending`` events become
+        due at ``next_attempt_at``)."""
+
+    @abc.abstractmethod
+    async def list_webhook_events(
+        self,
+        tenant: str | None,
+        *,
+        status: WebhookStatus | None = None,
+        endpoint: str | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[WebhookEvent]:
+        """Events newest first (every tenant's for ``None``); ``before_id`` is the cursor."""
+
+    @abc.abstractmethod
+    async def webhook_event(
+        self, event_id: str
+    ) -> tuple[WebhookEvent, list[WebhookAttempt]] | None:
+        """One event and its delivery log, oldest attempt first."""
+
+    @abc.abstractmethod
+    async def replay_webhook(self, event_id: str, now: float) -> WebhookEvent | None:
+        """Make the event ``pending`` and due now (its log is kept); ``None`` if unknown."""
+
+    @abc.abstractmethod
+    async def webhook_counts(self) -> dict[WebhookStatus, int]:
+        """Events by status, for metrics and the console."""

@@ -32,7 +32,7 @@ import msgspec
 
 from gateway.clock import Clock, SystemClock
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
-from gateway.store import redis_lua
+from gateway.store import redis_lua, redis_webhooks
 from gateway.store.base import (
     Claimed,
     DeliveryFilter,
@@ -49,6 +49,9 @@ from gateway.store.base import (
     StoreError,
     Suppression,
     SuppressionReason,
+    WebhookAttempt,
+    WebhookEvent,
+    WebhookStatus,
     suppression_key,
 )
 from gateway.store.redis_client import (
@@ -171,6 +174,12 @@ class RedisStore(Store):
                 "FIRST_SIGHTING",
             )
         }
+        self._scripts.update(
+            {
+                name: self._redis.register_script(getattr(redis_webhooks, name))
+                for name in redis_webhooks.SCRIPTS
+            }
+        )
         with self._errors(f"cannot reach Redis at {self.target.redacted}"):
             await self._redis.ping()
             self.persistence = await check_persistence(self._redis)
@@ -743,3 +752,47 @@ class RedisStore(Store):
             keys=[self._p + "seen:" + key],
         )
         return bool(first)
+
+    # --- operations: health, metrics, event webhooks (scripts in redis_webhooks) -------------
+
+    async def ping(self) -> None:
+        with self._errors(f"cannot reach Redis at {self.target.redacted}"):
+            await self._redis.ping()
+
+    async def oldest_waiting(self) -> float | None:
+        return await redis_webhooks.oldest_waiting(self)
+
+    async def enqueue_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        await redis_webhooks.enqueue(self, events)
+
+    async def claim_webhooks(
+        self, now: float, limit: int, lease_until: float
+    ) -> list[WebhookEvent]:
+        return await redis_webhooks.claim(self, now, limit, lease_until)
+
+    async def record_webhook_attempt(
+        self, event_id: str, attempt: WebhookAttempt, *, next_attempt_at: float = 0.0
+    ) -> None:
+        await redis_webhooks.record_attempt(self, event_id, attempt, next_attempt_at)
+
+    async def list_webhook_events(
+        self,
+        tenant: str | None,
+        *,
+        status: WebhookStatus | None = None,
+        endpoint: str | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[WebhookEvent]:
+        return await redis_webhooks.list_events(self, tenant, status, endpoint, before_id, limit)
+
+    async def webhook_event(
+        self, event_id: str
+    ) -> tuple[WebhookEvent, list[WebhookAttempt]] | None:
+        return await redis_webhooks.get(self, event_id)
+
+    async def replay_webhook(self, event_id: str, now: float) -> WebhookEvent | None:
+        return await redis_webhooks.replay(self, event_id, now)
+
+    async def webhook_counts(self) -> dict[WebhookStatus, int]:
+        return await redis_webhooks.counts(self)

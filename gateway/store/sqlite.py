@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
-from gateway.store import sqlite_api
+from gateway.store import sqlite_api, sqlite_webhooks
 from gateway.store.base import (
     Claimed,
     DeliveryFilter,
@@ -41,6 +41,9 @@ from gateway.store.base import (
     StoreError,
     Suppression,
     SuppressionReason,
+    WebhookAttempt,
+    WebhookEvent,
+    WebhookStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -292,7 +295,10 @@ class SqliteStore(Store):
         self._writers = {n: _Writer(shard_path(self.directory, n)) for n in sorted(numbers)}
         self._claim_cursor = 0
         # Tenant-wide data (suppressions) is shared by all workers; see sqlite_api.
-        self._tenants = _Writer(self.directory / "tenants.db", schema=sqlite_api.TENANT_SCHEMA)
+        self._tenants = _Writer(
+            self.directory / "tenants.db",
+            schema=sqlite_api.TENANT_SCHEMA + sqlite_webhooks.SCHEMA,
+        )
         self._reader = sqlite_api.ShardReader(self.directory, self._shard_files)
         # Per-delivery suppression checks read tenants.db on their own thread and connection:
         # a WAL reader never waits behind the writer, nor behind the API's slow listings.
@@ -665,6 +671,68 @@ class SqliteStore(Store):
             lambda conn: sqlite_api.delivery_stats(conn, tenant, since, until)
         )
         return sqlite_api.merge_stats(found)
+
+    # --- operations: health, metrics, event webhooks (SQL in sqlite_webhooks) ----------------
+
+    async def ping(self) -> None:
+        await self._tenants.submit(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._on(self.write_shard, lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def oldest_waiting(self) -> float | None:
+        def oldest(conn: sqlite3.Connection, shard: int) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(m.created_at) FROM deliveries d JOIN messages m ON m.id = d.message_id"
+                " WHERE d.status IN (?, ?, ?)",
+                (*_WAITING, DeliveryStatus.SENDING.value),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        found = [t for t in await self._on_all(oldest) if t is not None]
+        return min(found) if found else None
+
+    async def enqueue_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        if events:
+            await self._tenants.submit(lambda conn: sqlite_webhooks.insert(conn, list(events)))
+
+    async def claim_webhooks(
+        self, now: float, limit: int, lease_until: float
+    ) -> list[WebhookEvent]:
+        return await self._tenants.submit(
+            lambda conn: sqlite_webhooks.claim(conn, now, limit, lease_until)
+        )
+
+    async def record_webhook_attempt(
+        self, event_id: str, attempt: WebhookAttempt, *, next_attempt_at: float = 0.0
+    ) -> None:
+        await self._tenants.submit(
+            lambda conn: sqlite_webhooks.record_attempt(conn, event_id, attempt, next_attempt_at)
+        )
+
+    async def list_webhook_events(
+        self,
+        tenant: str | None,
+        *,
+        status: WebhookStatus | None = None,
+        endpoint: str | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[WebhookEvent]:
+        return await self._tenants.submit(
+            lambda conn: sqlite_webhooks.list_events(
+                conn, tenant, status, endpoint, before_id, limit
+            )
+        )
+
+    async def webhook_event(
+        self, event_id: str
+    ) -> tuple[WebhookEvent, list[WebhookAttempt]] | None:
+        return await self._tenants.submit(lambda conn: sqlite_webhooks.get(conn, event_id))
+
+    async def replay_webhook(self, event_id: str, now: float) -> WebhookEvent | None:
+        return await self._tenants.submit(lambda conn: sqlite_webhooks.replay(conn, event_id, now))
+
+    async def webhook_counts(self) -> dict[WebhookStatus, int]:
+        return await self._tenants.submit(sqlite_webhooks.counts)
 
 
 def _claim_op(now: float, limit: int, shard: int) -> Callable[[sqlite3.Connection], list[Claimed]]:

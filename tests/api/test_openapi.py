@@ -19,6 +19,10 @@ def test_openapi_document_and_docs_page(idle_api: Api) -> None:
         "/v1/suppressions/{email}",
         "/v1/suppressions/import",
         "/v1/suppressions/export",
+        "/v1/webhooks",
+        "/v1/webhooks/events",
+        "/v1/webhooks/events/{event_id}",
+        "/v1/webhooks/{event_id}/replay",
     }
     send = document["paths"]["/v1/messages"]["post"]
     assert set(send["requestBody"]["content"]) == {"application/json", "message/rfc822"}

@@ -38,6 +38,7 @@ def test_example_config_loads_with_every_block_switched_on(certificates, monkeyp
     monkeypatch.setenv("RELAY_PASSWORD", "s3cret")
     monkeypatch.setenv("TRACKING_KEY_K1", "k1" * 24)
     monkeypatch.setenv("TRACKING_KEY_K2", "k2" * 24)
+    monkeypatch.setenv("CRM_WEBHOOK_SECRET", "whsec_" + "A" * 44)
     config = parse_config(_uncommented_example(certificates), source="example")
     assert [listener.name for listener in config.smtp.listeners] == [
         "dev",
