@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.events import Event
 from gateway.message import Delivery, DeliveryStatus, Message
@@ -25,7 +24,8 @@ from gateway.plugin_manager import hookimpl
 
 log = logging.getLogger("gateway.ops.metrics")
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = "text/plain; version=0.0.4"
+"""The classic text format every Prometheus reads (the HTTP layer adds ``charset=utf-8``)."""
 RECENT_EVENTS = 200
 BREAKER_STATES = ("closed", "half_open", "open")
 _DELIVERY_EVENTS = frozenset({"delivered", "deferred", "bounced"})
