@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import re
 import secrets
 import urllib.parse
@@ -160,6 +161,16 @@ def _parameter(name: str, value: str) -> str:
     return f"{name}*=utf-8''" + urllib.parse.quote(value, safe=_FILENAME_SAFE)
 
 
+def date_header(now: float) -> str:
+    """``Date: ...`` (RFC 5322 3.3), formatted once per second."""
+    return _date_header(int(now))
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(second: int) -> str:
+    return f"Date: {email.utils.formatdate(second)}"
+
+
 # --- bodies ----------------------------------------------------------------------------------
 
 
@@ -266,7 +277,7 @@ def compose(
     if reply_to:
         lines.append(address_list("Reply-To", reply_to))
     lines.append(unstructured("Subject", subject))
-    lines.append(f"Date: {email.utils.formatdate(now)}")
+    lines.append(date_header(now))
     lines.extend(unstructured(name, value) for name, value in headers)
     lines.append("MIME-Version: 1.0")
     content = body_structure(text, html, attachments)
