@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import smtp_bench as sb  # noqa: E402
+import smtp_bench as sb
 
-from gateway.tenants import generate_api_key, hash_api_key  # noqa: E402
+from gateway.tenants import generate_api_key, hash_api_key
 
 TEXT_LINE = "The quick brown fox jumps over the lazy dog; invoices are attached below.\n"
 
@@ -125,10 +125,10 @@ def run_wrk(port: int, script: Path, args: argparse.Namespace) -> WrkRun:
     done = subprocess.run(command, capture_output=True, text=True,
                           timeout=args.duration + 60, check=True)
     out = done.stdout
-    requests = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))  # type: ignore[union-attr]
-    seconds_match = re.search(r"requests in ([\d.]+)(ms|s|m)", out)
-    assert seconds_match is not None
-    seconds = float(seconds_match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[seconds_match.group(2)]
+    total = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
+    assert total is not None, out
+    requests = int(total.group(1))
+    seconds = float(total.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[total.group(3)]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = int(non2xx.group(1)) if non2xx else 0
@@ -266,6 +266,7 @@ def main() -> int:
     print()
     print("reproduce: cd " + str(sb.REPO) + " && .venv/bin/python bench/http_bench.py "
           + shlex.join(sys.argv[1:]))
+    # wrk counts answers received before it stopped; requests in flight then are delivered too.
     lost = [r for r in results if r.delivered < r.recipients]
     return 1 if lost else 0
 
