@@ -5,9 +5,10 @@ sink, the rest is deferred to the next midnight (in the configured zone, across 
 and delivered on a later day before newer mail; after the schedule ends, everything left is
 delivered and nothing is lost or sent twice.
 
-Volume: the conservative schedule at ``scale = 0.01`` (day 1: 1, day 7: 10, day 14: 150,
-day 21: 1,000 — 4,044 in all). The unscaled caps (50 … 100,000; 404,156 messages) are checked
-exactly in tests/plugins/test_warming.py; relaying them all to a sink would take minutes.
+Volume: the conservative schedule at ``scale = 0.005`` (day 1: 1, day 7: 5, day 14: 75,
+day 21: 500 — 2,023 in all, plus a tenth more each day). The unscaled caps (50 … 100,000;
+404,156 messages) are checked exactly in tests/plugins/test_warming.py; relaying them all to a
+sink would take many minutes.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
 
 ZONE = zoneinfo.ZoneInfo("America/New_York")
 START = dt.date(2030, 3, 1)  # US daylight saving time starts on 2030-03-10: a 23-hour day
-CAPS = [1, 1, 1, 2, 4, 6, 10, 15, 22, 32, 47, 69, 102, 150, 197, 258, 338, 444, 582, 763, 1000]
-"""Conservative at scale 0.01: round-half-up of 0.01 x the daily volume, at least 1."""
+CAPS = [1, 1, 1, 1, 2, 3, 5, 7, 11, 16, 24, 35, 51, 75, 98, 129, 169, 222, 291, 381, 500]
+"""Conservative at scale 0.005: round-half-up of 0.005 x the daily volume, at least 1."""
 
 CONFIG = (
     RELAY_TO_SINK
@@ -36,7 +37,7 @@ warming_start = 2030-03-01
 
 [plugins.warming]
 timezone = "America/New_York"
-scale = 0.01
+scale = 0.005
 """
 )
 
@@ -75,7 +76,7 @@ def test_21_days_of_conservative_warming_deliver_the_cap_and_defer_the_rest(
         date = START + dt.timedelta(days=day - 1)
         clock.set(midnight(date) + 3600)  # 01:00 local, whatever the day's length
         backlog = pending(gw)
-        new = [f"d{day}-{i}@inbox.example" for i in range(cap + max(2, cap // 4))]
+        new = [f"d{day}-{i}@inbox.example" for i in range(cap + max(2, cap // 10))]
         submit(gw, new)
         submitted += new
         before = len(sink.messages)
