@@ -42,9 +42,22 @@ class GatewaySection(msgspec.Struct, **_STRICT):
 
 
 class StoreSection(msgspec.Struct, **_STRICT):
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    """``sqlite`` (embedded, one node) or ``redis`` (several nodes share one queue)."""
     path: str = ""
     """Spool directory; default ``<data_dir>/spool``."""
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis only: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
+    ``redis+cluster://`` (see docs/redis.md)."""
+    prefix: str = "gateway"
+    """Redis only: namespace of the gateway's keys; nodes sharing a queue use the same one."""
+    lease: str = "30s"
+    """Redis only: how long a node holds a delivery it claimed without renewing it; the
+    deliveries of a node that died are taken over by another one after this long."""
+
+    @property
+    def lease_seconds(self) -> float:
+        return parse_duration(self.lease)
 
 
 class ListenerSection(msgspec.Struct, **_STRICT):
@@ -388,6 +401,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
 
     if config.gateway.workers < 1:
         fail(("gateway", "workers"), "must be at least 1")
+    _check_store(config.store, fail)
     names: set[str] = set()
     for i, listener in enumerate(config.smtp.listeners):
         if listener.name in names:
@@ -524,6 +538,26 @@ def _check_tracking(
             fail(("tracking", "token_lifetime"), str(e))
 
 
+def _check_store(store: StoreSection, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    if store.backend != "redis":
+        return
+    from gateway.store.redis_client import parse_redis_url
+
+    try:
+        parse_redis_url(store.url)
+    except ValueError as e:
+        fail(("store", "url"), str(e))
+    if not store.prefix or any(c in store.prefix for c in "{}"):
+        fail(("store", "prefix"), "must be non-empty and without braces")
+    try:
+        lease = parse_duration(store.lease)
+    except ValueError as e:
+        fail(("store", "lease"), str(e))
+    else:
+        if lease < 3:
+            fail(("store", "lease"), "must be at least 3s (it is renewed every third of it)")
+
+
 def _is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
@@ -533,12 +567,20 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+def _store_location(config: Config) -> str:
+    if config.store.backend != "redis":
+        return str(config.spool_dir)
+    from gateway.store.redis_client import parse_redis_url
+
+    return f"{parse_redis_url(config.store.url).redacted} (prefix {config.store.prefix})"
+
+
 def summarize(config: Config) -> str:
     """The short human summary printed by ``gateway check-config``."""
     lines = [
         f"hostname      {config.gateway.hostname}",
         f"workers       {config.gateway.workers}",
-        f"store         {config.store.backend} at {config.spool_dir}",
+        f"store         {config.store.backend} at {_store_location(config)}",
     ]
     for listener in config.smtp.listeners:
         auth = "AUTH without TLS allowed" if listener.insecure_auth else "AUTH over TLS only"

@@ -18,6 +18,10 @@ fi
 if ! command -v nsd >/dev/null 2>&1 && [ ! -x /usr/sbin/nsd ]; then
     missing+=(nsd)
 fi
+# A real Redis for the store suite and the multi-node tests (each session starts its own).
+if ! command -v redis-server >/dev/null 2>&1; then
+    missing+=(redis-server)
+fi
 if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages used by the tests)"
     sudo=""
