@@ -19,7 +19,7 @@ def event(n: int, *, tenant: str = "acme", at: float = T0) -> WebhookEvent:
     )
 
 
-async def test_claims_are_exclusive_and_leased(backend: Backend) -> None:
+async def test_claims_are_exclusive_and_leased(backend: Backend) -> None:  # noqa: F811
     first, second = await backend.open(), await backend.open()
     await first.enqueue_webhooks([event(1), event(2), event(3, at=T0 + 60)])
     claimed = await first.claim_webhooks(T0, 10, lease_until=T0 + 40)
@@ -31,7 +31,7 @@ async def test_claims_are_exclusive_and_leased(backend: Backend) -> None:
     assert [e.id for e in again] == ["msg_0001", "msg_0002"]
 
 
-async def test_attempts_log_move_status_and_replay_keeps_the_log(store: Store) -> None:
+async def test_attempts_log_move_status_and_replay_keeps_the_log(store: Store) -> None:  # noqa: F811
     await store.enqueue_webhooks([event(1), event(2, tenant="globex")])
     assert await store.webhook_counts() == {"pending": 2, "delivered": 0, "failed": 0}
     await store.claim_webhooks(T0, 10, lease_until=T0 + 40)
@@ -62,7 +62,7 @@ async def test_attempts_log_move_status_and_replay_keeps_the_log(store: Store) -
     assert await store.webhook_counts() == {"pending": 1, "delivered": 1, "failed": 0}
 
 
-async def test_oldest_waiting_is_the_oldest_undelivered_message(store: Store) -> None:
+async def test_oldest_waiting_is_the_oldest_undelivered_message(store: Store) -> None:  # noqa: F811
     assert await store.oldest_waiting() is None
     await store.enqueue(message(1, at=T0), ["a@example.org"], expires_at=T0 + 3600)
     await store.enqueue(message(2, at=T0 + 50), ["b@example.org"], expires_at=T0 + 3600)
