@@ -445,7 +445,7 @@ class GatewayServer:
     """``gateway serve`` with one plain loopback listener, relaying to the sink."""
 
     def __init__(self, workdir: Path, sink_port: int, *, workers: int, pool_size: int,
-                 concurrency: int, source: Path | None = None) -> None:
+                 concurrency: int, source: Path | None = None, pipeline: bool = False) -> None:
         self.workdir = workdir
         self.source = source
         self.workers = workers
@@ -482,6 +482,10 @@ tls = "none"
 pool_size = {pool_size}
 """
         )
+        if pipeline:
+            self.label += " +pipeline"
+            with open(self.config, "a") as config:
+                config.write(pipeline_config(workdir))
         self.process: subprocess.Popen[bytes] | None = None
         self._log = workdir / "gateway.log"
 
@@ -527,6 +531,38 @@ pool_size = {pool_size}
         found = done.stdout.strip() or done.stderr.strip().splitlines()[-1:]
         problems = self._log.read_text(errors="replace").count(" ERROR ")
         return f"spool {found}, {problems} ERROR lines in gateway.log"
+
+
+def pipeline_config(workdir: Path) -> str:
+    """The full default plugin pipeline: suppression (always on), click tracking, open pixel,
+    List-Unsubscribe on every message, and DKIM with a fresh RSA-2048 key for example.com."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_dir = workdir / "dkim"
+    (key_dir / "example.com").mkdir(parents=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    (key_dir / "example.com" / "bench.pem").write_bytes(pem)
+    return f"""
+[tracking]
+base_url = "https://t.bench.example"
+signing_key = "k1"
+
+[tracking.keys]
+k1 = "{os.urandom(32).hex()}"
+
+[plugins.click_tracking]
+[plugins.open_pixel]
+[plugins.list_unsubscribe]
+mailto = "unsubscribe@bench.example"
+all_bulk = true
+
+[plugins.dkim]
+key_dir = "{key_dir}"
+selectors = ["bench"]
+"""
 
 
 _SPOOL_COUNTS = """\
@@ -696,6 +732,7 @@ def run_python_client(port: int, args: argparse.Namespace) -> ClientRun:
         sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
         "--size", str(args.size), "--sessions", str(args.sessions),
         "--messages", str(args.messages), "--timeout", str(args.phase_timeout),
+        *(["--html"] if args.pipeline else []),
     ]
     try:
         done = subprocess.run(command, capture_output=True, timeout=args.phase_timeout + 30)
@@ -720,6 +757,31 @@ def make_message(index: int, body: bytes) -> bytes:
     return head.encode() + body
 
 
+def newsletter(index: int, size: int, links: int = 10) -> bytes:
+    """A ``size``-byte HTML newsletter with ``links`` links, as the pipeline benchmark sends."""
+    anchors = "".join(
+        f'<p>Item {i}: <a href="https://shop.example.com/p/{i}?utm=news">see product {i}</a>'
+        "</p>\r\n"
+        for i in range(links)
+    )
+    filler = "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 3 + "</p>\r\n"
+    body = f"<html><body>\r\n<h1>Newsletter</h1>\r\n{anchors}"
+    while len(body) < size - 200:
+        body += filler
+    body += "</body></html>\r\n"
+    head = (
+        f"From: Example News <{SENDER}>\r\n"
+        f"To: <{RECIPIENT}>\r\n"
+        f"Subject: This week's picks {index}\r\n"
+        f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
+        f"Message-ID: <{index}.{os.getpid()}@{HELO_NAME}>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        "\r\n"
+    )
+    return (head + body).encode()
+
+
 def make_body(size: int) -> bytes:
     """``size`` bytes of 80-byte CRLF lines, like smtp-source's ``-l`` payload."""
     line = b"X" * 78 + b"\r\n"
@@ -729,7 +791,7 @@ def make_body(size: int) -> bytes:
 
 
 async def python_client(port: int, size: int, sessions: int, messages: int,
-                        limit: float) -> ClientRun:
+                        limit: float, html: bool = False) -> ClientRun:
     """``sessions`` aiosmtplib connections send ``messages`` messages in all; the latency of
     each is DATA sent → final 250 received."""
     import aiosmtplib
@@ -757,7 +819,8 @@ async def python_client(port: int, size: int, sessions: int, messages: int,
                 await client.mail(SENDER)
                 await client.rcpt(RECIPIENT)
                 sent = time.perf_counter()
-                await client.data(make_message(index, body))
+                content = newsletter(index, size) if html else make_message(index, body)
+                await client.data(content)
                 latencies.append(time.perf_counter() - sent)
             except (aiosmtplib.SMTPException, OSError) as e:
                 failed += 1
@@ -1126,6 +1189,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy record each gateway worker into DIR (perturbs the figures)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="the full default plugin pipeline (click, open, unsubscribe, DKIM"
+                             " RSA-2048) on a SIZE-byte HTML newsletter with 10 links; gateway"
+                             " and the python client only")
     return parser
 
 
@@ -1148,6 +1215,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--gateway-src", str(args.gateway_src)]
     if args.profile is not None:
         parts += ["--profile", str(args.profile)]
+    if args.pipeline:
+        parts.append("--pipeline")
     return f"cd {REPO} && {shlex.join(parts)}"
 
 
@@ -1200,6 +1269,8 @@ def plan(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.pipeline:
+        args.target, args.clients = "gateway", ["python"]  # smtp-source sends no HTML
     ensure_postfix()
     become_subreaper()
     workdir = Path(tempfile.mkdtemp(prefix="smtp-bench-"))
@@ -1219,7 +1290,8 @@ def bench(args: argparse.Namespace) -> int:
                 rundir.mkdir()
                 server: Server = (
                     GatewayServer(rundir, sink.port, workers=workers, pool_size=args.pool_size,
-                                  concurrency=args.concurrency, source=args.gateway_src)
+                                  concurrency=args.concurrency, source=args.gateway_src,
+                                  pipeline=args.pipeline)
                     if target == "gateway"
                     else PostfixServer(rundir, sink.port)
                 )
@@ -1273,9 +1345,11 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--html", action="store_true")
     args = parser.parse_args(argv)
     run = asyncio.run(
-        python_client(args.port, args.size, args.sessions, args.messages, args.timeout)
+        python_client(args.port, args.size, args.sessions, args.messages, args.timeout,
+                      args.html)
     )
     print(json.dumps(run.__dict__))
     return 0

@@ -185,7 +185,7 @@ class _Writer:
         conn: sqlite3.Connection,
         batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
     ) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[sqlite_api.Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for operation, future in batch:
@@ -213,24 +213,7 @@ class _Writer:
                 conn.execute("ROLLBACK")
             error = StoreError(f"spool {self.path.name}: {e}")
             outcomes = [(future, None, error) for _, future in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
-        for loop, settled in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle, settled)
-            except RuntimeError:  # loop closed: nobody is waiting any more
-                pass
-
-
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in outcomes:
-        if future.cancelled():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        sqlite_api.settle_threadsafe(outcomes)
 
 
 def _row_to_message(row: tuple[Any, ...]) -> Message:
