@@ -743,3 +743,32 @@ class RedisStore(Store):
             keys=[self._p + "seen:" + key],
         )
         return bool(first)
+
+    async def counters(self, keys: Sequence[str], now: float) -> dict[str, int]:
+        if not keys:
+            return {}
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(self._p + "c:" + key, "v", "exp")
+            rows = await pipe.execute()
+        return {
+            key: 0 if value is None or float(expires) <= now else int(value)
+            for key, (value, expires) in zip(keys, rows, strict=True)
+        }
+
+    # --- flags ------------------------------------------------------------------------------
+
+    async def set_flag(self, key: str, value: str) -> None:
+        with self._errors():
+            await self._redis.hset(self._p + "flags", key, value)
+
+    async def clear_flag(self, key: str) -> bool:
+        with self._errors():
+            return bool(await self._redis.hdel(self._p + "flags", key))
+
+    async def flags(self, prefix: str) -> dict[str, str]:
+        # One hash for every flag: there are few (paused identities), and HGETALL is one trip.
+        with self._errors():
+            found = await self._redis.hgetall(self._p + "flags")
+        return {_s(k): _s(v) for k, v in found.items() if _s(k).startswith(prefix)}

@@ -614,6 +614,24 @@ class SqliteStore(Store):
         found = await self._suppression_reader.read(lambda conn: sqlite_api.counter(conn, key, now))
         return found[0] if found else 0
 
+    async def counters(self, keys: Sequence[str], now: float) -> dict[str, int]:
+        if not keys:
+            return {}
+        found = await self._suppression_reader.read(
+            lambda conn: sqlite_api.counters(conn, keys, now)
+        )
+        return found[0] if found else dict.fromkeys(keys, 0)
+
+    async def set_flag(self, key: str, value: str) -> None:
+        await self._tenants.submit(lambda conn: sqlite_api.set_flag(conn, key, value))
+
+    async def clear_flag(self, key: str) -> bool:
+        return await self._tenants.submit(lambda conn: sqlite_api.clear_flag(conn, key))
+
+    async def flags(self, prefix: str) -> dict[str, str]:
+        found = await self._suppression_reader.read(lambda conn: sqlite_api.flags(conn, prefix))
+        return found[0] if found else {}
+
     async def first_sighting(self, key: str, *, expires_at: float, now: float) -> bool:
         return await self._tenants.submit(
             lambda conn: sqlite_api.first_sighting(conn, key, expires_at, now)

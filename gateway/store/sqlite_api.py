@@ -95,6 +95,10 @@ CREATE TABLE IF NOT EXISTS sightings (
     key TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flags (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 HEAD_BYTES = 16384
@@ -631,6 +635,41 @@ def counter(conn: sqlite3.Connection, key: str, now: float) -> int:
         "SELECT value FROM counters WHERE key = ? AND expires_at > ?", (key, now)
     ).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def counters(conn: sqlite3.Connection, keys: Sequence[str], now: float) -> dict[str, int]:
+    found = dict.fromkeys(keys, 0)
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start : start + 500])
+        for key, value in conn.execute(
+            f"SELECT key, value FROM counters WHERE key IN ({','.join('?' * len(chunk))})"
+            " AND expires_at > ?",
+            (*chunk, now),
+        ):
+            found[key] = int(value)
+    return found
+
+
+def set_flag(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO flags (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def clear_flag(conn: sqlite3.Connection, key: str) -> bool:
+    return conn.execute("DELETE FROM flags WHERE key = ?", (key,)).rowcount == 1
+
+
+def flags(conn: sqlite3.Connection, prefix: str) -> dict[str, str]:
+    # A range scan on the primary key; LIKE would need escaping of '%' and '_' in the prefix.
+    return dict(
+        conn.execute(
+            "SELECT key, value FROM flags WHERE key >= ? AND key < ?",
+            (prefix, prefix + "\U0010ffff"),
+        ).fetchall()
+    )
 
 
 def add_to_counter(

@@ -606,6 +606,36 @@ async def test_first_sighting_is_true_once_until_it_expires(backend: Backend) ->
     assert not await first.first_sighting("evt:sg:1", expires_at=T0 + 30, now=T0 + 11)
 
 
+async def test_counters_reads_many_at_once(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    await first.add_to_counter("rep:a:1", 3, expires_at=T0 + 9, now=T0)
+    await second.add_to_counter("rep:a:2", 4, expires_at=T0 + 5, now=T0)
+    assert await second.counters(["rep:a:1", "rep:a:2", "rep:none"], T0) == {
+        "rep:a:1": 3,
+        "rep:a:2": 4,
+        "rep:none": 0,
+    }
+    assert await first.counters(["rep:a:1", "rep:a:2"], T0 + 6) == {"rep:a:1": 3, "rep:a:2": 0}
+    assert await first.counters([], T0) == {}
+
+
+async def test_flags_are_shared_and_durable_until_cleared(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    await first.set_flag("pause:domain:a.example", '{"reason": "bounces"}')
+    await first.set_flag("pause:ip:192.0.2.1", "x")
+    await first.set_flag("epoch:domain:a.example", "7")
+    assert await second.flags("pause:") == {
+        "pause:domain:a.example": '{"reason": "bounces"}',
+        "pause:ip:192.0.2.1": "x",
+    }
+    await second.set_flag("pause:ip:192.0.2.1", "y")  # replaces
+    assert (await first.flags("pause:ip:")) == {"pause:ip:192.0.2.1": "y"}
+    assert await second.clear_flag("pause:ip:192.0.2.1") is True
+    assert await first.clear_flag("pause:ip:192.0.2.1") is False
+    assert await first.flags("pause:") == {"pause:domain:a.example": '{"reason": "bounces"}'}
+    assert await first.flags("none:") == {}
+
+
 # --- failures --------------------------------------------------------------------------------
 
 
