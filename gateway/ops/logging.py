@@ -26,7 +26,7 @@ _delivery: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextV
 
 _SECRETS = re.compile(
     r"(?i)(authorization:\s*(?:bearer|basic)\s+|(?:password|secret|api[_-]?key|token)"
-    r"[\"']?\s*[=:]\s*[\"']?|whsec_|sk_live_|gw_)[^\s\"',;]+"
+    r"[\"']?\s*[=:]\s*[\"']?|whsec_|gwk_)[^\s\"',;]+"
 )
 """Credential-shaped text: ``Authorization: Bearer x``, ``password=x``, ``whsec_…``."""
 
