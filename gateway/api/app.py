@@ -37,6 +37,7 @@ from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
+from gateway.api.webhooks import webhook_routes
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -90,6 +91,7 @@ def create_app(gateway: Gateway) -> Litestar:
             MessagesController,
             StatsController,
             SuppressionsController,
+            *webhook_routes(gateway),
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
