@@ -39,6 +39,7 @@ from gateway.api.ops import OPS_ROUTES, WebhooksController
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
+from gateway.api.webhooks import webhook_routes
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -95,6 +96,7 @@ def create_app(gateway: Gateway) -> Litestar:
             WebhooksController,
             *OPS_ROUTES,
             *CONSOLE_ROUTES,
+            *webhook_routes(gateway),
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
