@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ctypes
 import email.utils
+import functools
 import io
 import json
 import os
@@ -52,7 +53,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SENDER = "from@example.com"
 RECIPIENT = "to@example.org"
 HELO_NAME = "bench.localhost"
-CLIENTS = ("smtp-source", "python")
+CLIENTS = ("smtp-source", "python", "pipelined")
+DEFAULT_CLIENTS = ("smtp-source", "python")
 
 
 # --- /proc accounting ---------------------------------------------------------------------------
@@ -445,7 +447,7 @@ class GatewayServer:
     """``gateway serve`` with one plain loopback listener, relaying to the sink."""
 
     def __init__(self, workdir: Path, sink_port: int, *, workers: int, pool_size: int,
-                 concurrency: int, source: Path | None = None) -> None:
+                 concurrency: int, source: Path | None = None, pipeline: bool = False) -> None:
         self.workdir = workdir
         self.source = source
         self.workers = workers
@@ -482,6 +484,10 @@ tls = "none"
 pool_size = {pool_size}
 """
         )
+        if pipeline:
+            self.label += " +pipeline"
+            with open(self.config, "a") as config:
+                config.write(pipeline_config(workdir))
         self.process: subprocess.Popen[bytes] | None = None
         self._log = workdir / "gateway.log"
 
@@ -527,6 +533,38 @@ pool_size = {pool_size}
         found = done.stdout.strip() or done.stderr.strip().splitlines()[-1:]
         problems = self._log.read_text(errors="replace").count(" ERROR ")
         return f"spool {found}, {problems} ERROR lines in gateway.log"
+
+
+def pipeline_config(workdir: Path) -> str:
+    """The full default plugin pipeline: suppression (always on), click tracking, open pixel,
+    List-Unsubscribe on every message, and DKIM with a fresh RSA-2048 key for example.com."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_dir = workdir / "dkim"
+    (key_dir / "example.com").mkdir(parents=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    (key_dir / "example.com" / "bench.pem").write_bytes(pem)
+    return f"""
+[tracking]
+base_url = "https://t.bench.example"
+signing_key = "k1"
+
+[tracking.keys]
+k1 = "{os.urandom(32).hex()}"
+
+[plugins.click_tracking]
+[plugins.open_pixel]
+[plugins.list_unsubscribe]
+mailto = "unsubscribe@bench.example"
+all_bulk = true
+
+[plugins.dkim]
+key_dir = "{key_dir}"
+selectors = ["bench"]
+"""
 
 
 _SPOOL_COUNTS = """\
@@ -690,12 +728,15 @@ def run_smtp_source(port: int, args: argparse.Namespace) -> ClientRun:
     return ClientRun(accepted, args.messages - accepted, started, elapsed, errors=errors)
 
 
-def run_python_client(port: int, args: argparse.Namespace) -> ClientRun:
-    """The asyncio client below, in a child process."""
+def run_python_client(port: int, args: argparse.Namespace, *,
+                      pipelined: bool = False) -> ClientRun:
+    """One of the asyncio clients below, in a child process."""
     command = [
         sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
         "--size", str(args.size), "--sessions", str(args.sessions),
         "--messages", str(args.messages), "--timeout", str(args.phase_timeout),
+        *(["--html"] if args.pipeline else []),
+        *(["--pipelined"] if pipelined else []),
     ]
     try:
         done = subprocess.run(command, capture_output=True, timeout=args.phase_timeout + 30)
@@ -720,6 +761,35 @@ def make_message(index: int, body: bytes) -> bytes:
     return head.encode() + body
 
 
+def newsletter(index: int, size: int, links: int = 10) -> bytes:
+    """A ``size``-byte HTML newsletter with ``links`` links, as the pipeline benchmark sends."""
+    head = (
+        f"From: Example News <{SENDER}>\r\n"
+        f"To: <{RECIPIENT}>\r\n"
+        f"Subject: This week's picks {index}\r\n"
+        f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
+        f"Message-ID: <{index}.{os.getpid()}@{HELO_NAME}>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        "\r\n"
+    )
+    return head.encode() + _newsletter_body(size, links)
+
+
+@functools.lru_cache(maxsize=2)
+def _newsletter_body(size: int, links: int) -> bytes:
+    anchors = "".join(
+        f'<p>Item {i}: <a href="https://shop.example.com/p/{i}?utm=news">see product {i}</a>'
+        "</p>\r\n"
+        for i in range(links)
+    )
+    filler = "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 3 + "</p>\r\n"
+    body = f"<html><body>\r\n<h1>Newsletter</h1>\r\n{anchors}"
+    while len(body) < size - 200:
+        body += filler
+    return (body + "</body></html>\r\n").encode()
+
+
 def make_body(size: int) -> bytes:
     """``size`` bytes of 80-byte CRLF lines, like smtp-source's ``-l`` payload."""
     line = b"X" * 78 + b"\r\n"
@@ -729,7 +799,7 @@ def make_body(size: int) -> bytes:
 
 
 async def python_client(port: int, size: int, sessions: int, messages: int,
-                        limit: float) -> ClientRun:
+                        limit: float, html: bool = False) -> ClientRun:
     """``sessions`` aiosmtplib connections send ``messages`` messages in all; the latency of
     each is DATA sent → final 250 received."""
     import aiosmtplib
@@ -757,7 +827,8 @@ async def python_client(port: int, size: int, sessions: int, messages: int,
                 await client.mail(SENDER)
                 await client.rcpt(RECIPIENT)
                 sent = time.perf_counter()
-                await client.data(make_message(index, body))
+                content = newsletter(index, size) if html else make_message(index, body)
+                await client.data(content)
                 latencies.append(time.perf_counter() - sent)
             except (aiosmtplib.SMTPException, OSError) as e:
                 failed += 1
@@ -774,6 +845,79 @@ async def python_client(port: int, size: int, sessions: int, messages: int,
         await asyncio.wait_for(asyncio.gather(*(session() for _ in range(sessions))), limit)
     except TimeoutError:
         errors.append(f"stopped after {limit:.0f} s")
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    return ClientRun(
+        accepted=len(latencies),
+        failed=failed,
+        started=started,
+        elapsed=elapsed,
+        p50_ms=percentile(latencies, 0.50) * 1000 if latencies else None,
+        p99_ms=percentile(latencies, 0.99) * 1000 if latencies else None,
+        errors=errors,
+    )
+
+
+async def pipelined_client(port: int, size: int, sessions: int, messages: int,
+                           limit: float, html: bool = False) -> ClientRun:
+    """A lean client on bare asyncio streams: like smtp-source, but it can send any content.
+    Each session says EHLO once, then per message writes MAIL, RCPT and DATA together
+    (RFC 2920 PIPELINING), reads their three replies, sends the content, reads the final one.
+    Latency: content sent → final reply."""
+    body = make_body(size)
+    latencies: list[float] = []
+    errors: list[str] = []
+    failed = 0
+    next_index = 0
+    started = time.monotonic()
+    envelope = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+
+    async def reply(reader: asyncio.StreamReader) -> bytes:
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("connection closed")
+            if line[3:4] != b"-":
+                return line
+
+    async def session() -> None:
+        nonlocal next_index, failed
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reply(reader)
+            writer.write(f"EHLO {HELO_NAME}\r\n".encode())
+            await reply(reader)
+            while next_index < messages:
+                index = next_index
+                next_index += 1
+                content = newsletter(index, size) if html else make_message(index, body)
+                writer.write(envelope)
+                codes = [(await reply(reader))[:3] for _ in range(3)]
+                if codes != [b"250", b"250", b"354"]:
+                    failed += 1
+                    if len(errors) < 5:
+                        errors.append(f"message {index}: {codes}")
+                    continue
+                sent = time.perf_counter()
+                writer.write(content.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+                final = await reply(reader)
+                if final.startswith(b"250"):
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    failed += 1
+                    if len(errors) < 5:
+                        errors.append(f"message {index}: {final!r}")
+            writer.write(b"QUIT\r\n")
+            await reply(reader)
+        finally:
+            writer.close()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(session() for _ in range(sessions))), limit)
+    except TimeoutError:
+        errors.append(f"stopped after {limit:.0f} s")
+    except (OSError, ConnectionError) as e:
+        errors.append(repr(e))
     elapsed = time.monotonic() - started
     latencies.sort()
     return ClientRun(
@@ -920,8 +1064,10 @@ def measure(server: Server, sink: Sink, client: str, args: argparse.Namespace,
         cpu_before = tree_cpu(server.root_pid)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with MemorySampler(server.root_pid) as memory:
-            run = (run_smtp_source if client == "smtp-source" else run_python_client)(
-                server.port, args
+            run = (
+                run_smtp_source(server.port, args)
+                if client == "smtp-source"
+                else run_python_client(server.port, args, pipelined=client == "pipelined")
             )
             if run.accepted < args.messages:
                 sink.expect(base + run.accepted)
@@ -1105,7 +1251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=parse_workers, default=[2],
                         help="gateway.workers; a comma list runs each (e.g. 1,2)")
     parser.add_argument("--target", choices=("gateway", "postfix", "both"), default="both")
-    parser.add_argument("--clients", type=parse_clients, default=list(CLIENTS),
+    parser.add_argument("--clients", type=parse_clients, default=list(DEFAULT_CLIENTS),
                         help="comma list of load clients: smtp-source,python")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the whole plan this many times, interleaved; medians shown")
@@ -1126,6 +1272,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy record each gateway worker into DIR (perturbs the figures)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="the full default plugin pipeline (click, open, unsubscribe, DKIM"
+                             " RSA-2048) on a SIZE-byte HTML newsletter with 10 links; gateway"
+                             " and the python client only")
     return parser
 
 
@@ -1148,6 +1298,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--gateway-src", str(args.gateway_src)]
     if args.profile is not None:
         parts += ["--profile", str(args.profile)]
+    if args.pipeline:
+        parts.append("--pipeline")
     return f"cd {REPO} && {shlex.join(parts)}"
 
 
@@ -1200,6 +1352,10 @@ def plan(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.pipeline:
+        # smtp-source sends no HTML
+        args.target = "gateway"
+        args.clients = [c for c in args.clients if c != "smtp-source"] or ["pipelined"]
     ensure_postfix()
     become_subreaper()
     workdir = Path(tempfile.mkdtemp(prefix="smtp-bench-"))
@@ -1219,7 +1375,8 @@ def bench(args: argparse.Namespace) -> int:
                 rundir.mkdir()
                 server: Server = (
                     GatewayServer(rundir, sink.port, workers=workers, pool_size=args.pool_size,
-                                  concurrency=args.concurrency, source=args.gateway_src)
+                                  concurrency=args.concurrency, source=args.gateway_src,
+                                  pipeline=args.pipeline)
                     if target == "gateway"
                     else PostfixServer(rundir, sink.port)
                 )
@@ -1273,9 +1430,12 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--html", action="store_true")
+    parser.add_argument("--pipelined", action="store_true")
     args = parser.parse_args(argv)
+    client = pipelined_client if args.pipelined else python_client
     run = asyncio.run(
-        python_client(args.port, args.size, args.sessions, args.messages, args.timeout)
+        client(args.port, args.size, args.sessions, args.messages, args.timeout, args.html)
     )
     print(json.dumps(run.__dict__))
     return 0

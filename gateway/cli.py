@@ -18,8 +18,7 @@ from gateway.config import CaptureProviderSection, Config, ConfigError, load_con
 from gateway.message import DeliveryStatus
 from gateway.passwords import hash_password
 from gateway.providers.capture import read_outbox
-from gateway.store.base import DeliveryFilter
-from gateway.store.sqlite import SqliteStore
+from gateway.store.base import DeliveryFilter, Store
 
 DEFAULT_CONFIG_NAME = "gateway.toml"
 
@@ -82,7 +81,9 @@ def _filter(args: argparse.Namespace, limit: int | None = None) -> DeliveryFilte
 
 
 async def _with_store(config: Config, work):  # type: ignore[no-untyped-def]
-    store = SqliteStore(config.spool_dir, all_shards=True)
+    from gateway.server import operator_store
+
+    store = operator_store(config)
     await store.open()
     try:
         return await work(store)
@@ -93,7 +94,7 @@ async def _with_store(config: Config, work):  # type: ignore[no-untyped-def]
 def cmd_queue_list(args: argparse.Namespace) -> int:
     config = _load(args)
 
-    async def work(store: SqliteStore) -> int:
+    async def work(store: Store) -> int:
         deliveries = await store.list_deliveries(_filter(args))
         if not deliveries:
             print("no deliveries match")
@@ -119,7 +120,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 def cmd_queue_show(args: argparse.Namespace) -> int:
     config = _load(args)
 
-    async def work(store: SqliteStore) -> int:
+    async def work(store: Store) -> int:
         message = await store.get_message(args.message_id)
         if message is None:
             print(f"no message {args.message_id}", file=sys.stderr)
@@ -166,7 +167,7 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
     config = _load(args)
     import time
 
-    async def work(store: SqliteStore) -> int:
+    async def work(store: Store) -> int:
         count = await store.retry_now(_filter(args, limit=1_000_000), time.time())
         print(f"{count} deliveries will be retried now")
         return 0
@@ -179,7 +180,7 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     _require_selection(args)
     config = _load(args)
 
-    async def work(store: SqliteStore) -> int:
+    async def work(store: Store) -> int:
         count = await store.delete(_filter(args, limit=1_000_000))
         print(f"{count} deliveries deleted")
         return 0

@@ -7,6 +7,7 @@ before validation, so secrets stay out of the file; a missing variable is an err
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -42,9 +43,22 @@ class GatewaySection(msgspec.Struct, **_STRICT):
 
 
 class StoreSection(msgspec.Struct, **_STRICT):
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    """``sqlite`` (embedded, one node) or ``redis`` (several nodes share one queue)."""
     path: str = ""
     """Spool directory; default ``<data_dir>/spool``."""
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis only: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
+    ``redis+cluster://`` (see docs/redis.md)."""
+    prefix: str = "gateway"
+    """Redis only: namespace of the gateway's keys; nodes sharing a queue use the same one."""
+    lease: str = "30s"
+    """Redis only: how long a node holds a delivery it claimed without renewing it; the
+    deliveries of a node that died are taken over by another one after this long."""
+
+    @property
+    def lease_seconds(self) -> float:
+        return parse_duration(self.lease)
 
 
 class ListenerSection(msgspec.Struct, **_STRICT):
@@ -313,6 +327,28 @@ class DomainSection(msgspec.Struct, **_STRICT):
     """``[domains."example.com"]``: a sending domain's DNS identity, warming and reputation
     settings. Its owner is the tenant listing it in ``sending_domains``."""
 
+    # --- warming and pools (plugins/warming.py) ---
+    warming_schedule: str = ""
+    """``conservative``, ``moderate``, ``aggressive`` or a name from
+    ``[plugins.warming.schedules]``; empty: an established domain without daily caps."""
+    warming_start: dt.date | None = None
+    """Day 1 of the schedule (a date in ``plugins.warming.timezone``)."""
+    pool: str = ""
+    """The IP pool this domain's mail leaves from (``[ips]`` with that ``pool``); empty: any."""
+
+
+class IpSection(msgspec.Struct, **_STRICT):
+    """``[ips."198.51.100.7"]``: a dedicated sending IP, and the provider (route) whose mail
+    leaves from it — a direct-MX or relay provider bound to that address, or an ESP's
+    dedicated-IP pool."""
+
+    provider: str
+    pool: str = ""
+    """The pool this IP belongs to; domains with ``pool`` set send only through their pool."""
+    warming_schedule: str = ""
+    """As for a domain: the IP's own daily caps while it warms up."""
+    warming_start: dt.date | None = None
+
 
 class Config(msgspec.Struct, **_STRICT):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
@@ -326,6 +362,7 @@ class Config(msgspec.Struct, **_STRICT):
     routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
     routes: list[RouteSection] = msgspec.field(default_factory=list)
     domains: dict[str, DomainSection] = msgspec.field(default_factory=dict)
+    ips: dict[str, IpSection] = msgspec.field(default_factory=dict)
     plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """``[plugins.<name>]`` tables, each validated by its own plugin (``plugin_settings``)."""
 
@@ -375,7 +412,12 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return config
 
 
-_NAMED_TABLES: dict[str, Any] = {"tenants": TenantSection, "providers": ProviderSection}
+_NAMED_TABLES: dict[str, Any] = {
+    "tenants": TenantSection,
+    "providers": ProviderSection,
+    "domains": DomainSection,
+    "ips": IpSection,
+}
 
 
 def _check_named_tables(data: dict[str, Any], text: str, source: str) -> None:
@@ -450,6 +492,8 @@ def _split_json_path(at: str) -> list[str | int]:
 def format_key_path(path: tuple[str | int, ...] | list[str | int]) -> str:
     out = ""
     for p in path:
+        if isinstance(p, str) and any(c in p for c in '. "'):
+            p = f'"{p}"'  # a quoted table name: domains."example.com"
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or "(top level)"
 
@@ -464,6 +508,14 @@ _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
 
 
+_NAME_PART = re.compile(r"\"([^\"]*)\"|'([^']*)'|([^.\s]+)")
+
+
+def _dotted_names(dotted: str) -> list[str | int]:
+    """``domains."example.com".pool`` → ``["domains", "example.com", "pool"]``."""
+    return [q or s or bare for q, s, bare in _NAME_PART.findall(dotted)]
+
+
 def locate_key(text: str, path: tuple[str | int, ...]) -> int | None:
     """Best-effort line number (1-based) of the deepest written key on ``path``."""
     table: list[str | int] = []
@@ -472,7 +524,7 @@ def locate_key(text: str, path: tuple[str | int, ...]) -> int | None:
     for lineno, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
-            names: list[str | int] = [n.strip().strip("\"'") for n in header.group(2).split(".")]
+            names: list[str | int] = _dotted_names(header.group(2))
             if header.group(1) == "[[":
                 key = tuple(names)
                 counters[key] = counters.get(key, -1) + 1
@@ -482,7 +534,7 @@ def locate_key(text: str, path: tuple[str | int, ...]) -> int | None:
             continue
         key_match = _KEY.match(line)
         if key_match:
-            names = [n.strip().strip("\"'") for n in key_match.group(1).split(".")]
+            names = _dotted_names(key_match.group(1))
             found.setdefault((*table, *names), lineno)
     for depth in range(len(path), 0, -1):
         if tuple(path[:depth]) in found:
@@ -499,6 +551,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
 
     if config.gateway.workers < 1:
         fail(("gateway", "workers"), "must be at least 1")
+    _check_store(config.store, fail)
     names: set[str] = set()
     for i, listener in enumerate(config.smtp.listeners):
         if listener.name in names:
@@ -583,6 +636,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
         if isinstance(provider, MxProviderSection):
             _check_mx_provider(name, provider, fail)
     _check_routing(config, fail)
+    _check_identities(config, fail)
 
 
 _DOMAIN = re.compile(
@@ -708,6 +762,39 @@ def _check_nameservers(
             fail((*path, i), f"not an IP address: {server!r}")
 
 
+def _check_identities(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    """``[domains]`` and ``[ips]``: names, the provider an IP belongs to, warming dates."""
+    identities: list[tuple[str, str, DomainSection | IpSection]] = [
+        ("domains", name, section) for name, section in config.domains.items()
+    ]
+    identities += [("ips", name, section) for name, section in config.ips.items()]
+    for table, name, section in identities:
+        if table == "domains" and not _DOMAIN.match(name):
+            fail(("domains", name), f"not a domain: {name!r}")
+        if section.warming_schedule and section.warming_start is None:
+            fail((table, name, "warming_start"), "give the date of day 1 of warming_schedule")
+        if section.warming_start is not None and not section.warming_schedule:
+            fail((table, name, "warming_schedule"), "warming_start needs a warming_schedule")
+    routes: dict[str, str] = {}
+    for name, ip in config.ips.items():
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            fail(("ips", name), f"not an IP address: {name!r}")
+        if ip.provider not in config.providers:
+            fail(("ips", name, "provider"), f"no provider named {ip.provider!r} in [providers]")
+        if ip.provider in routes:
+            fail(
+                ("ips", name, "provider"),
+                f"provider {ip.provider!r} already sends from {routes[ip.provider]}",
+            )
+        routes[ip.provider] = name
+    pools = {ip.pool for ip in config.ips.values() if ip.pool}
+    for name, domain in config.domains.items():
+        if domain.pool and domain.pool not in pools:
+            fail(("domains", name, "pool"), f"no [ips] entry has pool = {domain.pool!r}")
+
+
 def _check_tracking(
     tracking: TrackingSection, fail: Callable[[tuple[str | int, ...], str], None]
 ) -> None:
@@ -731,6 +818,26 @@ def _check_tracking(
             fail(("tracking", "token_lifetime"), str(e))
 
 
+def _check_store(store: StoreSection, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    if store.backend != "redis":
+        return
+    from gateway.store.redis_client import parse_redis_url
+
+    try:
+        parse_redis_url(store.url)
+    except ValueError as e:
+        fail(("store", "url"), str(e))
+    if not store.prefix or any(c in store.prefix for c in "{}"):
+        fail(("store", "prefix"), "must be non-empty and without braces")
+    try:
+        lease = parse_duration(store.lease)
+    except ValueError as e:
+        fail(("store", "lease"), str(e))
+    else:
+        if lease < 3:
+            fail(("store", "lease"), "must be at least 3s (it is renewed every third of it)")
+
+
 def _is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
@@ -740,12 +847,20 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+def _store_location(config: Config) -> str:
+    if config.store.backend != "redis":
+        return str(config.spool_dir)
+    from gateway.store.redis_client import parse_redis_url
+
+    return f"{parse_redis_url(config.store.url).redacted} (prefix {config.store.prefix})"
+
+
 def summarize(config: Config) -> str:
     """The short human summary printed by ``gateway check-config``."""
     lines = [
         f"hostname      {config.gateway.hostname}",
         f"workers       {config.gateway.workers}",
-        f"store         {config.store.backend} at {config.spool_dir}",
+        f"store         {config.store.backend} at {_store_location(config)}",
     ]
     for listener in config.smtp.listeners:
         auth = "AUTH without TLS allowed" if listener.insecure_auth else "AUTH over TLS only"

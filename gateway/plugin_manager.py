@@ -33,6 +33,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.click_tracking",
     "plugins.open_pixel",
     "plugins.list_unsubscribe",
+    "plugins.rate_limit",
+    "plugins.warming",
     "plugins.dkim",
 )
 """Built-in plugin modules in call order. (pluggy calls the latest registration first, so they

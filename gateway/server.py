@@ -46,12 +46,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 
-def open_store(config: Config, *, worker: int = 0, workers: int = 1) -> SqliteStore:
-    """The store for worker ``worker`` of ``workers``: writes its own shard, drains its share."""
+def open_store(
+    config: Config, *, worker: int = 0, workers: int = 1, clock: Clock | None = None
+) -> Store:
+    """The store for worker ``worker`` of ``workers``. SQLite: it writes its own shard and
+    drains its share. Redis: every worker and node shares the one queue."""
+    if config.store.backend == "redis":
+        return redis_store(config, clock)
     directory = config.spool_dir
     present = existing_shards(directory) if directory.is_dir() else []
     mine = sorted({worker} | {s for s in present if s % workers == worker})
     return SqliteStore(directory, write_shard=worker, shards=mine)
+
+
+def redis_store(config: Config, clock: Clock | None = None) -> Store:
+    from gateway.store.redis import RedisStore  # loads redis-py only when configured
+
+    section = config.store
+    return RedisStore(
+        section.url, prefix=section.prefix, lease_seconds=section.lease_seconds, clock=clock
+    )
+
+
+def operator_store(config: Config) -> Store:
+    """The store as ``gateway queue`` sees it: every shard (SQLite), or the shared queue."""
+    if config.store.backend == "redis":
+        return redis_store(config)
+    return SqliteStore(config.spool_dir, all_shards=True)
 
 
 class Gateway:
@@ -76,7 +97,9 @@ class Gateway:
         self.plugin_state: dict[str, Any] = {}
         """Per-gateway state of plugins, keyed by plugin name (set in ``gateway_configure``)."""
         configure_plugins(self.pm, self, config)
-        self.store: Store = store or open_store(config, worker=worker, workers=workers)
+        self.store: Store = store or open_store(
+            config, worker=worker, workers=workers, clock=self.clock
+        )
         self.reuse_port = workers > 1
         self.providers: dict[str, Provider] = {
             name: build_provider(name, section, config)

@@ -60,13 +60,23 @@ class KeyRing:
 
     def __init__(self, keys: Mapping[str, ApiKey]) -> None:
         self._by_hash = dict(keys)
+        self._recent: dict[str, ApiKey] = {}
+        """Keys presented lately (valid ones only), to skip hashing them on every request."""
 
     def find(self, presented: str) -> ApiKey | None:
         """The key's owner, or ``None``; the comparison is on hashes, so timing reveals nothing
         about the stored secret."""
+        known = self._recent.get(presented)
+        if known is not None:
+            return known
         if not presented.startswith(KEY_PREFIX) or len(presented) > 200:
             return None
-        return self._by_hash.get(hash_api_key(presented))
+        found = self._by_hash.get(hash_api_key(presented))
+        if found is not None:
+            if len(self._recent) >= 1024:
+                self._recent.clear()
+            self._recent[presented] = found
+        return found
 
     def __len__(self) -> int:
         return len(self._by_hash)

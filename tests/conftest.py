@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.clock import FakeClock
 from gateway.config import Config, parse_config
 from gateway.server import Gateway, new_event_loop
+from tests.redisserver import redis_prefix, redis_server  # noqa: F401 (fixtures)
 
 T = TypeVar("T")
 

@@ -322,7 +322,7 @@ class MessagesController(Controller):
         key: ApiKey = request.state.api_key
         body = await request.body()
         idempotency = _idempotency_key(request)
-        fingerprint = _fingerprint(request, body)
+        fingerprint = _fingerprint(request, body) if idempotency is not None else ""
         if idempotency is not None:
             entries = await api.store.find_idempotency(key.tenant, idempotency, api.clock.now())
             _check_replay(entries, fingerprint)
@@ -376,7 +376,7 @@ class MessagesController(Controller):
         key: ApiKey = request.state.api_key
         body = await request.body()
         idempotency = _idempotency_key(request)
-        fingerprint = _fingerprint(request, body)
+        fingerprint = _fingerprint(request, body) if idempotency is not None else ""
         batch = decode_json(body, BatchRequest)
         prepared = _prepare(api, key, batch)
         templates = [

@@ -1,5 +1,5 @@
-"""JSON fields → an RFC 5322 message, with Python's ``email`` package; nothing unchecked reaches
-a header.
+"""JSON fields → checked values → an RFC 5322 message (written by :mod:`gateway.api.compose`);
+nothing unchecked reaches a header.
 
 Every value that ends up in a header (names, subject, custom headers, file names, content ids)
 is refused if it holds CR, LF or another control character: that is header injection, and we
@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import re
-import secrets
 from collections.abc import Sequence
-from email import policy as email_policy
-from email.headerregistry import Address
-from email.message import EmailMessage
 
 import msgspec
 
+from gateway.api.compose import compose
 from gateway.api.problems import Problem
 from gateway.ingress import content_problem
 
@@ -85,10 +81,6 @@ class CheckedAddress(msgspec.Struct, frozen=True):
     name: str
     utf8: bool
     """The local part is not ASCII, so the next hop must support SMTPUTF8."""
-
-    def header(self) -> Address:
-        local, _, domain = self.email.rpartition("@")
-        return Address(display_name=self.name, username=local, domain=domain)
 
 
 def check_header_text(value: str, field: str, *, max_length: int = 998) -> str:
@@ -204,56 +196,20 @@ class Composition(msgspec.Struct, kw_only=True):
         return any(a.utf8 for a in (self.sender, *self.to, *self.cc, *self.reply_to))
 
 
-_POLICY = email_policy.SMTP.clone(cte_type="7bit")
-_POLICY_UTF8 = email_policy.SMTPUTF8.clone(cte_type="7bit")
-
-
 def build_message(c: Composition, *, now: float, max_size: int) -> bytes:
     """The message as it will be stored and relayed (Message-ID is added by ingress)."""
-    msg = EmailMessage(policy=_POLICY_UTF8 if c.utf8 else _POLICY)
-    msg["From"] = c.sender.header()
-    if c.to:
-        msg["To"] = [a.header() for a in c.to]
-    if c.cc:
-        msg["Cc"] = [a.header() for a in c.cc]
-    if c.reply_to:
-        msg["Reply-To"] = [a.header() for a in c.reply_to]
-    msg["Subject"] = c.subject
-    msg["Date"] = email.utils.formatdate(now)
-    for name, value in c.headers:
-        try:
-            msg[name] = value
-        except (ValueError, TypeError) as e:
-            raise Problem.invalid(f"headers.{name}", f"not a valid header value: {e}") from None
-    if c.text is not None:
-        msg.set_content(c.text)
-        if c.html is not None:
-            msg.add_alternative(c.html, subtype="html")
-    elif c.html is not None:
-        msg.set_content(c.html, subtype="html")
-    html_part = _html_part(msg)
-    for a in c.attachments:
-        if a.content_id is not None and html_part is not None:
-            html_part.add_related(
-                a.data,
-                a.maintype,
-                a.subtype,
-                cid=f"<{a.content_id}>",
-                filename=a.filename,
-                disposition="inline",
-            )
-    for a in c.attachments:
-        if a.content_id is None or html_part is None:
-            cid = f"<{a.content_id}>" if a.content_id else None
-            msg.add_attachment(a.data, a.maintype, a.subtype, filename=a.filename, cid=cid)
-    for part in msg.walk():
-        if part is not msg:
-            del part["MIME-Version"]  # only the top level carries it
-        if part.is_multipart():
-            # A random boundary cannot occur in the content; left unset, the generator would
-            # compile a regex per message to search for a safe one (a third of the cost).
-            part.set_boundary(f"=_{secrets.token_hex(12)}")
-    raw = msg.as_bytes()
+    raw = compose(
+        sender=c.sender,
+        to=c.to,
+        cc=c.cc,
+        reply_to=c.reply_to,
+        subject=c.subject,
+        headers=c.headers,
+        text=c.text,
+        html=c.html,
+        attachments=c.attachments,
+        now=now,
+    )
     if len(raw) > max_size:
         raise Problem(
             413,
@@ -267,14 +223,3 @@ def build_message(c: Composition, *, now: float, max_size: int) -> bytes:
             500, "internal-error", "Internal error", f"built an invalid message: {problem.text}"
         )
     return raw
-
-
-def _html_part(msg: EmailMessage) -> EmailMessage | None:
-    if msg.get_content_type() == "text/html":
-        return msg
-    if msg.get_content_type() == "multipart/alternative":
-        for part in msg.iter_parts():
-            if part.get_content_type() == "text/html":
-                assert isinstance(part, EmailMessage)
-                return part
-    return None

@@ -335,3 +335,24 @@ class Store(abc.ABC):
 
         For de-duplicating provider events and webhook deliveries across processes/nodes.
         """
+
+    async def counters(self, keys: Sequence[str], now: float) -> dict[str, int]:
+        """The current values of several counters at once (absent or expired ones read 0).
+
+        Engines override it with one round trip; reputation reads a window of daily counters.
+        """
+        return {key: await self.counter(key, now) for key in keys}
+
+    # --- flags: small durable state shared by every process (identity pauses) -----------
+
+    @abc.abstractmethod
+    async def set_flag(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` (replacing any), durably and visible to every process."""
+
+    @abc.abstractmethod
+    async def clear_flag(self, key: str) -> bool:
+        """Remove ``key``; whether it was set."""
+
+    @abc.abstractmethod
+    async def flags(self, prefix: str) -> dict[str, str]:
+        """Every flag whose key starts with ``prefix``."""

@@ -185,7 +185,7 @@ class _Writer:
         conn: sqlite3.Connection,
         batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
     ) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[sqlite_api.Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for operation, future in batch:
@@ -213,24 +213,7 @@ class _Writer:
                 conn.execute("ROLLBACK")
             error = StoreError(f"spool {self.path.name}: {e}")
             outcomes = [(future, None, error) for _, future in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
-        for loop, settled in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle, settled)
-            except RuntimeError:  # loop closed: nobody is waiting any more
-                pass
-
-
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in outcomes:
-        if future.cancelled():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        sqlite_api.settle_threadsafe(outcomes)
 
 
 def _row_to_message(row: tuple[Any, ...]) -> Message:
@@ -601,16 +584,20 @@ class SqliteStore(Store):
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
-        return await self._tenants.submit(
+        found = await self._suppression_reader.read(
             lambda conn: sqlite_api.list_suppressions(conn, tenant, reason, after, limit)
         )
+        return found[0] if found else []
 
     async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
         if not addresses:
             return {}
-        return await self._tenants.submit(
+        # A read: through the reader, never the writer (whose BEGIN IMMEDIATE would take
+        # tenants.db's write lock from every other worker for every API send).
+        found = await self._suppression_reader.read(
             lambda conn: sqlite_api.suppressed(conn, tenant, addresses)
         )
+        return found[0] if found else {}
 
     async def consume(
         self, key: str, amount: int, limit: int, *, expires_at: float, now: float
@@ -630,6 +617,24 @@ class SqliteStore(Store):
     async def counter(self, key: str, now: float) -> int:
         found = await self._suppression_reader.read(lambda conn: sqlite_api.counter(conn, key, now))
         return found[0] if found else 0
+
+    async def counters(self, keys: Sequence[str], now: float) -> dict[str, int]:
+        if not keys:
+            return {}
+        found = await self._suppression_reader.read(
+            lambda conn: sqlite_api.counters(conn, keys, now)
+        )
+        return found[0] if found else dict.fromkeys(keys, 0)
+
+    async def set_flag(self, key: str, value: str) -> None:
+        await self._tenants.submit(lambda conn: sqlite_api.set_flag(conn, key, value))
+
+    async def clear_flag(self, key: str) -> bool:
+        return await self._tenants.submit(lambda conn: sqlite_api.clear_flag(conn, key))
+
+    async def flags(self, prefix: str) -> dict[str, str]:
+        found = await self._suppression_reader.read(lambda conn: sqlite_api.flags(conn, prefix))
+        return found[0] if found else {}
 
     async def first_sighting(self, key: str, *, expires_at: float, now: float) -> bool:
         return await self._tenants.submit(

@@ -11,9 +11,10 @@ tenant-wide, so they live in one shared file (``tenants.db``) that every worker 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime as dt
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +94,10 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS sightings (
     key TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flags (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -196,37 +201,89 @@ def purge_idempotency(conn: sqlite3.Connection, now: float) -> int:
 
 # --- reading every shard ----------------------------------------------------------------------
 
+Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+"""A queued operation's future, and its result or error, computed on a store thread."""
+
+
+def settle_threadsafe(outcomes: list[Outcome]) -> None:
+    """From a store thread: resolve each future on its own event loop, one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
 
 class ShardReader:
-    """Read-only queries over every ``shard-*.db`` in a directory, on one dedicated thread."""
+    """Read-only queries over every ``shard-*.db`` in a directory, on one dedicated thread.
+
+    Reads queue up while the thread is busy and are answered together: one wake-up of the
+    event loop per batch, not per query (the per-delivery suppression lookup is one of them).
+    """
 
     def __init__(self, directory: Path, shard_files: Callable[[], list[Path]]) -> None:
         self.directory = directory
         self._shard_files = shard_files
         self._connections: dict[Path, sqlite3.Connection] = {}
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._work: queue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-read")
+        self._thread = threading.Thread(target=self._run, name="spool-read", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        if self._executor is None:
+        if self._thread is None:
             return
-        self._executor.submit(self._close_all).result()
-        self._executor.shutdown()
-        self._executor = None
-
-    def _close_all(self) -> None:
-        for conn in self._connections.values():
-            conn.close()
-        self._connections.clear()
+        self._work.put(None)
+        self._thread.join()
+        self._thread = None
 
     async def read(self, operation: Callable[[sqlite3.Connection], T]) -> list[T]:
         """``operation``'s result on every shard that has the API tables."""
-        if self._executor is None:
+        if self._thread is None:
             raise StoreError("the spool reader is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read_all, operation)
+        future: asyncio.Future[list[T]] = asyncio.get_running_loop().create_future()
+        self._work.put((operation, future))
+        return await future
+
+    def _run(self) -> None:
+        while (first := self._work.get()) is not None:
+            batch = [first]
+            while len(batch) < 256:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._work.put(None)  # stop after answering this batch
+                    break
+                batch.append(item)
+            outcomes: list[Outcome] = []
+            for operation, future in batch:
+                try:
+                    outcomes.append((future, self._read_all(operation), None))
+                except Exception as e:
+                    outcomes.append((future, None, e))
+            settle_threadsafe(outcomes)
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
 
     def _read_all(self, operation: Callable[[sqlite3.Connection], T]) -> list[T]:
         results = []
@@ -578,6 +635,41 @@ def counter(conn: sqlite3.Connection, key: str, now: float) -> int:
         "SELECT value FROM counters WHERE key = ? AND expires_at > ?", (key, now)
     ).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def counters(conn: sqlite3.Connection, keys: Sequence[str], now: float) -> dict[str, int]:
+    found = dict.fromkeys(keys, 0)
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start : start + 500])
+        for key, value in conn.execute(
+            f"SELECT key, value FROM counters WHERE key IN ({','.join('?' * len(chunk))})"
+            " AND expires_at > ?",
+            (*chunk, now),
+        ):
+            found[key] = int(value)
+    return found
+
+
+def set_flag(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO flags (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def clear_flag(conn: sqlite3.Connection, key: str) -> bool:
+    return conn.execute("DELETE FROM flags WHERE key = ?", (key,)).rowcount == 1
+
+
+def flags(conn: sqlite3.Connection, prefix: str) -> dict[str, str]:
+    # A range scan on the primary key; LIKE would need escaping of '%' and '_' in the prefix.
+    return dict(
+        conn.execute(
+            "SELECT key, value FROM flags WHERE key >= ? AND key < ?",
+            (prefix, prefix + "\U0010ffff"),
+        ).fetchall()
+    )
 
 
 def add_to_counter(

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from gateway.clock import FakeClock
 from gateway.config import ConfigError
 from gateway.server import Gateway
-from plugins.dkim import Settings, Signer, dns_txt_record
+from plugins.dkim import Settings, Signer, dns_txt_record, relaxed_body, split_message
 from tests.api.conftest import API_CONFIG, KEYS, _key_tables
 from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
 
@@ -255,3 +255,36 @@ def test_a_key_whose_name_says_another_type_is_refused(keys: Keys) -> None:
     (keys.dir / "example.com" / "ed2025.ed25519.pem").rename(keys.dir / "example.com" / "x.rsa.pem")
     with pytest.raises(ConfigError, match="the file name says rsa but the key is ed25519"):
         Signer(Settings(key_dir=str(keys.dir)))
+
+
+BODIES = [
+    b"",
+    b"\r\n",
+    b"\r\n\r\n\r\n",
+    b"plain line\r\n",
+    b"no final newline",
+    b"trailing spaces   \r\ntabs\t\t\r\n\tleading tab\r\n",
+    b"double  spaces and   runs\r\n \r\n\r\n",
+    b"<p>  indented html</p>\r\n    <a href='x'>link</a>  \r\n\r\n\r\n",
+    b"mixed \t \t whitespace\r\nend \t",
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_fast_relaxed_body_matches_dkimpy(body: bytes) -> None:
+    reference = dkim.canonicalization.Relaxed.canonicalize_body(body)
+    assert relaxed_body(body) == reference
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n",
+        b"From: a@example.com\r\nSubject: folded\r\n  more\r\n\r\n\r\nbody after blank\r\n",
+        b"From: a@example.com\r\n\r\n",
+        b"From: a@example.com\r\nX: y\r\n",
+        b"From: a@example.com\nSubject: bare LF\n\nbody\n",
+    ],
+)
+def test_message_split_matches_dkimpy(raw: bytes) -> None:
+    assert split_message(raw) == dkim.rfc822_parse(raw)

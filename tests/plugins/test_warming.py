@@ -1,0 +1,287 @@
+"""The warming plugin: schedules, caps under concurrency, per-ISP caps, pools and healthy-first
+routing (``gateway_modify_routes``), pauses in ``gateway_permit``, and bad configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from gateway.clock import FakeClock
+from gateway.config import ConfigError
+from gateway.events import Event, publish
+from gateway.message import Defer, Delivery, DeliveryStatus, Message
+from gateway.plugin_manager import call_all, call_first
+from plugins.warming import PRESETS, Schedule
+from tests.conftest import GatewayThread, make_config
+
+NOON = dt.datetime(2030, 3, 5, 12, 0, tzinfo=dt.UTC).timestamp()  # day 5 of a 03-01 start
+
+IDENTITIES = """
+[providers.ip7]
+type = "capture"
+[providers.ip8]
+type = "capture"
+[providers.ip9]
+type = "capture"
+
+[delivery]
+providers = ["ip7", "ip8", "ip9", "capture"]
+
+[domains."brand.example"]
+warming_schedule = "tiny"
+warming_start = 2030-03-01
+pool = "marketing"
+
+[domains."later.example"]
+warming_schedule = "conservative"
+warming_start = 2030-04-01
+
+[ips."198.51.100.7"]
+provider = "ip7"
+pool = "marketing"
+
+[ips."198.51.100.8"]
+provider = "ip8"
+pool = "marketing"
+
+[ips."198.51.100.9"]
+provider = "ip9"
+pool = "transactional"
+
+[plugins.warming]
+schedules = {{ tiny = [{{ day = 1, volume = 5 }}, {{ day = 10, volume = 50 }}] }}
+per_isp = {per_isp}
+min_sample = 10
+"""
+
+
+def message(sender: str = "news@brand.example") -> Message:
+    return Message(id="m1", tenant="default", mail_from=sender, raw=b"", created_at=NOON)
+
+
+def delivery(recipient: str, number: int = 1) -> Delivery:
+    return Delivery(id=number, message_id="m1", recipient=recipient, status=DeliveryStatus.SENDING)
+
+
+def start(tmp_path, gateway_factory, per_isp: bool = False) -> tuple[GatewayThread, FakeClock]:
+    clock = FakeClock(NOON)
+    config = make_config(tmp_path, IDENTITIES, per_isp=str(per_isp).lower())
+    return gateway_factory(config, clock=clock, deliver=False), clock
+
+
+async def permits(gw: GatewayThread, msg: Message, recipients: list[str], route: str) -> list:
+    async def one(i: int, rcpt: str) -> Defer | None:
+        verdict: Defer | None = await call_first(
+            gw.gateway.pm,
+            "gateway_permit",
+            gateway=gw.gateway,
+            message=msg,
+            delivery=delivery(rcpt, i),
+            route=route,
+        )
+        return verdict
+
+    return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(recipients))))
+
+
+def test_presets_have_the_issue_anchors_and_grow_geometrically_between_them() -> None:
+    conservative = Schedule("conservative", PRESETS["conservative"])
+    assert [conservative.volume(d) for d in range(1, 22)] == [
+        50, 82, 136, 224, 368, 607, 1000,
+        1472, 2168, 3192, 4700, 6919, 10188, 15000,
+        19669, 25793, 33822, 44350, 58156, 76260, 100000,
+    ]  # fmt: skip
+    assert conservative.volume(22) is None  # warmed up: no cap
+    moderate = Schedule("moderate", PRESETS["moderate"])
+    assert [moderate.volume(d) for d in (1, 2, 7, 14)] == [100, 205, 7500, 100000]
+    assert moderate.days == 14
+    aggressive = Schedule("aggressive", PRESETS["aggressive"])
+    assert [aggressive.volume(d) for d in range(1, 8)] == [
+        200, 563, 1587, 4472, 12599, 35495, 100000,
+    ]  # fmt: skip
+    # 50 * 20 ** (1/6) = 82.41 (day 2); 1000 * 15 ** (1/7) = 1472.1 (day 8)
+
+
+def test_a_cap_holds_under_many_concurrent_senders(tmp_path, gateway_factory) -> None:
+    gw, _ = start(tmp_path, gateway_factory)
+    # tiny, day 5: 5 * 10 ** (4/9) = 13.9 -> 14
+    verdicts = gw.call(permits(gw, message(), [f"u{i}@inbox.example" for i in range(60)], "ip7"))
+    assert sum(v is None for v in verdicts) == 14
+    held = [v for v in verdicts if v is not None]
+    midnight = dt.datetime(2030, 3, 6, tzinfo=dt.UTC).timestamp()
+    assert {v.until for v in held} == {midnight}
+    assert "warming cap of domain brand.example reached: 14 on day 5 of tiny" in held[0].reason
+    warming = gw.gateway.plugin_state["warming"]
+    status = gw.call(warming.status(warming.domains["brand.example"]))
+    assert (status.cap_today, status.sent_today, status.deferred_today) == (14, 14, 46)
+    assert status.cap_tomorrow == 18
+    # A subdomain sender counts against its configured parent.
+    bounce_sender = message("bounces@mail.brand.example")
+    assert gw.call(permits(gw, bounce_sender, ["x@inbox.example"], "ip7"))[0] is not None
+    gw.call(warming.refresh_usage())
+    assert ("domain", "brand.example", 14, 14) in warming.usage_snapshot()
+
+
+def test_per_isp_caps_count_each_mailbox_provider_apart(tmp_path, gateway_factory) -> None:
+    gw, _ = start(tmp_path, gateway_factory, per_isp=True)
+    recipients = [f"a{i}@gmail.com" for i in range(20)] + [f"b{i}@outlook.com" for i in range(20)]
+    recipients += [f"c{i}@corp.example" for i in range(20)]
+    verdicts = gw.call(permits(gw, message(), recipients, "capture"))
+    allowed = [r for r, v in zip(recipients, verdicts, strict=True) if v is None]
+    assert sum(r.endswith("@gmail.com") for r in allowed) == 14
+    assert sum(r.endswith("@outlook.com") for r in allowed) == 14
+    assert sum(r.endswith("@corp.example") for r in allowed) == 14
+    warming = gw.gateway.plugin_state["warming"]
+    status = gw.call(warming.status(warming.domains["brand.example"]))
+    assert status.by_isp["gmail"].sent == 14 and status.by_isp["yahoo"].sent == 0
+    assert status.sent_today == 42
+
+
+def test_mail_waits_for_the_first_warming_day(tmp_path, gateway_factory) -> None:
+    gw, _ = start(tmp_path, gateway_factory)
+    (verdict,) = gw.call(permits(gw, message("hi@later.example"), ["x@inbox.example"], "capture"))
+    assert verdict is not None
+    assert verdict.until == dt.datetime(2030, 4, 1, tzinfo=dt.UTC).timestamp()
+    assert "starts on 2030-04-01" in verdict.reason
+    # Unconfigured senders and the null sender are not capped.
+    assert gw.call(permits(gw, message("a@other.example"), ["x@y.example"], "capture")) == [None]
+    assert gw.call(permits(gw, message(""), ["x@y.example"], "capture")) == [None]
+
+
+def routes_for(gw: GatewayThread, sender: str) -> list[str]:
+    routes = ["ip7", "ip8", "ip9", "capture"]
+
+    async def call() -> None:
+        await call_all(
+            gw.gateway.pm,
+            "gateway_modify_routes",
+            gateway=gw.gateway,
+            message=message(sender),
+            delivery=delivery("x@inbox.example"),
+            routes=routes,
+        )
+
+    gw.call(call())
+    return routes
+
+
+def test_routes_keep_the_pool_skip_paused_ips_and_prefer_healthy_ones(
+    tmp_path, gateway_factory
+) -> None:
+    gw, clock = start(tmp_path, gateway_factory)
+    assert routes_for(gw, "news@brand.example") == ["ip7", "ip8", "capture"]  # pool marketing
+    assert routes_for(gw, "a@other.example") == ["ip7", "ip8", "ip9", "capture"]
+
+    async def outcome(kind: str, provider: str, n: int) -> None:
+        for i in range(n):
+            await publish(
+                gw.gateway,
+                Event(
+                    type=kind,  # type: ignore[arg-type]
+                    tenant="default",
+                    recipient=f"r{i}@inbox.example",
+                    at=clock.now(),
+                    provider=provider,
+                    sending_domain="other.example",
+                    bounce="hard" if kind == "bounced" else "",
+                ),
+                record=False,
+            )
+
+    # ip7 (established: halt thresholds): 9 delivered, 1 bounced = 10 outcomes, which is
+    # min_sample; a 10 % bounce rate is above 2 % -> halted.
+    gw.call(outcome("delivered", "ip7", 9))
+    gw.call(outcome("bounced", "ip7", 1))
+    warming = gw.gateway.plugin_state["warming"]
+    pause = gw.call(warming.reputation.pause_of("ip", "198.51.100.7"))
+    assert pause is not None and pause.reason.startswith("bounce rate 10.00% above 2%")
+    # ip8: 20 delivered, 1 provider deferral. bounce 0 % -> 100, complaint 0 % -> 100,
+    # delivery 20/21 = 95.24 % -> 76.19, no engagement data (left out):
+    # (35 * 100 + 35 * 100 + 15 * 76.19) / 85 = 95.80 -> 96, EXCELLENT. ip9 has no data.
+    gw.call(outcome("delivered", "ip8", 20))
+    gw.call(outcome("deferred", "ip8", 1))
+    health = gw.call(warming.reputation.health("ip", "198.51.100.8"))
+    assert (health.score, health.tier) == (96, "EXCELLENT")
+    clock.advance(1)
+    warming._ranked_at = float("-inf")  # the rank cache lives one second of wall time
+    # ip7 is paused: removed; ip8 (EXCELLENT) goes before ip9 (no data) and capture.
+    assert routes_for(gw, "a@other.example") == ["ip8", "ip9", "capture"]
+    # A paused IP's route is also held back by the permit (before routing wiring lands).
+    (held,) = gw.call(permits(gw, message("a@fresh.example"), ["x@y.example"], "ip7"))
+    assert held is not None and "ip 198.51.100.7 is paused" in held.reason
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            '[domains."a.example"]\nwarming_schedule = "turbo"\nwarming_start = 2030-01-01\n'
+            "[plugins.warming]\n",
+            "domains.\"a.example\".warming_schedule: no schedule named 'turbo'",
+        ),
+        (
+            "[plugins.warming]\nschedules = { s = [{ day = 2, volume = 5 }] }\n",
+            "plugins.warming.schedules.s[0].day: a schedule starts on day 1",
+        ),
+        (
+            "[plugins.warming]\n"
+            "schedules = { s = [{ day = 1, volume = 5 }, { day = 1, volume = 9 }] }\n",
+            "plugins.warming.schedules.s[1].day: days must increase",
+        ),
+        (
+            "[plugins.warming]\nschedules = { s = [{ day = 1, volume = 0 }] }\n",
+            "plugins.warming.schedules.s[0].volume: must be at least 1",
+        ),
+        (
+            "[plugins.warming]\nschedules = { moderate = [{ day = 1, volume = 5 }] }\n",
+            "plugins.warming.schedules.moderate: a preset has this name",
+        ),
+        ('[plugins.warming]\ntimezone = "Mars/Olympus"\n', "unknown time zone 'Mars/Olympus'"),
+        ("[plugins.warming]\nscale = 0\n", "plugins.warming.scale: must be more than 0"),
+        ('[plugins.warming]\nisp_domains = { aol = ["x.com"] }\n', "isp_domains.aol: not one"),
+        ('[plugins.warming]\npaused_retry = "soon"\n', "plugins.warming.paused_retry"),
+        (
+            "[plugins.warming]\npause = { bounce_percent = 150.0 }\n",
+            "plugins.warming.pause.bounce_percent: a percentage from 0 to 100",
+        ),
+        ("[plugins.warming]\nwarmup = 1\n", "plugins.warming.warmup: unknown key"),
+        ('[plugins.warming]\nmin_sample = "many"\n', "plugins.warming.min_sample: Expected `int`"),
+    ],
+)
+def test_bad_warming_settings_name_the_key(tmp_path, toml: str, expected: str) -> None:
+    from gateway.server import Gateway
+
+    with pytest.raises(ConfigError) as excinfo:
+        Gateway(make_config(tmp_path, toml))
+    assert expected in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            '[domains."a.example"]\nwarming_schedule = "moderate"\n',
+            'test.toml:5: domains."a.example".warming_start: give the date of day 1',
+        ),
+        (
+            '[domains."a.example"]\nwarming_start = 2030-01-01\n',
+            "warming_schedule: warming_start needs a warming_schedule",
+        ),
+        ('[domains."a.example"]\nwarming_start = "soon"\n', "warming_start: Invalid"),
+        ('[domains."a.example"]\npool = "blue"\n', "pool: no [ips] entry has pool = 'blue'"),
+        ('[domains."not a domain"]\n', "not a domain: 'not a domain'"),
+        ('[ips."1.2.3.4"]\nprovider = "nope"\n', "provider: no provider named 'nope'"),
+        ('[ips."1.2.3.4"]\n', "required key is missing"),
+        ('[ips."host.example"]\nprovider = "capture"\n', "not an IP address: 'host.example'"),
+        (
+            '[ips."1.2.3.4"]\nprovider = "capture"\n[ips."1.2.3.5"]\nprovider = "capture"\n',
+            "provider 'capture' already sends from 1.2.3.4",
+        ),
+    ],
+)
+def test_bad_identities_name_the_key(tmp_path, toml: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        make_config(tmp_path, toml)
+    assert expected in str(excinfo.value)

@@ -1,0 +1,99 @@
+"""One store suite for every engine: each contract test runs against SQLite and against a real
+Redis (``tests/redisserver.py``). ``backend`` opens stores that share one spool (SQLite: one
+directory; Redis: one server and key prefix), as several processes or nodes would."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.message import Message
+from gateway.store.base import Store
+from gateway.store.redis import RedisStore
+from gateway.store.sqlite import SqliteStore
+from tests.redisserver import RedisServer
+
+T0 = 1_800_000_000.0
+HOUR = 3600.0
+LEASE = 60.0
+"""Redis stores here hold a claimed delivery this long; SQLite has no lease."""
+
+
+def message(
+    n: int | str,
+    *,
+    at: float = T0,
+    mail_from: str = "app@example.com",
+    tenant: str = "default",
+) -> Message:
+    return Message(
+        id=f"msg-{n}",
+        tenant=tenant,
+        mail_from=mail_from,
+        raw=f"From: <{mail_from}>\r\nSubject: {n}\r\n\r\nbody {n}\r\n".encode(),
+        created_at=at,
+    )
+
+
+class Backend:
+    """Opens stores on one shared spool; closes them all at the end."""
+
+    def __init__(self, name: str, tmp_path: Path, redis_url: str, prefix: str) -> None:
+        self.name = name
+        self._tmp_path = tmp_path
+        self._redis_url = redis_url
+        self._prefix = prefix
+        self._opened: list[Store] = []
+        self._workers = 0
+
+    async def open(self) -> Store:
+        """Another process on the same spool (SQLite: its own shard, as a worker has)."""
+        store: Store
+        if self.name == "sqlite":
+            store = SqliteStore(self._tmp_path / "spool", write_shard=self._workers)
+        else:
+            store = RedisStore(self._redis_url, prefix=self._prefix, lease_seconds=LEASE)
+        self._workers += 1
+        await store.open()
+        self._opened.append(store)
+        return store
+
+    async def crash(self, store: Store) -> None:
+        """Stop ``store`` the way a killed process stops: nothing handed back."""
+        self._opened.remove(store)
+        if isinstance(store, RedisStore):
+            await store.close(release=False)
+        else:
+            await store.close()  # SQLite's close leaves ``sending`` rows as they are
+
+    async def reader(self) -> Store:
+        """A store that sees every process's deliveries (``gateway queue``'s view)."""
+        if self.name == "sqlite":
+            store: Store = SqliteStore(self._tmp_path / "spool", all_shards=True)
+            await store.open()
+            self._opened.append(store)
+            return store
+        return await self.open()
+
+    async def close_all(self) -> None:
+        for store in reversed(self._opened):
+            await store.close()
+        self._opened.clear()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    url, prefix = "", ""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url, prefix = server.url, request.getfixturevalue("redis_prefix")
+    b = Backend(request.param, tmp_path, url, prefix)
+    yield b
+    await b.close_all()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    return await backend.open()
