@@ -37,6 +37,7 @@ next poll, and an outcome that cannot be recorded leaves the delivery ``sending`
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any
 
@@ -67,9 +68,12 @@ from gateway.plugin_manager import (
 )
 from gateway.providers import OutboundMessage
 from gateway.routing import RoutePlan, Router
-from gateway.store.base import Claimed, DeliveryUpdate, Store
+from gateway.store.base import Claimed, DeliveryUpdate, MessageMeta, Store
 
 log = logging.getLogger("gateway.delivery")
+
+META_CACHE_SIZE = 1024
+_NO_META = MessageMeta()
 
 IDLE_POLL_SECONDS = 1.0
 """Longest sleep when idle; new local mail wakes the dispatcher at once via ``wake()``."""
@@ -102,6 +106,7 @@ class Dispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._meta_cache: collections.OrderedDict[str, MessageMeta] = collections.OrderedDict()
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -295,6 +300,7 @@ class Dispatcher:
         """Try the candidates in order. Returns the attempts, the last result, its provider,
         and the earliest deferral when every candidate was held back without a try."""
         plan = await self._route(delivery, message)
+        meta = await self._meta(message)
         outbound = OutboundMessage(
             message_id=message.id,
             delivery_id=delivery.id,
@@ -303,6 +309,8 @@ class Dispatcher:
             recipient=delivery.recipient,
             raw=message.raw,
             smtp_utf8=message.smtp_utf8,
+            tags=meta.tags,
+            metadata=meta.metadata,
         )
         attempts: list[Attempt] = []
         result = SendResult.soft_fail(f"route {plan.route}: no provider left to try")
@@ -358,6 +366,20 @@ class Dispatcher:
                 raise HookError("gateway_modify_routes", "gateway_modify_routes", error)
             plan.providers[:] = dict.fromkeys(plan.providers)  # a name listed twice is tried once
         return plan
+
+    async def _meta(self, message: Message) -> MessageMeta:
+        """The HTTP API's tags and metadata of ``message`` (SMTP mail has none), looked up once
+        per message and cached for its other recipients, for providers that carry them."""
+        if message.source != "http":
+            return _NO_META
+        meta = self._meta_cache.get(message.id)
+        if meta is None:
+            record = await self.store.message_record(message.tenant, message.id)
+            meta = record.meta if record is not None else _NO_META
+            self._meta_cache[message.id] = meta
+            if len(self._meta_cache) > META_CACHE_SIZE:
+                self._meta_cache.popitem(last=False)
+        return meta
 
     def _defer_by_policy(self, delivery: Delivery, deferral: Defer) -> DeliveryUpdate:
         """Held back by a plugin (caps, rates): wait, without spending an attempt or the
