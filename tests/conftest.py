@@ -77,6 +77,8 @@ class Received:
         self.data = data
         self.tls = tls
         """Whether the session had switched to TLS (STARTTLS)."""
+        self.at = time.time()
+        """When the sink took the message (rate tests)."""
 
 
 class _SinkHandler:
