@@ -63,6 +63,7 @@ from gateway.plugin_manager import (
 )
 from gateway.providers import OutboundMessage, Provider
 from gateway.store.base import Claimed, DeliveryUpdate, MessageMeta, Store
+from gateway.verp import VerpSigner, verp_routes
 
 log = logging.getLogger("gateway.delivery")
 
@@ -103,6 +104,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._meta_cache: collections.OrderedDict[str, MessageMeta] = collections.OrderedDict()
+        config = getattr(gateway, "config", None)
+        self._verp = VerpSigner.from_config(config) if config is not None else None
+        self._verp_routes = verp_routes(config) if config is not None else frozenset()
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -329,7 +333,7 @@ class Dispatcher:
                     continue
             provider = self.providers[name]
             try:
-                result = await provider.send(outbound)
+                result = await provider.send(self._with_return_path(name, outbound))
             except Exception as e:
                 log.exception("provider %s raised while sending %s", name, message.id)
                 result = SendResult.soft_fail(f"{name}: provider error: {e!r}")
@@ -341,6 +345,15 @@ class Dispatcher:
             if result.kind != "soft_fail":
                 break
         return attempts, result, name, deferral
+
+    def _with_return_path(self, route: str, outbound: OutboundMessage) -> OutboundMessage:
+        """A signed VERP envelope sender for SMTP/MX routes when ``[bounces] domain`` is set
+        (``gateway/verp.py``), so a bounce names its delivery; a null sender stays null."""
+        if self._verp is None or route not in self._verp_routes or not outbound.mail_from:
+            return outbound
+        return msgspec.structs.replace(
+            outbound, mail_from=self._verp.address(outbound.message_id, outbound.delivery_id)
+        )
 
     async def _meta(self, message: Message) -> MessageMeta:
         """The HTTP API's tags and metadata of ``message`` (SMTP mail has none), looked up once
