@@ -35,6 +35,7 @@ from gateway import __version__
 from gateway.api.context import ApiContext
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
+from gateway.api.providers import ProvidersController
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
 from gateway.api.webhooks import webhook_routes
@@ -91,6 +92,7 @@ def create_app(gateway: Gateway) -> Litestar:
             MessagesController,
             StatsController,
             SuppressionsController,
+            ProvidersController,
             *webhook_routes(gateway),
             *plugin_routes(gateway),
         ],
