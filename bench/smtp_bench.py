@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ctypes
 import email.utils
+import functools
 import io
 import json
 import os
@@ -52,7 +53,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SENDER = "from@example.com"
 RECIPIENT = "to@example.org"
 HELO_NAME = "bench.localhost"
-CLIENTS = ("smtp-source", "python")
+CLIENTS = ("smtp-source", "python", "pipelined")
+DEFAULT_CLIENTS = ("smtp-source", "python")
 
 
 # --- /proc accounting ---------------------------------------------------------------------------
@@ -726,13 +728,15 @@ def run_smtp_source(port: int, args: argparse.Namespace) -> ClientRun:
     return ClientRun(accepted, args.messages - accepted, started, elapsed, errors=errors)
 
 
-def run_python_client(port: int, args: argparse.Namespace) -> ClientRun:
-    """The asyncio client below, in a child process."""
+def run_python_client(port: int, args: argparse.Namespace, *,
+                      pipelined: bool = False) -> ClientRun:
+    """One of the asyncio clients below, in a child process."""
     command = [
         sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
         "--size", str(args.size), "--sessions", str(args.sessions),
         "--messages", str(args.messages), "--timeout", str(args.phase_timeout),
         *(["--html"] if args.pipeline else []),
+        *(["--pipelined"] if pipelined else []),
     ]
     try:
         done = subprocess.run(command, capture_output=True, timeout=args.phase_timeout + 30)
@@ -759,16 +763,6 @@ def make_message(index: int, body: bytes) -> bytes:
 
 def newsletter(index: int, size: int, links: int = 10) -> bytes:
     """A ``size``-byte HTML newsletter with ``links`` links, as the pipeline benchmark sends."""
-    anchors = "".join(
-        f'<p>Item {i}: <a href="https://shop.example.com/p/{i}?utm=news">see product {i}</a>'
-        "</p>\r\n"
-        for i in range(links)
-    )
-    filler = "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 3 + "</p>\r\n"
-    body = f"<html><body>\r\n<h1>Newsletter</h1>\r\n{anchors}"
-    while len(body) < size - 200:
-        body += filler
-    body += "</body></html>\r\n"
     head = (
         f"From: Example News <{SENDER}>\r\n"
         f"To: <{RECIPIENT}>\r\n"
@@ -779,7 +773,21 @@ def newsletter(index: int, size: int, links: int = 10) -> bytes:
         "Content-Type: text/html; charset=utf-8\r\n"
         "\r\n"
     )
-    return (head + body).encode()
+    return head.encode() + _newsletter_body(size, links)
+
+
+@functools.lru_cache(maxsize=2)
+def _newsletter_body(size: int, links: int) -> bytes:
+    anchors = "".join(
+        f'<p>Item {i}: <a href="https://shop.example.com/p/{i}?utm=news">see product {i}</a>'
+        "</p>\r\n"
+        for i in range(links)
+    )
+    filler = "<p>" + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 3 + "</p>\r\n"
+    body = f"<html><body>\r\n<h1>Newsletter</h1>\r\n{anchors}"
+    while len(body) < size - 200:
+        body += filler
+    return (body + "</body></html>\r\n").encode()
 
 
 def make_body(size: int) -> bytes:
@@ -837,6 +845,79 @@ async def python_client(port: int, size: int, sessions: int, messages: int,
         await asyncio.wait_for(asyncio.gather(*(session() for _ in range(sessions))), limit)
     except TimeoutError:
         errors.append(f"stopped after {limit:.0f} s")
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    return ClientRun(
+        accepted=len(latencies),
+        failed=failed,
+        started=started,
+        elapsed=elapsed,
+        p50_ms=percentile(latencies, 0.50) * 1000 if latencies else None,
+        p99_ms=percentile(latencies, 0.99) * 1000 if latencies else None,
+        errors=errors,
+    )
+
+
+async def pipelined_client(port: int, size: int, sessions: int, messages: int,
+                           limit: float, html: bool = False) -> ClientRun:
+    """A lean client on bare asyncio streams: like smtp-source, but it can send any content.
+    Each session says EHLO once, then per message writes MAIL, RCPT and DATA together
+    (RFC 2920 PIPELINING), reads their three replies, sends the content, reads the final one.
+    Latency: content sent → final reply."""
+    body = make_body(size)
+    latencies: list[float] = []
+    errors: list[str] = []
+    failed = 0
+    next_index = 0
+    started = time.monotonic()
+    envelope = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+
+    async def reply(reader: asyncio.StreamReader) -> bytes:
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("connection closed")
+            if line[3:4] != b"-":
+                return line
+
+    async def session() -> None:
+        nonlocal next_index, failed
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reply(reader)
+            writer.write(f"EHLO {HELO_NAME}\r\n".encode())
+            await reply(reader)
+            while next_index < messages:
+                index = next_index
+                next_index += 1
+                content = newsletter(index, size) if html else make_message(index, body)
+                writer.write(envelope)
+                codes = [(await reply(reader))[:3] for _ in range(3)]
+                if codes != [b"250", b"250", b"354"]:
+                    failed += 1
+                    if len(errors) < 5:
+                        errors.append(f"message {index}: {codes}")
+                    continue
+                sent = time.perf_counter()
+                writer.write(content.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+                final = await reply(reader)
+                if final.startswith(b"250"):
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    failed += 1
+                    if len(errors) < 5:
+                        errors.append(f"message {index}: {final!r}")
+            writer.write(b"QUIT\r\n")
+            await reply(reader)
+        finally:
+            writer.close()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(session() for _ in range(sessions))), limit)
+    except TimeoutError:
+        errors.append(f"stopped after {limit:.0f} s")
+    except (OSError, ConnectionError) as e:
+        errors.append(repr(e))
     elapsed = time.monotonic() - started
     latencies.sort()
     return ClientRun(
@@ -983,8 +1064,10 @@ def measure(server: Server, sink: Sink, client: str, args: argparse.Namespace,
         cpu_before = tree_cpu(server.root_pid)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with MemorySampler(server.root_pid) as memory:
-            run = (run_smtp_source if client == "smtp-source" else run_python_client)(
-                server.port, args
+            run = (
+                run_smtp_source(server.port, args)
+                if client == "smtp-source"
+                else run_python_client(server.port, args, pipelined=client == "pipelined")
             )
             if run.accepted < args.messages:
                 sink.expect(base + run.accepted)
@@ -1168,7 +1251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=parse_workers, default=[2],
                         help="gateway.workers; a comma list runs each (e.g. 1,2)")
     parser.add_argument("--target", choices=("gateway", "postfix", "both"), default="both")
-    parser.add_argument("--clients", type=parse_clients, default=list(CLIENTS),
+    parser.add_argument("--clients", type=parse_clients, default=list(DEFAULT_CLIENTS),
                         help="comma list of load clients: smtp-source,python")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the whole plan this many times, interleaved; medians shown")
@@ -1270,7 +1353,9 @@ def plan(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
 
 def bench(args: argparse.Namespace) -> int:
     if args.pipeline:
-        args.target, args.clients = "gateway", ["python"]  # smtp-source sends no HTML
+        # smtp-source sends no HTML
+        args.target = "gateway"
+        args.clients = [c for c in args.clients if c != "smtp-source"] or ["pipelined"]
     ensure_postfix()
     become_subreaper()
     workdir = Path(tempfile.mkdtemp(prefix="smtp-bench-"))
@@ -1346,10 +1431,11 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--html", action="store_true")
+    parser.add_argument("--pipelined", action="store_true")
     args = parser.parse_args(argv)
+    client = pipelined_client if args.pipelined else python_client
     run = asyncio.run(
-        python_client(args.port, args.size, args.sessions, args.messages, args.timeout,
-                      args.html)
+        client(args.port, args.size, args.sessions, args.messages, args.timeout, args.html)
     )
     print(json.dumps(run.__dict__))
     return 0

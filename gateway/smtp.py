@@ -22,6 +22,7 @@ adds the conventional one to aiosmtpd's own replies that lack it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -247,6 +248,7 @@ async def _read_through(reader: asyncio.StreamReader, terminator: bytes) -> byte
         return None
 
 
+@functools.lru_cache(maxsize=256)
 def _with_enhanced_code(status: str) -> str:
     if len(status) < 4 or not status[:3].isdigit() or _HAS_ENHANCED.match(status):
         return status

@@ -584,16 +584,20 @@ class SqliteStore(Store):
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
-        return await self._tenants.submit(
+        found = await self._suppression_reader.read(
             lambda conn: sqlite_api.list_suppressions(conn, tenant, reason, after, limit)
         )
+        return found[0] if found else []
 
     async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
         if not addresses:
             return {}
-        return await self._tenants.submit(
+        # A read: through the reader, never the writer (whose BEGIN IMMEDIATE would take
+        # tenants.db's write lock from every other worker for every API send).
+        found = await self._suppression_reader.read(
             lambda conn: sqlite_api.suppressed(conn, tenant, addresses)
         )
+        return found[0] if found else {}
 
     async def consume(
         self, key: str, amount: int, limit: int, *, expires_at: float, now: float
