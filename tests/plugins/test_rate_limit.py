@@ -180,8 +180,9 @@ def test_two_processes_sharing_one_store_keep_one_limit(tmp_path, backend: str, 
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-    assert sum(outputs) == 120  # 300 tries in two processes, one per-minute limit
-    assert all(count > 0 for count in outputs)
+    # 300 tries from two processes started together, one per-minute limit. (How the 120 are
+    # shared depends on who gets the store's lock first: SQLite's is not fair under load.)
+    assert sum(outputs) == 120
 
 
 @pytest.mark.parametrize(
