@@ -14,6 +14,10 @@ fi
 if ! perl -MMail::DKIM::Verifier -MCrypt::PK::Ed25519 -e1 >/dev/null 2>&1; then
     missing+=(libmail-dkim-perl libcryptx-perl)
 fi
+# NSD: the real authoritative DNS server tests/dnsserver.py starts on loopback.
+if ! command -v nsd >/dev/null 2>&1 && [ ! -x /usr/sbin/nsd ]; then
+    missing+=(nsd)
+fi
 # A real Redis for the store suite and the multi-node tests (each session starts its own).
 if ! command -v redis-server >/dev/null 2>&1; then
     missing+=(redis-server)

@@ -11,7 +11,7 @@ import collections
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.clock import FakeClock
 from gateway.config import Config, parse_config
 from gateway.server import Gateway, new_event_loop
+from tests.dnsserver import BlackHole, DnsServer, Records, start_dns_server
 from tests.redisserver import redis_prefix, redis_server  # noqa: F401 (fixtures)
 
 T = TypeVar("T")
@@ -269,3 +270,28 @@ def gateway_factory() -> Iterator[Callable[..., GatewayThread]]:
     yield factory
     for gateway in started:
         gateway.stop()
+
+
+# --- a real authoritative DNS server (NSD) ----------------------------------------------------
+
+
+@pytest.fixture
+def dns_server(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
+    """Factory: ``dns_server({zone: records}, servfail=[...])`` starts NSD; stopped by PID."""
+    started: list[DnsServer] = []
+
+    def factory(zones: Mapping[str, Records], servfail: Iterable[str] = ()) -> DnsServer:
+        server = start_dns_server(zones, tmp_path / f"nsd{len(started)}", servfail=servfail)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    """A loopback DNS 'server' (UDP and TCP) that never answers."""
+    with BlackHole() as hole:
+        yield hole
