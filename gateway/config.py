@@ -309,6 +309,90 @@ class IpSection(msgspec.Struct, **_STRICT):
     warming_start: dt.date | None = None
 
 
+_SNS_HOSTS = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+
+
+class SesWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/ses``: SES events delivered by Amazon SNS (``docs/providers.md``)."""
+
+    topic_arns: list[str] = msgspec.field(default_factory=list)
+    """SNS topics whose messages are accepted; empty accepts any topic (not recommended)."""
+    cert_host_pattern: str = _SNS_HOSTS
+    """Regular expression the host of ``SigningCertURL`` must match (HTTPS only)."""
+    subscribe_host_pattern: str = _SNS_HOSTS
+    """Regular expression the host of a ``SubscribeURL`` must match before it is fetched."""
+    confirm_subscriptions: bool = True
+    """Confirm an SNS subscription by fetching its ``SubscribeURL``."""
+    ca_file: str = ""
+    """Extra CA certificates (PEM) for those HTTPS fetches; empty means the system store."""
+    max_age: str = "1h"
+    """Messages whose ``Timestamp`` is older (or further in the future) are refused as replays."""
+
+
+class SendgridWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/sendgrid``: SendGrid's signed Event Webhook."""
+
+    public_key: str
+    """The verification key SendGrid shows for the signed webhook (base64 DER or PEM)."""
+    max_age: str = "10m"
+    """Requests whose ``X-Twilio-Email-Event-Webhook-Timestamp`` is older are refused."""
+
+
+class MailgunWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/mailgun``: Mailgun webhooks, signed with HMAC-SHA256."""
+
+    signing_key: str
+    """The HTTP webhook signing key of the Mailgun account; use ``${ENV}``."""
+    max_age: str = "10m"
+    """Requests whose signature ``timestamp`` is older are refused; a ``token`` is accepted once."""
+
+
+class PostmarkWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/postmark``: Postmark webhooks (basic auth and/or a secret header)."""
+
+    username: str = ""
+    """Basic auth user put in the webhook URL at Postmark (``https://user:pass@host/...``)."""
+    password: str = ""
+    secret_header: str = ""
+    """Name of a custom header set on the webhook at Postmark, e.g. ``X-Gateway-Secret``."""
+    secret: str = ""
+    """Its value; use ``${ENV}``."""
+
+
+class ProviderWebhooksSection(msgspec.Struct, **_STRICT):
+    """``[provider_webhooks.<provider>]``: an endpoint answers only when its table exists."""
+
+    ses: SesWebhookSection | None = None
+    sendgrid: SendgridWebhookSection | None = None
+    mailgun: MailgunWebhookSection | None = None
+    postmark: PostmarkWebhookSection | None = None
+    dedup_window: str = "7d"
+    """How long provider event ids (and Mailgun tokens) are remembered for de-duplication."""
+
+
+class BouncesSection(msgspec.Struct, **_STRICT):
+    """``[bounces]``: VERP return paths for direct/SMTP delivery and the inbound listener that
+    reads the DSNs and ARF complaints coming back (``gateway/bounces.py``)."""
+
+    domain: str = ""
+    """The bounce domain (its MX points at this listener); empty switches VERP off."""
+    local_part: str = "bounces"
+    """Return paths look like ``<local_part>+<message>-<delivery>-<mac>@<domain>``."""
+    keys: dict[str, str] = msgspec.field(default_factory=dict)
+    """Key id → HMAC secret (at least 32 bytes; use ``${ENV}``). Every key verifies."""
+    signing_key: str = ""
+    """The key id that signs new return paths; default: the first of ``keys``."""
+    listen: bool = True
+    """Run the inbound SMTP listener when ``domain`` is set."""
+    address: str = "127.0.0.1"
+    port: int = 2526
+    """0 picks a free port (tests). Port 25 on the bounce domain's MX host in production."""
+    max_message_size: int = 1024 * 1024
+    """Bytes; reports are small, and the original message is not needed whole."""
+    timeout: float = 60.0
+    """Seconds of client silence before the session is dropped."""
+
+
 class Config(msgspec.Struct, **_STRICT):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -320,6 +404,10 @@ class Config(msgspec.Struct, **_STRICT):
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
     domains: dict[str, DomainSection] = msgspec.field(default_factory=dict)
     ips: dict[str, IpSection] = msgspec.field(default_factory=dict)
+    provider_webhooks: ProviderWebhooksSection = msgspec.field(
+        default_factory=ProviderWebhooksSection
+    )
+    bounces: BouncesSection = msgspec.field(default_factory=BouncesSection)
     plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """``[plugins.<name>]`` tables, each validated by its own plugin (``plugin_settings``)."""
 
@@ -566,6 +654,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
     if config.http.rate_burst < 1:
         fail(("http", "rate_burst"), "must be at least 1")
     _check_tracking(config.tracking, fail)
+    _check_feedback(config, fail)
     delivery = config.delivery
     if not delivery.providers:
         fail(("delivery", "providers"), "name at least one provider")
@@ -659,6 +748,68 @@ def _check_identities(config: Config, fail: Callable[[tuple[str | int, ...], str
     for name, domain in config.domains.items():
         if domain.pool and domain.pool not in pools:
             fail(("domains", name, "pool"), f"no [ips] entry has pool = {domain.pool!r}")
+
+
+def _check_feedback(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    """``[provider_webhooks]`` and ``[bounces]``."""
+    from gateway.tokens import KEY_ID, MIN_SECRET_BYTES
+
+    hooks = config.provider_webhooks
+    durations: list[tuple[tuple[str | int, ...], str]] = [
+        (("provider_webhooks", "dedup_window"), hooks.dedup_window)
+    ]
+    for name in ("ses", "sendgrid", "mailgun"):
+        section = getattr(hooks, name)
+        if section is not None:
+            durations.append((("provider_webhooks", name, "max_age"), section.max_age))
+    for path, value in durations:
+        try:
+            parse_duration(value)
+        except ValueError as e:
+            fail(path, str(e))
+    if hooks.ses is not None:
+        for key in ("cert_host_pattern", "subscribe_host_pattern"):
+            try:
+                re.compile(getattr(hooks.ses, key))
+            except re.error as e:
+                fail(("provider_webhooks", "ses", key), f"not a regular expression: {e}")
+        if hooks.ses.ca_file and not os.access(hooks.ses.ca_file, os.R_OK):
+            fail(("provider_webhooks", "ses", "ca_file"), f"cannot read {hooks.ses.ca_file!r}")
+    if hooks.sendgrid is not None:
+        from gateway.webhook_auth import load_sendgrid_key
+
+        try:
+            load_sendgrid_key(hooks.sendgrid.public_key)
+        except ValueError as e:
+            fail(("provider_webhooks", "sendgrid", "public_key"), str(e))
+    if hooks.mailgun is not None and not hooks.mailgun.signing_key:
+        fail(("provider_webhooks", "mailgun", "signing_key"), "must not be empty")
+    postmark = hooks.postmark
+    if postmark is not None:
+        if not (postmark.username and postmark.password) and not (
+            postmark.secret_header and postmark.secret
+        ):
+            fail(
+                ("provider_webhooks", "postmark"),
+                "set username and password (basic auth), or secret_header and secret",
+            )
+    bounces = config.bounces
+    if bounces.domain:
+        if not _DOMAIN.match(bounces.domain):
+            fail(("bounces", "domain"), f"not a domain: {bounces.domain!r}")
+        if not bounces.keys:
+            fail(("bounces", "keys"), "VERP return paths need at least one signing key")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", bounces.local_part):
+        fail(("bounces", "local_part"), "1-20 letters, digits, '.', '_' or '-'")
+    for key_id, secret in bounces.keys.items():
+        if not KEY_ID.match(key_id):
+            fail(("bounces", "keys", key_id), "a key id is 1-16 letters, digits, '-' or '_'")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            fail(("bounces", "keys", key_id), f"a secret needs at least {MIN_SECRET_BYTES} bytes")
+    if bounces.signing_key and bounces.signing_key not in bounces.keys:
+        fail(("bounces", "signing_key"), f"no key {bounces.signing_key!r} in bounces.keys")
+    if not 0 <= bounces.port <= 65535:
+        fail(("bounces", "port"), "must be between 0 and 65535")
 
 
 def _check_tracking(

@@ -38,6 +38,7 @@ from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
+from gateway.api.webhooks import webhook_routes
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -92,6 +93,7 @@ def create_app(gateway: Gateway) -> Litestar:
             StatsController,
             SuppressionsController,
             DomainsController,
+            *webhook_routes(gateway),
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
