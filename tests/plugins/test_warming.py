@@ -16,7 +16,7 @@ from gateway.message import Defer, Delivery, DeliveryStatus, Message
 from gateway.plugin_manager import call_all, call_first
 from plugins.warming import PRESETS, Schedule
 from tests.api.conftest import API_CONFIG, Api, _key_tables
-from tests.conftest import GatewayThread, Sink, make_config
+from tests.conftest import GatewayThread, Sink, make_config, wait_until
 
 NOON = dt.datetime(2030, 3, 5, 12, 0, tzinfo=dt.UTC).timestamp()  # day 5 of a 03-01 start
 
@@ -470,3 +470,83 @@ def test_the_domains_cli_shows_and_resumes(tmp_path) -> None:
     assert "was not paused" in again.stdout
     unknown = gateway_cli("-c", str(path), "domains", "health", "nowhere", cwd=tmp_path)
     assert unknown.returncode == 1 and "no sending domain or IP 'nowhere'" in unknown.stderr
+
+
+WEBHOOK_WARMING = """
+[domains."shop.example"]
+
+[plugins.warming]
+min_sample = 20
+"""
+
+
+def test_signed_webhook_complaints_and_bounces_pause_and_only_the_operator_resumes(
+    tmp_path, gateway_factory
+) -> None:
+    from tests.integration.test_cli import gateway_cli
+    from tests.providers.test_webhook_mailgun_postmark import JSON, mailgun_body
+    from tests.providers.webhook_env import make_env
+
+    env = make_env(tmp_path, gateway_factory, extra=WEBHOOK_WARMING)
+    try:
+        warming = env.gw.gateway.plugin_state["warming"]
+
+        def health(name: str = "shop.example"):
+            return env.gw.call(warming.reputation.health("domain", name))
+
+        # 40 delivered through the dispatcher (capture provider); shop.example is established:
+        # it halts above 2 % bounces or 0.1 % complaints.
+        recipients = [f"r{i}@example.org" for i in range(40)]
+        message_id, deliveries = env.deliver(*recipients)
+        assert {d.status for d in deliveries} == {DeliveryStatus.DELIVERED}
+        assert (health().counts.delivered, health().paused) == (40, False)
+        # One Mailgun complaint, signed as Mailgun signs it: 1 in 40 = 2.5 % > 0.1 %.
+        body = mailgun_body(env, "complained", message_id, deliveries[0].id, recipients[0])
+        assert env.post("/webhooks/mailgun", body, JSON).status_code == 200
+        paused = health()
+        assert paused.paused and paused.pause_reason.startswith("complaint rate 2.50% above 0.1%")
+        # A permanent failure reported later counts as a bounce: 1 in 41 = 2.44 % > 2 %.
+        body = mailgun_body(env, "failed-permanent", message_id, deliveries[1].id, recipients[1])
+        assert env.post("/webhooks/mailgun", body, JSON).status_code == 200
+        assert (health().counts.bounced, health().pause_reason) == (1, paused.pause_reason)
+
+        # New mail from the paused domain waits; the rates recover; it stays paused.
+        later_id, [later] = env.deliver("later@example.org")
+        assert later.status == DeliveryStatus.DEFERRED and "is paused" in later.last_error
+
+        async def recovered() -> None:
+            for i in range(2000):
+                await publish(
+                    env.gw.gateway,
+                    Event(
+                        type="delivered",
+                        tenant="default",
+                        recipient=f"x{i}@example.org",
+                        at=env.clock.now(),
+                        provider="capture",
+                        sending_domain="shop.example",
+                    ),
+                    record=False,
+                )
+
+        env.gw.call(recovered())
+        after = health()
+        assert after.complaint_rate is not None and after.complaint_rate < 0.001
+        assert after.bounce_rate is not None and after.bounce_rate < 0.02
+        assert after.paused
+        env.clock.advance(600)
+        env.gw.call(env.gw.gateway.dispatcher.run_once())
+        assert env.deliveries(later_id)[0].status == DeliveryStatus.DEFERRED
+
+        # The operator resumes from another process (the CLI, on the same spool); the running
+        # gateway sees it, and the waiting mail goes out.
+        config = tmp_path / "operator.toml"
+        config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n{WEBHOOK_WARMING}')
+        done = gateway_cli("-c", str(config), "domains", "resume", "shop.example", cwd=tmp_path)
+        assert done.stdout.strip() == "domain shop.example: resumed", done.stderr
+        wait_until(lambda: not health().paused, what="the gateway to see the resume")
+        env.clock.advance(300)
+        env.gw.call(env.gw.gateway.dispatcher.run_once())
+        assert env.deliveries(later_id)[0].status == DeliveryStatus.DELIVERED
+    finally:
+        env.client.close()
