@@ -36,6 +36,7 @@ from gateway.api.context import ApiContext
 from gateway.api.domains import DomainsController
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
+from gateway.api.providers import ProvidersController
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
 from gateway.api.webhooks import webhook_routes
@@ -93,6 +94,7 @@ def create_app(gateway: Gateway) -> Litestar:
             StatsController,
             SuppressionsController,
             DomainsController,
+            ProvidersController,
             *webhook_routes(gateway),
             *plugin_routes(gateway),
         ],

@@ -23,6 +23,8 @@ def test_openapi_document_and_docs_page(idle_api: Api) -> None:
         "/v1/domains/{name}/warming",
         "/v1/domains/{name}/health",
         "/v1/domains/{name}/resume",
+        "/v1/providers",
+        "/v1/providers/{name}/test",
     }
     send = document["paths"]["/v1/messages"]["post"]
     assert set(send["requestBody"]["content"]) == {"application/json", "message/rfc822"}
