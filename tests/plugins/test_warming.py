@@ -14,6 +14,7 @@ from gateway.config import ConfigError
 from gateway.events import Event, publish
 from gateway.message import Defer, Delivery, DeliveryStatus, Message
 from gateway.plugin_manager import call_all, call_first
+from gateway.store.base import DeliveryFilter
 from plugins.warming import PRESETS, Schedule
 from tests.api.conftest import API_CONFIG, Api, _key_tables
 from tests.conftest import GatewayThread, Sink, make_config, wait_until
@@ -550,3 +551,69 @@ def test_signed_webhook_complaints_and_bounces_pause_and_only_the_operator_resum
         assert env.deliveries(later_id)[0].status == DeliveryStatus.DELIVERED
     finally:
         env.client.close()
+
+
+ROUTED = """
+[smtp]
+listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
+
+[delivery]
+providers = ["ip7", "ip8"]
+
+[providers.ip7]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+
+[providers.ip8]
+type = "smtp"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+
+[ips."198.51.100.7"]
+provider = "ip7"
+pool = "shared"
+
+[ips."198.51.100.8"]
+provider = "ip8"
+pool = "dedicated"
+
+[domains."vip.example"]
+pool = "dedicated"
+
+[plugins.warming]
+"""
+
+
+def test_dispatch_routes_around_a_paused_ip_and_keeps_a_domain_in_its_pool(
+    tmp_path, sink: Sink, gateway_factory
+) -> None:
+    import smtplib
+
+    clock = FakeClock(NOON)
+    config = make_config(tmp_path, ROUTED, port=sink.port)
+    gw = gateway_factory(config, clock=clock, deliver=False)
+    warming = gw.gateway.plugin_state["warming"]
+
+    def send(sender: str, recipient: str) -> str:
+        with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+            client.sendmail(sender, [recipient], f"From: {sender}\r\n\r\nhi\r\n".encode())
+        gw.call(gw.gateway.dispatcher.run_once())
+        (found,) = [
+            d
+            for d in gw.call(gw.gateway.store.list_deliveries(DeliveryFilter(limit=1000)))
+            if d.recipient == recipient
+        ]
+        assert found.status == DeliveryStatus.DELIVERED, found.last_error
+        return found.provider
+
+    assert send("a@other.example", "one@inbox.example") == "ip7"  # the configured order
+    assert send("a@vip.example", "two@inbox.example") == "ip8"  # its pool only
+    gw.call(warming.reputation.pause("ip", "198.51.100.7", "bounce rate 9% above 2%"))
+    warming._ranked_at = float("-inf")
+    assert send("a@other.example", "three@inbox.example") == "ip8"  # around the paused IP
+    gw.call(warming.reputation.resume("ip", "198.51.100.7"))
+    assert send("a@other.example", "four@inbox.example") == "ip7"
+    assert len(sink.messages) == 4
