@@ -211,7 +211,7 @@ def test_routes_keep_the_pool_skip_paused_ips_and_prefer_healthy_ones(
     health = gw.call(warming.reputation.health("ip", "198.51.100.8"))
     assert (health.score, health.tier) == (96, "EXCELLENT")
     clock.advance(1)
-    warming._ranked_at = float("-inf")  # the rank cache lives one second of wall time
+    gw.call(warming.refresh_ranks(force=True))  # tiers are otherwise re-read once a second
     # ip7 is paused: removed; ip8 (EXCELLENT) goes before ip9 (no data) and capture.
     assert routes_for(gw, "a@other.example") == ["ip8", "ip9", "capture"]
     # A paused IP's route is also held back by the permit (before routing wiring lands).
@@ -612,7 +612,7 @@ def test_dispatch_routes_around_a_paused_ip_and_keeps_a_domain_in_its_pool(
     assert send("a@other.example", "one@inbox.example") == "ip7"  # the configured order
     assert send("a@vip.example", "two@inbox.example") == "ip8"  # its pool only
     gw.call(warming.reputation.pause("ip", "198.51.100.7", "bounce rate 9% above 2%"))
-    warming._ranked_at = float("-inf")
+    gw.call(warming.refresh_ranks(force=True))
     assert send("a@other.example", "three@inbox.example") == "ip8"  # around the paused IP
     gw.call(warming.reputation.resume("ip", "198.51.100.7"))
     assert send("a@other.example", "four@inbox.example") == "ip7"
