@@ -802,6 +802,11 @@ _DOMAIN = re.compile(
 )
 
 
+def is_domain_name(value: str) -> bool:
+    """A syntactically valid DNS domain name with at least two labels."""
+    return bool(_DOMAIN.match(value))
+
+
 def _check_api_keys(
     tenant_name: str,
     tenant: TenantSection,
@@ -1109,9 +1114,31 @@ def summarize(config: Config) -> str:
             where = f"{provider.host}:{provider.port} tls={provider.tls}"
         elif isinstance(provider, MxProviderSection):
             where = f"MX hosts of each recipient domain, starttls={provider.starttls}"
+        elif isinstance(provider, SesProviderSection):
+            where = provider.endpoint or f"SES API v2 in {provider.region}"
+        elif isinstance(provider, MailgunProviderSection):
+            where = f"{provider.base_url or provider.region.upper() + ' API'}, {provider.domain}"
+        elif isinstance(provider, SendgridProviderSection | PostmarkProviderSection):
+            where = provider.base_url
         else:
             where = "local outbox"
         lines.append(f"provider      {name} ({type(provider).__struct_config__.tag}): {where}")
+    for name, domain in config.domains.items():
+        warming = (
+            f"warming {domain.warming_schedule} from {domain.warming_start}"
+            if domain.warming_schedule
+            else "established"
+        )
+        pool = f", pool {domain.pool}" if domain.pool else ""
+        lines.append(f"domain        {name}: {warming}{pool}")
+    for name, ip in config.ips.items():
+        warming = (
+            f"warming {ip.warming_schedule} from {ip.warming_start}"
+            if ip.warming_schedule
+            else "established"
+        )
+        pool = f", pool {ip.pool}" if ip.pool else ""
+        lines.append(f"ip            {name} via {ip.provider}: {warming}{pool}")
     d = config.delivery
     lines.append(
         f"delivery      via {' → '.join(d.providers)}, concurrency {d.concurrency}, "

@@ -33,6 +33,7 @@ from litestar.openapi.spec import (
 
 from gateway import __version__
 from gateway.api.context import ApiContext
+from gateway.api.domains import DomainsController
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
 from gateway.api.providers import ProvidersController
@@ -92,6 +93,7 @@ def create_app(gateway: Gateway) -> Litestar:
             MessagesController,
             StatsController,
             SuppressionsController,
+            DomainsController,
             ProvidersController,
             *webhook_routes(gateway),
             *plugin_routes(gateway),
