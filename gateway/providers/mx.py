@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from typing import cast
 
 import aiosmtplib
 
@@ -224,7 +225,7 @@ async def _close_session(client: aiosmtplib.SMTP) -> None:
     TLS transport can leave the TCP transport under it open (a leaked socket, and a loop that
     refuses to close), so the transport is aborted as well."""
     protocol = client.protocol
-    transport = protocol.transport if protocol is not None else None
+    transport = cast(asyncio.Transport | None, protocol.transport if protocol else None)
     await _quit_quietly(client)
     if transport is not None:
         transport.abort()
