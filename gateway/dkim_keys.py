@@ -26,6 +26,8 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from gateway.config import Config
+
 KeyState = Literal["signing", "published", "retired"]
 KeyType = Literal["rsa", "ed25519"]
 
@@ -34,6 +36,15 @@ DOMAIN = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
 _STATE_DIRS: dict[KeyState, str] = {"signing": "", "published": "published", "retired": "retired"}
+
+
+DEFAULT_KEY_DIR = "dns/keys"
+"""``[plugins.dkim] key_dir`` when not set (plugins/dkim.py has the same default)."""
+
+
+def configured_key_dir(config: Config) -> Path:
+    """Where the DKIM signing plugin reads its keys from."""
+    return Path(str(config.plugins.get("dkim", {}).get("key_dir", DEFAULT_KEY_DIR)))
 
 
 class DkimKeyError(Exception):
