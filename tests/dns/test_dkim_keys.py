@@ -5,8 +5,8 @@ DNS server; rotation keeps the old record published while only the new selector 
 from __future__ import annotations
 
 import stat
-import time
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,6 +135,7 @@ def test_rotation_new_selector_signs_old_stays_published_until_retired(
     assert code == 2
     assert "new still signs mail for acme.test" in err
     code, out, _ = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "old")
+    assert "remove old._domainkey.acme.test TXT" in out
     assert code == 0
     code, listing, _ = run(config_file, capsys, "dkim", "list", "acme.test")
     assert "old              retired" in listing
