@@ -207,7 +207,75 @@ class SmtpProviderSection(msgspec.Struct, tag="smtp", tag_field="type", **_STRIC
     ca_file: str = ""
 
 
-ProviderSection = CaptureProviderSection | SmtpProviderSection
+class SesProviderSection(msgspec.Struct, tag="ses", tag_field="type", **_STRICT):
+    """Amazon SES API v2 ``SendEmail`` with raw MIME, signed with SigV4 (``providers/ses.py``)."""
+
+    region: str
+    """AWS region of the SES endpoint, e.g. ``eu-west-1``."""
+    access_key_id: str
+    secret_access_key: str
+    """Use ``${ENV}``; never write the secret into the file."""
+    session_token: str = ""
+    """For temporary credentials (STS); empty otherwise."""
+    endpoint: str = ""
+    """Base URL; default ``https://email.<region>.amazonaws.com`` (tests point it at loopback)."""
+    configuration_set: str = ""
+    """SES configuration set for event publishing (bounces, complaints, opens … via SNS)."""
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    """Fixed message tags added to every send (name → value)."""
+    timeout: float = 30.0
+    """Seconds per HTTP request."""
+    max_connections: int = 20
+    """HTTP connections kept open to the API (pooled, reused)."""
+
+
+class SendgridProviderSection(msgspec.Struct, tag="sendgrid", tag_field="type", **_STRICT):
+    """SendGrid v3 ``/mail/send`` (``providers/sendgrid.py``)."""
+
+    api_key: str
+    """An API key with the ``mail.send`` scope; use ``${ENV}``."""
+    base_url: str = "https://api.sendgrid.com"
+    ip_pool: str = ""
+    """``ip_pool_name`` for every send; empty leaves it to SendGrid."""
+    timeout: float = 30.0
+    max_connections: int = 20
+
+
+class MailgunProviderSection(msgspec.Struct, tag="mailgun", tag_field="type", **_STRICT):
+    """Mailgun ``/v3/<domain>/messages.mime`` (``providers/mailgun.py``)."""
+
+    api_key: str
+    """The domain's sending key or an account API key; use ``${ENV}``."""
+    domain: str
+    """The Mailgun sending domain, e.g. ``mg.example.com``."""
+    region: Literal["us", "eu"] = "us"
+    """``us`` → ``https://api.mailgun.net``, ``eu`` → ``https://api.eu.mailgun.net``."""
+    base_url: str = ""
+    """Overrides ``region`` (tests point it at loopback)."""
+    timeout: float = 30.0
+    max_connections: int = 20
+
+
+class PostmarkProviderSection(msgspec.Struct, tag="postmark", tag_field="type", **_STRICT):
+    """Postmark ``/email`` (``providers/postmark.py``)."""
+
+    server_token: str
+    """The Postmark server's API token; use ``${ENV}``."""
+    message_stream: str = "outbound"
+    """Message stream to send through (``outbound`` transactional, or a broadcast stream)."""
+    base_url: str = "https://api.postmarkapp.com"
+    timeout: float = 30.0
+    max_connections: int = 20
+
+
+ProviderSection = (
+    CaptureProviderSection
+    | SmtpProviderSection
+    | SesProviderSection
+    | SendgridProviderSection
+    | MailgunProviderSection
+    | PostmarkProviderSection
+)
 
 
 def _default_providers() -> dict[str, ProviderSection]:

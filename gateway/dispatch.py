@@ -31,6 +31,7 @@ next poll, and an outcome that cannot be recorded leaves the delivery ``sending`
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -61,9 +62,12 @@ from gateway.plugin_manager import (
     make_plugin_manager,
 )
 from gateway.providers import OutboundMessage, Provider
-from gateway.store.base import Claimed, DeliveryUpdate, Store
+from gateway.store.base import Claimed, DeliveryUpdate, MessageMeta, Store
 
 log = logging.getLogger("gateway.delivery")
+
+META_CACHE_SIZE = 1024
+_NO_META = MessageMeta()
 
 IDLE_POLL_SECONDS = 1.0
 """Longest sleep when idle; new local mail wakes the dispatcher at once via ``wake()``."""
@@ -98,6 +102,7 @@ class Dispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._meta_cache: collections.OrderedDict[str, MessageMeta] = collections.OrderedDict()
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -290,6 +295,7 @@ class Dispatcher:
     ) -> tuple[list[Attempt], SendResult, str, Defer | None]:
         """Try routes in order. Returns the attempts, the last result, its provider, and the
         earliest policy deferral when ``gateway_permit`` held back every route tried."""
+        meta = await self._meta(message)
         outbound = OutboundMessage(
             message_id=message.id,
             delivery_id=delivery.id,
@@ -298,6 +304,8 @@ class Dispatcher:
             recipient=delivery.recipient,
             raw=message.raw,
             smtp_utf8=message.smtp_utf8,
+            tags=meta.tags,
+            metadata=meta.metadata,
         )
         attempts: list[Attempt] = []
         result = SendResult.soft_fail("no provider configured")
@@ -333,6 +341,20 @@ class Dispatcher:
             if result.kind != "soft_fail":
                 break
         return attempts, result, name, deferral
+
+    async def _meta(self, message: Message) -> MessageMeta:
+        """The HTTP API's tags and metadata of ``message`` (SMTP mail has none), looked up once
+        per message and cached for its other recipients, for providers that carry them."""
+        if message.source != "http":
+            return _NO_META
+        meta = self._meta_cache.get(message.id)
+        if meta is None:
+            record = await self.store.message_record(message.tenant, message.id)
+            meta = record.meta if record is not None else _NO_META
+            self._meta_cache[message.id] = meta
+            if len(self._meta_cache) > META_CACHE_SIZE:
+                self._meta_cache.popitem(last=False)
+        return meta
 
     def _defer_by_policy(self, delivery: Delivery, deferral: Defer) -> DeliveryUpdate:
         """Held back by a plugin (caps, rates): wait, without spending an attempt or the

@@ -544,11 +544,13 @@ class Warming:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
             self._refresher = None
+        await self.reputation.flush()
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(USAGE_REFRESH_SECONDS)
             try:
+                await self.reputation.flush()
                 await self.refresh_usage()
             except Exception:
                 log.exception("reading warming usage failed; will try again")

@@ -75,6 +75,8 @@ class Received:
         self.mail_from = mail_from
         self.rcpt_tos = rcpt_tos
         self.data = data
+        self.at = time.time()
+        """When the sink took the message (rate tests)."""
 
 
 class _SinkHandler:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.config import CaptureProviderSection, Config, ProviderSection, SmtpProviderSection
+from gateway.config import (
+    CaptureProviderSection,
+    Config,
+    MailgunProviderSection,
+    PostmarkProviderSection,
+    ProviderSection,
+    SendgridProviderSection,
+    SesProviderSection,
+    SmtpProviderSection,
+)
 from gateway.providers.base import OutboundMessage, Provider, ProviderCheckFailed
 from gateway.providers.capture import CaptureProvider
 from gateway.providers.smtp_relay import SmtpRelayProvider
@@ -18,4 +27,20 @@ def build_provider(name: str, section: ProviderSection, config: Config) -> Provi
         return CaptureProvider(name, Path(directory))
     if isinstance(section, SmtpProviderSection):
         return SmtpRelayProvider(name, section, local_hostname=config.gateway.hostname)
+    if isinstance(section, SesProviderSection):
+        from gateway.providers.ses import SesProvider
+
+        return SesProvider(name, section)
+    if isinstance(section, SendgridProviderSection):
+        from gateway.providers.sendgrid import SendgridProvider
+
+        return SendgridProvider(name, section)
+    if isinstance(section, MailgunProviderSection):
+        from gateway.providers.mailgun import MailgunProvider
+
+        return MailgunProvider(name, section)
+    if isinstance(section, PostmarkProviderSection):
+        from gateway.providers.postmark import PostmarkProvider
+
+        return PostmarkProvider(name, section)
     raise TypeError(f"no provider for {type(section).__name__}")

@@ -26,6 +26,10 @@ class OutboundMessage(msgspec.Struct, kw_only=True, frozen=True):
     recipient: str
     raw: bytes
     smtp_utf8: bool = False
+    tags: tuple[str, ...] = ()
+    """HTTP API tags of the message (none for SMTP mail), for providers that carry them."""
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    """HTTP API metadata of the message, passed on as the provider's custom data."""
 
 
 class Provider(abc.ABC):

@@ -38,6 +38,10 @@ def test_example_config_loads_with_every_block_switched_on(certificates, monkeyp
     monkeypatch.setenv("RELAY_PASSWORD", "s3cret")
     monkeypatch.setenv("TRACKING_KEY_K1", "k1" * 24)
     monkeypatch.setenv("TRACKING_KEY_K2", "k2" * 24)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SENDGRID_API_KEY"):
+        monkeypatch.setenv(name, "test-" + name.lower())
+    for name in ("MAILGUN_API_KEY", "POSTMARK_SERVER_TOKEN"):
+        monkeypatch.setenv(name, "test-" + name.lower())
     config = parse_config(_uncommented_example(certificates), source="example")
     assert [listener.name for listener in config.smtp.listeners] == [
         "dev",
