@@ -341,7 +341,7 @@ class DnsSection(msgspec.Struct, **_STRICT):
     missing."""
     unverified_sending: Literal["allow", "refuse"] = "allow"
     """Mail whose From domain is not verified (SPF, DKIM and DMARC pass): ``allow`` accepts it
-    and logs a warning line, ``refuse`` answers 550 5.7.1 (SMTP) / 422 (HTTP)."""
+    and logs an INFO line, ``refuse`` answers 550 5.7.1 (SMTP) / 422 (HTTP)."""
 
 
 class IpSection(msgspec.Struct, **_STRICT):

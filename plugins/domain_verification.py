@@ -5,8 +5,8 @@ A domain is verified when its last check (``gateway dns check`` or ``POST
 /v1/domains/{d}/verify``) found SPF, DKIM and DMARC in place; the verdict is a store flag every
 process and node reads. The From domain counts as verified when it or a parent domain is (a
 subdomain aligns with its parent under DMARC's relaxed mode and signs with its keys).
-``refuse`` answers 550 5.7.1 (SMTP) / 422 (HTTP); ``allow`` accepts and logs a warning line
-for each such message.
+``refuse`` answers 550 5.7.1 (SMTP) / 422 (HTTP); ``allow`` accepts and logs an INFO line
+for each such message (the log level a normal accept is logged at).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ async def gateway_accept_message(gateway: Any, submission: Any) -> Reject | None
             f"Sender domain {domain} is not verified: publish its DNS records "
             f"(gateway dns records {domain}) and check them (gateway dns check {domain})",
         )
-    log.warning(
+    log.info(
         "accepting mail from unverified domain %s (tenant %s, envelope from %s): "
         "[dns] unverified_sending = allow",
         domain,

@@ -19,6 +19,8 @@ def test_openapi_document_and_docs_page(idle_api: Api) -> None:
         "/v1/suppressions/{email}",
         "/v1/suppressions/import",
         "/v1/suppressions/export",
+        "/v1/domains/{domain}/dns",
+        "/v1/domains/{domain}/verify",
     }
     send = document["paths"]["/v1/messages"]["post"]
     assert set(send["requestBody"]["content"]) == {"application/json", "message/rfc822"}
