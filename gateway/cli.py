@@ -1,4 +1,5 @@
-"""The ``gateway`` command: serve, check-config, queue, outbox, hash-password, api-key."""
+"""The ``gateway`` command: serve, check-config, queue, outbox, providers, hash-password,
+api-key."""
 
 from __future__ import annotations
 
@@ -224,6 +225,37 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_providers(args: argparse.Namespace) -> int:
+    """Breaker state and counters per provider, from the running workers' status files."""
+    from gateway.routing import read_status
+
+    config = _load(args)
+    workers = read_status(config)
+    if not workers:
+        print("no worker status yet (is the gateway running with this config?)", file=sys.stderr)
+    columns = ("sent", "failed", "rejected", "timeouts", "limited", "opened")
+    print(f"{'provider':16} {'type':8} {'state':24} " + " ".join(f"{c:>8}" for c in columns))
+    for name, section in config.providers.items():
+        states, totals, errors = [], dict.fromkeys(columns, 0), []
+        for worker in workers:
+            seen = worker.get("providers", {}).get(name)
+            if seen is None:
+                continue
+            states.append(str(seen.get("state", "?")))
+            for column in columns:
+                totals[column] += int(seen.get(column, 0))
+            if seen.get("last_error"):
+                errors.append(str(seen["last_error"]))
+        kind = type(section).__struct_config__.tag
+        state = ",".join(states) if states else "unknown"
+        print(f"{name:16} {kind!s:8} {state:24} " + " ".join(f"{totals[c]:>8}" for c in columns))
+        if errors:
+            print(f"{'':16} last error: {errors[-1]}")
+    for worker in workers:
+        print(f"worker pid {worker.get('pid')}: status written {worker['age']:.0f}s ago")
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass("Password: ")
     if not password:
@@ -304,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     outbox = commands.add_parser("outbox", help="list mail captured by the capture provider")
     outbox.add_argument("--limit", type=int, default=50)
     outbox.set_defaults(func=cmd_outbox)
+
+    providers = commands.add_parser(
+        "providers", help="providers: circuit breaker state and counters of each worker"
+    )
+    providers.set_defaults(func=cmd_providers)
 
     hashing = commands.add_parser("hash-password", help="hash an SMTP password for the config")
     hashing.add_argument("--stdin", action="store_true", help="read the password from stdin")

@@ -207,6 +207,34 @@ class SmtpProviderSection(msgspec.Struct, tag="smtp", tag_field="type", **_STRIC
     ca_file: str = ""
 
 
+class MxProviderSection(msgspec.Struct, tag="mx", tag_field="type", **_STRICT):
+    """Direct delivery to each recipient domain's MX hosts (``gateway/providers/mx.py``)."""
+
+    nameservers: list[str] = msgspec.field(default_factory=list)
+    """Resolvers to ask (IP addresses); empty means the system's (``/etc/resolv.conf``)."""
+    dns_port: int = 53
+    port: int = 25
+    """SMTP port on the MX hosts. Always 25 on the internet; other values are for tests."""
+    timeout: float = 60.0
+    """Seconds per SMTP command and per DNS query."""
+    connections_per_domain: int = 5
+    """Sessions open at once to one destination domain (new or reused)."""
+    idle_connections: int = 2
+    """Sessions kept open per MX host for reuse by the next message."""
+    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    """``opportunistic``: use TLS when offered, without checking the certificate, and retry
+    in plain text if the handshake fails; ``required``: only deliver over verified TLS."""
+    mta_sts: bool = True
+    """Fetch and enforce MTA-STS policies (RFC 8461) of domains that publish one."""
+    mta_sts_port: int = 443
+    """HTTPS port of ``mta-sts.<domain>`` (tests only)."""
+    ca_file: str = ""
+    """CA certificates (PEM) trusted for verified TLS (MTA-STS, ``required``) and the policy
+    fetch; empty means the system store."""
+    source_address: str = ""
+    """Local IP address to send from (a dedicated sending IP); empty lets the OS choose."""
+
+
 class SesProviderSection(msgspec.Struct, tag="ses", tag_field="type", **_STRICT):
     """Amazon SES API v2 ``SendEmail`` with raw MIME, signed with SigV4 (``providers/ses.py``)."""
 
@@ -280,6 +308,87 @@ ProviderSection = (
 
 def _default_providers() -> dict[str, ProviderSection]:
     return {"capture": CaptureProviderSection()}
+
+
+class RouteSection(msgspec.Struct, **_STRICT):
+    """``[[routes]]``: which providers carry the mail a rule matches, and how they share it.
+
+    Every match key that is given must match (empty means any); the first route that matches
+    a delivery is used, and a delivery no route matches goes via ``delivery.providers``."""
+
+    name: str
+    providers: list[str]
+    """Provider names this route uses."""
+    strategy: Literal["priority", "weighted", "round_robin"] = "priority"
+    """``priority``: in the order listed; ``weighted``: the first pick drawn by ``weights``;
+    ``round_robin``: each delivery starts at the next provider. The others follow as
+    failover."""
+    weights: list[int] = msgspec.field(default_factory=list)
+    """For ``weighted``: one positive weight per provider."""
+    failover: bool = True
+    """Try the route's next provider at once when one fails temporarily."""
+    tenants: list[str] = msgspec.field(default_factory=list)
+    sending_domains: list[str] = msgspec.field(default_factory=list)
+    """Envelope sender domains (exact, or ``*.example.com`` for subdomains)."""
+    tags: list[str] = msgspec.field(default_factory=list)
+    """HTTP API tags; any one of them matches."""
+    recipient_domains: list[str] = msgspec.field(default_factory=list)
+    """Destination domains (exact, or ``*.example.com``)."""
+    isps: list[Literal["gmail", "microsoft", "yahoo", "other"]] = msgspec.field(
+        default_factory=list
+    )
+    """Mailbox providers, known by domain or by MX host; ``other`` is none of them."""
+    mx_hosts: list[str] = msgspec.field(default_factory=list)
+    """Patterns for the destination's MX host names (``*.google.com``); needs a DNS look-up."""
+
+
+class ProviderLimitSection(msgspec.Struct, **_STRICT):
+    """``[routing.limits.<provider>]``: sends a provider takes, counted across all workers."""
+
+    per_second: int = 0
+    """0 means no limit."""
+    per_day: int = 0
+    """Per UTC day; 0 means no limit."""
+
+
+class BreakerSection(msgspec.Struct, **_STRICT):
+    """``[routing.breaker]``: when a provider is taken out of rotation, and how it comes back."""
+
+    failures: int = 5
+    """Consecutive failed sends that open the breaker."""
+    error_rate: float = 0.5
+    """Share of failed sends within ``window`` that opens it (with ``min_sends`` at least)."""
+    window: str = "60s"
+    min_sends: int = 20
+    cooldown: str = "30s"
+    """How long an open breaker waits before letting a probe through (half-open)."""
+    probes: int = 1
+    """Sends let through at once while half-open; a success closes the breaker."""
+
+    @property
+    def window_seconds(self) -> float:
+        return parse_duration(self.window)
+
+    @property
+    def cooldown_seconds(self) -> float:
+        return parse_duration(self.cooldown)
+
+
+class RoutingSection(msgspec.Struct, **_STRICT):
+    failover: bool = True
+    """For ``delivery.providers`` (mail no route matches): fail over to the next provider."""
+    send_timeout: str = "2m"
+    """Longest one provider send may take before it counts as timed out."""
+    breaker: BreakerSection = msgspec.field(default_factory=BreakerSection)
+    limits: dict[str, ProviderLimitSection] = msgspec.field(default_factory=dict)
+    """Provider name → its limits."""
+    nameservers: list[str] = msgspec.field(default_factory=list)
+    """Resolvers for ``isps``/``mx_hosts`` rules; empty means the system's."""
+    dns_port: int = 53
+
+    @property
+    def send_timeout_seconds(self) -> float:
+        return parse_duration(self.send_timeout)
 
 
 class DomainSection(msgspec.Struct, **_STRICT):
@@ -357,6 +466,90 @@ class IpSection(msgspec.Struct, **_STRICT):
     warming_start: dt.date | None = None
 
 
+_SNS_HOSTS = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+
+
+class SesWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/ses``: SES events delivered by Amazon SNS (``docs/providers.md``)."""
+
+    topic_arns: list[str] = msgspec.field(default_factory=list)
+    """SNS topics whose messages are accepted; empty accepts any topic (not recommended)."""
+    cert_host_pattern: str = _SNS_HOSTS
+    """Regular expression the host of ``SigningCertURL`` must match (HTTPS only)."""
+    subscribe_host_pattern: str = _SNS_HOSTS
+    """Regular expression the host of a ``SubscribeURL`` must match before it is fetched."""
+    confirm_subscriptions: bool = True
+    """Confirm an SNS subscription by fetching its ``SubscribeURL``."""
+    ca_file: str = ""
+    """Extra CA certificates (PEM) for those HTTPS fetches; empty means the system store."""
+    max_age: str = "1h"
+    """Messages whose ``Timestamp`` is older (or further in the future) are refused as replays."""
+
+
+class SendgridWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/sendgrid``: SendGrid's signed Event Webhook."""
+
+    public_key: str
+    """The verification key SendGrid shows for the signed webhook (base64 DER or PEM)."""
+    max_age: str = "10m"
+    """Requests whose ``X-Twilio-Email-Event-Webhook-Timestamp`` is older are refused."""
+
+
+class MailgunWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/mailgun``: Mailgun webhooks, signed with HMAC-SHA256."""
+
+    signing_key: str
+    """The HTTP webhook signing key of the Mailgun account; use ``${ENV}``."""
+    max_age: str = "10m"
+    """Requests whose signature ``timestamp`` is older are refused; a ``token`` is accepted once."""
+
+
+class PostmarkWebhookSection(msgspec.Struct, **_STRICT):
+    """``POST /webhooks/postmark``: Postmark webhooks (basic auth and/or a secret header)."""
+
+    username: str = ""
+    """Basic auth user put in the webhook URL at Postmark (``https://user:pass@host/...``)."""
+    password: str = ""
+    secret_header: str = ""
+    """Name of a custom header set on the webhook at Postmark, e.g. ``X-Gateway-Secret``."""
+    secret: str = ""
+    """Its value; use ``${ENV}``."""
+
+
+class ProviderWebhooksSection(msgspec.Struct, **_STRICT):
+    """``[provider_webhooks.<provider>]``: an endpoint answers only when its table exists."""
+
+    ses: SesWebhookSection | None = None
+    sendgrid: SendgridWebhookSection | None = None
+    mailgun: MailgunWebhookSection | None = None
+    postmark: PostmarkWebhookSection | None = None
+    dedup_window: str = "7d"
+    """How long provider event ids (and Mailgun tokens) are remembered for de-duplication."""
+
+
+class BouncesSection(msgspec.Struct, **_STRICT):
+    """``[bounces]``: VERP return paths for direct/SMTP delivery and the inbound listener that
+    reads the DSNs and ARF complaints coming back (``gateway/bounces.py``)."""
+
+    domain: str = ""
+    """The bounce domain (its MX points at this listener); empty switches VERP off."""
+    local_part: str = "bounces"
+    """Return paths look like ``<local_part>+<message>-<delivery>-<mac>@<domain>``."""
+    keys: dict[str, str] = msgspec.field(default_factory=dict)
+    """Key id → HMAC secret (at least 32 bytes; use ``${ENV}``). Every key verifies."""
+    signing_key: str = ""
+    """The key id that signs new return paths; default: the first of ``keys``."""
+    listen: bool = True
+    """Run the inbound SMTP listener when ``domain`` is set."""
+    address: str = "127.0.0.1"
+    port: int = 2526
+    """0 picks a free port (tests). Port 25 on the bounce domain's MX host in production."""
+    max_message_size: int = 1024 * 1024
+    """Bytes; reports are small, and the original message is not needed whole."""
+    timeout: float = 60.0
+    """Seconds of client silence before the session is dropped."""
+
+
 class Config(msgspec.Struct, **_STRICT):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -366,9 +559,15 @@ class Config(msgspec.Struct, **_STRICT):
     tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
+    routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
+    routes: list[RouteSection] = msgspec.field(default_factory=list)
     domains: dict[str, DomainSection] = msgspec.field(default_factory=dict)
     dns: DnsSection = msgspec.field(default_factory=DnsSection)
     ips: dict[str, IpSection] = msgspec.field(default_factory=dict)
+    provider_webhooks: ProviderWebhooksSection = msgspec.field(
+        default_factory=ProviderWebhooksSection
+    )
+    bounces: BouncesSection = msgspec.field(default_factory=BouncesSection)
     plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """``[plugins.<name>]`` tables, each validated by its own plugin (``plugin_settings``)."""
 
@@ -615,6 +814,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
     if config.http.rate_burst < 1:
         fail(("http", "rate_burst"), "must be at least 1")
     _check_tracking(config.tracking, fail)
+    _check_feedback(config, fail)
     delivery = config.delivery
     if not delivery.providers:
         fail(("delivery", "providers"), "name at least one provider")
@@ -639,6 +839,9 @@ def _check(config: Config, text: str, source: str = "") -> None:
     for name, provider in config.providers.items():
         if isinstance(provider, SmtpProviderSection) and provider.pool_size < 1:
             fail(("providers", name, "pool_size"), "must be at least 1")
+        if isinstance(provider, MxProviderSection):
+            _check_mx_provider(name, provider, fail)
+    _check_routing(config, fail)
     _check_identities(config, fail)
     _check_dns(config.dns, fail)
 
@@ -671,6 +874,99 @@ def _check_api_keys(
             fail((*path, "scopes"), "give at least one of send, read, admin")
         if key.rate_limit < 0:
             fail((*path, "rate_limit"), "must be 0 (use http.rate_limit) or more")
+
+
+def _check_routing(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    routing = config.routing
+    for key in ("send_timeout", "breaker.window", "breaker.cooldown"):
+        section, _, attr = key.rpartition(".")
+        value = getattr(routing.breaker if section else routing, attr)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            fail(("routing", *key.split(".")), str(e))
+        if seconds <= 0:
+            fail(("routing", *key.split(".")), "must be longer than 0s")
+    breaker = routing.breaker
+    if breaker.failures < 1:
+        fail(("routing", "breaker", "failures"), "must be at least 1")
+    if not 0 < breaker.error_rate <= 1:
+        fail(("routing", "breaker", "error_rate"), "must be more than 0 and at most 1")
+    if breaker.min_sends < 1:
+        fail(("routing", "breaker", "min_sends"), "must be at least 1")
+    if breaker.probes < 1:
+        fail(("routing", "breaker", "probes"), "must be at least 1")
+    for name, limit in routing.limits.items():
+        if name not in config.providers:
+            fail(("routing", "limits", name), f"no provider named {name!r} in [providers]")
+        for key in ("per_second", "per_day"):
+            if getattr(limit, key) < 0:
+                fail(("routing", "limits", name, key), "must be 0 (no limit) or more")
+    if not 0 < routing.dns_port <= 65535:
+        fail(("routing", "dns_port"), "must be between 1 and 65535")
+    _check_nameservers(("routing", "nameservers"), routing.nameservers, fail)
+    names: set[str] = set()
+    for i, route in enumerate(config.routes):
+        path: tuple[str | int, ...] = ("routes", i)
+        if route.name in names:
+            fail((*path, "name"), f"duplicate route name {route.name!r}")
+        names.add(route.name)
+        if not route.providers:
+            fail((*path, "providers"), "name at least one provider")
+        for j, provider in enumerate(route.providers):
+            if provider not in config.providers:
+                fail((*path, "providers", j), f"no provider named {provider!r} in [providers]")
+        if len(set(route.providers)) != len(route.providers):
+            fail((*path, "providers"), "a provider is listed twice")
+        if route.strategy == "weighted":
+            if len(route.weights) != len(route.providers):
+                fail((*path, "weights"), "give one weight per provider")
+            if any(w < 1 for w in route.weights):
+                fail((*path, "weights"), "weights must be at least 1")
+        elif route.weights:
+            fail((*path, "weights"), 'only used with strategy = "weighted"')
+        for j, tenant in enumerate(route.tenants):
+            if tenant not in config.tenants:
+                fail((*path, "tenants", j), f"no tenant named {tenant!r} in [tenants]")
+        for key in ("sending_domains", "recipient_domains", "mx_hosts"):
+            for j, pattern in enumerate(getattr(route, key)):
+                if not _DOMAIN.match(pattern.removeprefix("*.")):
+                    fail((*path, key, j), f"not a domain or *.domain pattern: {pattern!r}")
+
+
+def _check_mx_provider(
+    name: str, section: MxProviderSection, fail: Callable[[tuple[str | int, ...], str], None]
+) -> None:
+    path = ("providers", name)
+    for key in ("dns_port", "port", "mta_sts_port"):
+        if not 0 < getattr(section, key) <= 65535:
+            fail((*path, key), "must be between 1 and 65535")
+    if section.timeout <= 0:
+        fail((*path, "timeout"), "must be more than 0")
+    if section.connections_per_domain < 1:
+        fail((*path, "connections_per_domain"), "must be at least 1")
+    if section.idle_connections < 0:
+        fail((*path, "idle_connections"), "must be 0 or more")
+    _check_nameservers((*path, "nameservers"), section.nameservers, fail)
+    if section.ca_file and not os.access(section.ca_file, os.R_OK):
+        fail((*path, "ca_file"), f"cannot read {section.ca_file!r}")
+    if section.source_address:
+        try:
+            ipaddress.ip_address(section.source_address)
+        except ValueError:
+            fail((*path, "source_address"), f"not an IP address: {section.source_address!r}")
+
+
+def _check_nameservers(
+    path: tuple[str | int, ...],
+    nameservers: list[str],
+    fail: Callable[[tuple[str | int, ...], str], None],
+) -> None:
+    for i, server in enumerate(nameservers):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            fail((*path, i), f"not an IP address: {server!r}")
 
 
 def _check_identities(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
@@ -757,6 +1053,68 @@ def _check_dns(dns: DnsSection, fail: Callable[[tuple[str | int, ...], str], Non
             fail(("dns", "resolvers", i), str(e))
     if not 0 < dns.timeout <= 60:
         fail(("dns", "timeout"), "seconds, more than 0 and at most 60")
+
+
+def _check_feedback(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    """``[provider_webhooks]`` and ``[bounces]``."""
+    from gateway.tokens import KEY_ID, MIN_SECRET_BYTES
+
+    hooks = config.provider_webhooks
+    durations: list[tuple[tuple[str | int, ...], str]] = [
+        (("provider_webhooks", "dedup_window"), hooks.dedup_window)
+    ]
+    for name in ("ses", "sendgrid", "mailgun"):
+        section = getattr(hooks, name)
+        if section is not None:
+            durations.append((("provider_webhooks", name, "max_age"), section.max_age))
+    for path, value in durations:
+        try:
+            parse_duration(value)
+        except ValueError as e:
+            fail(path, str(e))
+    if hooks.ses is not None:
+        for key in ("cert_host_pattern", "subscribe_host_pattern"):
+            try:
+                re.compile(getattr(hooks.ses, key))
+            except re.error as e:
+                fail(("provider_webhooks", "ses", key), f"not a regular expression: {e}")
+        if hooks.ses.ca_file and not os.access(hooks.ses.ca_file, os.R_OK):
+            fail(("provider_webhooks", "ses", "ca_file"), f"cannot read {hooks.ses.ca_file!r}")
+    if hooks.sendgrid is not None:
+        from gateway.webhook_auth import load_sendgrid_key
+
+        try:
+            load_sendgrid_key(hooks.sendgrid.public_key)
+        except ValueError as e:
+            fail(("provider_webhooks", "sendgrid", "public_key"), str(e))
+    if hooks.mailgun is not None and not hooks.mailgun.signing_key:
+        fail(("provider_webhooks", "mailgun", "signing_key"), "must not be empty")
+    postmark = hooks.postmark
+    if postmark is not None:
+        if not (postmark.username and postmark.password) and not (
+            postmark.secret_header and postmark.secret
+        ):
+            fail(
+                ("provider_webhooks", "postmark"),
+                "set username and password (basic auth), or secret_header and secret",
+            )
+    bounces = config.bounces
+    if bounces.domain:
+        if not _DOMAIN.match(bounces.domain):
+            fail(("bounces", "domain"), f"not a domain: {bounces.domain!r}")
+        if not bounces.keys:
+            fail(("bounces", "keys"), "VERP return paths need at least one signing key")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", bounces.local_part):
+        fail(("bounces", "local_part"), "1-20 letters, digits, '.', '_' or '-'")
+    for key_id, secret in bounces.keys.items():
+        if not KEY_ID.match(key_id):
+            fail(("bounces", "keys", key_id), "a key id is 1-16 letters, digits, '-' or '_'")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            fail(("bounces", "keys", key_id), f"a secret needs at least {MIN_SECRET_BYTES} bytes")
+    if bounces.signing_key and bounces.signing_key not in bounces.keys:
+        fail(("bounces", "signing_key"), f"no key {bounces.signing_key!r} in bounces.keys")
+    if not 0 <= bounces.port <= 65535:
+        fail(("bounces", "port"), "must be between 0 and 65535")
 
 
 def _check_tracking(
@@ -849,11 +1207,12 @@ def summarize(config: Config) -> str:
             f"trusted networks {', '.join(tenant.smtp_networks) or 'none'}"
         )
     for name, provider in config.providers.items():
-        where = (
-            f"{provider.host}:{provider.port} tls={provider.tls}"
-            if isinstance(provider, SmtpProviderSection)
-            else "local outbox"
-        )
+        if isinstance(provider, SmtpProviderSection):
+            where = f"{provider.host}:{provider.port} tls={provider.tls}"
+        elif isinstance(provider, MxProviderSection):
+            where = f"MX hosts of each recipient domain, starttls={provider.starttls}"
+        else:
+            where = "local outbox"
         lines.append(f"provider      {name} ({type(provider).__struct_config__.tag}): {where}")
     d = config.delivery
     lines.append(
@@ -861,6 +1220,11 @@ def summarize(config: Config) -> str:
         f"retries {', '.join(d.retry_schedule)} for up to {d.max_lifetime}, "
         f"DSN {'on' if d.dsn else 'off'}"
     )
+    for route in config.routes:
+        lines.append(
+            f"route         {route.name}: {route.strategy} over {', '.join(route.providers)}"
+            f"{'' if route.failover else ', no failover'}"
+        )
     return "\n".join(lines)
 
 

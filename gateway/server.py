@@ -30,6 +30,7 @@ from gateway.ingress import Ingress, Submission
 from gateway.message import Reject
 from gateway.plugin_manager import call_all, call_first, configure_plugins, make_plugin_manager
 from gateway.providers import Provider, build_provider
+from gateway.routing import Router, status_dir
 from gateway.smtp import (
     SubmissionHandler,
     TenantDirectory,
@@ -104,10 +105,17 @@ class Gateway:
             name: build_provider(name, section, config)
             for name, section in config.providers.items()
         }
+        self.router = Router(
+            config,
+            self.providers,
+            store=self.store,
+            clock=self.clock,
+            status_file=status_dir(config) / f"worker-{worker}.json",
+        )
+        """Routes, circuit breakers and limits: ``breaker_states()``, ``provider_stats()``."""
         self.dispatcher = Dispatcher(
             store=self.store,
-            providers=self.providers,
-            route=config.delivery.providers,
+            router=self.router,
             settings=config.delivery,
             clock=self.clock,
             hostname=config.gateway.hostname,
@@ -150,6 +158,7 @@ class Gateway:
             log.info("returned %d interrupted deliveries to the queue", recovered)
         for provider in self.providers.values():
             await provider.start()
+        await self.router.start()
         await call_all(self.pm, "gateway_startup", gateway=self)
         await self._listen()
         if self.config.http.enabled:
@@ -218,6 +227,7 @@ class Gateway:
             self._dispatch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatch_task
+        await self.router.stop()
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()

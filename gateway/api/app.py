@@ -36,8 +36,10 @@ from gateway.api.context import ApiContext
 from gateway.api.dns import DnsController, mta_sts_policy_file
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
+from gateway.api.providers import ProvidersController
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
+from gateway.api.webhooks import webhook_routes
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -93,6 +95,8 @@ def create_app(gateway: Gateway) -> Litestar:
             SuppressionsController,
             DnsController,
             mta_sts_policy_file,
+            ProvidersController,
+            *webhook_routes(gateway),
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

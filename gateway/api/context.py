@@ -20,6 +20,7 @@ class ApiContext:
     """The gateway's store, ingress, clock and config, the key ring and the rate limiter."""
 
     def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
         self.config: Config = gateway.config
         self.store: Store = gateway.store
         self.ingress: Ingress = gateway.ingress

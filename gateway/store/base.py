@@ -308,6 +308,45 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats: ...
 
+    async def mark_delivery(
+        self,
+        message_id: str,
+        delivery_id: int,
+        status: DeliveryStatus,
+        detail: str,
+        now: float,
+    ) -> bool:
+        """Record an outcome learned after the send — an asynchronous bounce reported by a
+        provider webhook or a DSN — on a delivery the provider had accepted.
+
+        Only a ``delivered`` delivery (or one already in ``status``) changes; a delivery
+        still queued, deferred or being sent belongs to the dispatcher and is left alone.
+        Returns whether the delivery was updated. Engines may override this with a single
+        conditional update; this default reads the delivery and completes it.
+        """
+        for delivery in await self.list_deliveries(
+            DeliveryFilter(message_id=message_id, limit=10_000)
+        ):
+            if delivery.id != delivery_id:
+                continue
+            if delivery.status not in (DeliveryStatus.DELIVERED, status):
+                return False
+            await self.complete(
+                [
+                    DeliveryUpdate(
+                        delivery_id=delivery.id,
+                        shard=delivery.shard,
+                        status=status,
+                        last_error=detail,
+                        provider=delivery.provider,
+                        provider_message_id=delivery.provider_message_id,
+                    )
+                ],
+                now,
+            )
+            return True
+        return False
+
     # --- counters and de-duplication: shared by every process (and node) using the store ----
 
     @abc.abstractmethod

@@ -556,6 +556,42 @@ class SqliteStore(Store):
 
     # --- HTTP API (queries in sqlite_api) ---------------------------------------------------
 
+    async def mark_delivery(
+        self,
+        message_id: str,
+        delivery_id: int,
+        status: DeliveryStatus,
+        detail: str,
+        now: float,
+    ) -> bool:
+        sql = (
+            "UPDATE deliveries SET status = ?, last_error = ?, updated_at = ?"
+            " WHERE id = ? AND message_id = ? AND status IN (?, ?)"
+        )
+        args = (
+            status.value,
+            detail,
+            now,
+            delivery_id,
+            message_id,
+            DeliveryStatus.DELIVERED.value,
+            status.value,
+        )
+
+        def update(conn: sqlite3.Connection, shard: int) -> bool:
+            return conn.execute(sql, args).rowcount > 0
+
+        if any(await self._on_all(update)):
+            return True
+        # The message may sit in another worker's shard: one short write there, under
+        # SQLite's own locking (as the CLI does).
+        others = [
+            shard_path(self.directory, n)
+            for n in existing_shards(self.directory)
+            if n not in self._writers
+        ]
+        return bool(others) and await asyncio.to_thread(_update_elsewhere, others, sql, args)
+
     def _shard_files(self) -> list[Path]:
         return [shard_path(self.directory, n) for n in existing_shards(self.directory)]
 
@@ -670,6 +706,18 @@ class SqliteStore(Store):
             lambda conn: sqlite_api.delivery_stats(conn, tenant, since, until)
         )
         return sqlite_api.merge_stats(found)
+
+
+def _update_elsewhere(paths: list[Path], sql: str, args: tuple[Any, ...]) -> bool:
+    for path in paths:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            if conn.execute(sql, args).rowcount > 0:
+                return True
+        finally:
+            conn.close()
+    return False
 
 
 def _claim_op(now: float, limit: int, shard: int) -> Callable[[sqlite3.Connection], list[Claimed]]:

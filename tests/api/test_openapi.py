@@ -21,6 +21,8 @@ def test_openapi_document_and_docs_page(idle_api: Api) -> None:
         "/v1/suppressions/export",
         "/v1/domains/{domain}/dns",
         "/v1/domains/{domain}/verify",
+        "/v1/providers",
+        "/v1/providers/{name}/test",
     }
     send = document["paths"]["/v1/messages"]["post"]
     assert set(send["requestBody"]["content"]) == {"application/json", "message/rfc822"}

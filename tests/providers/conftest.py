@@ -7,6 +7,7 @@ from email.message import EmailMessage
 import pytest
 
 from gateway.providers.base import OutboundMessage
+from tests.providers.webhook_env import env  # noqa: F401  (a fixture for the webhook tests)
 
 PDF = b"%PDF-1.4 not really a pdf\x00\x01\x02"
 

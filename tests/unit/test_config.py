@@ -40,6 +40,19 @@ def test_example_config_loads_with_every_block_switched_on(certificates, monkeyp
     monkeypatch.setenv("TRACKING_KEY_K2", "k2" * 24)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SENDGRID_API_KEY"):
         monkeypatch.setenv(name, "test-" + name.lower())
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    webhook_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    monkeypatch.setenv(
+        "SENDGRID_WEBHOOK_KEY",
+        webhook_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode(),
+    )
+    monkeypatch.setenv("BOUNCE_KEY_B1", "b" * 40)
+    for name in ("MAILGUN_WEBHOOK_KEY", "POSTMARK_WEBHOOK_PASSWORD", "POSTMARK_WEBHOOK_SECRET"):
+        monkeypatch.setenv(name, "test-" + name.lower())
     for name in ("MAILGUN_API_KEY", "POSTMARK_SERVER_TOKEN"):
         monkeypatch.setenv(name, "test-" + name.lower())
     config = parse_config(_uncommented_example(certificates), source="example")
