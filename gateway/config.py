@@ -851,6 +851,11 @@ _DOMAIN = re.compile(
 )
 
 
+def is_domain_name(value: str) -> bool:
+    """A syntactically valid DNS domain name with at least two labels."""
+    return bool(_DOMAIN.match(value))
+
+
 def _check_api_keys(
     tenant_name: str,
     tenant: TenantSection,

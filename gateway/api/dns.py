@@ -58,26 +58,23 @@ class DnsController(Controller):
     path = "/v1/domains"
     tags = ["domains"]
 
-    @get("/{domain:str}/dns", guards=[requires("read")], summary="DNS records to publish")
-    async def records(
-        self, request: Request[Any, Any, Any], domain: FromPath[str]
-    ) -> DomainRecords:
+    @get("/{name:str}/dns", guards=[requires("read")], summary="DNS records to publish")
+    async def records(self, request: Request[Any, Any, Any], name: FromPath[str]) -> DomainRecords:
         api = ApiContext.of(request)
-        name = _domain(request, domain)
-        keys = list_keys(configured_key_dir(api.config), name)
-        records = expected_records(api.config, name, keys)
-        return DomainRecords(domain=name, records=records, zone=bind_snippet(name, records))
+        domain = _domain(request, name)
+        keys = list_keys(configured_key_dir(api.config), domain)
+        records = expected_records(api.config, domain, keys)
+        return DomainRecords(domain=domain, records=records, zone=bind_snippet(domain, records))
 
     @post(
-        "/{domain:str}/verify",
+        "/{name:str}/verify",
         guards=[requires("send")],
         status_code=200,
         summary="Look the domain's records up now: found / missing / wrong / could not check",
     )
-    async def verify(self, request: Request[Any, Any, Any], domain: FromPath[str]) -> DomainReport:
+    async def verify(self, request: Request[Any, Any, Any], name: FromPath[str]) -> DomainReport:
         api = ApiContext.of(request)
-        name = _domain(request, domain)
-        return await verify_and_save(api.config, api.store, name, api.clock.now())
+        return await verify_and_save(api.config, api.store, _domain(request, name), api.clock.now())
 
 
 @get("/.well-known/mta-sts.txt", summary="MTA-STS policy (RFC 8461)", include_in_schema=False)
