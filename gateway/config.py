@@ -1216,6 +1216,12 @@ def summarize(config: Config) -> str:
             where = f"{provider.host}:{provider.port} tls={provider.tls}"
         elif isinstance(provider, MxProviderSection):
             where = f"MX hosts of each recipient domain, starttls={provider.starttls}"
+        elif isinstance(provider, SesProviderSection):
+            where = provider.endpoint or f"SES API v2 in {provider.region}"
+        elif isinstance(provider, MailgunProviderSection):
+            where = f"{provider.base_url or provider.region.upper() + ' API'}, {provider.domain}"
+        elif isinstance(provider, SendgridProviderSection | PostmarkProviderSection):
+            where = provider.base_url
         else:
             where = "local outbox"
         lines.append(f"provider      {name} ({type(provider).__struct_config__.tag}): {where}")

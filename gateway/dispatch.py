@@ -69,6 +69,7 @@ from gateway.plugin_manager import (
 from gateway.providers import OutboundMessage
 from gateway.routing import RoutePlan, Router
 from gateway.store.base import Claimed, DeliveryUpdate, MessageMeta, Store
+from gateway.verp import VerpSigner, verp_routes
 
 log = logging.getLogger("gateway.delivery")
 
@@ -107,6 +108,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._meta_cache: collections.OrderedDict[str, MessageMeta] = collections.OrderedDict()
+        config = getattr(gateway, "config", None)
+        self._verp = VerpSigner.from_config(config) if config is not None else None
+        self._verp_routes = verp_routes(config) if config is not None else frozenset()
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -339,7 +343,7 @@ class Dispatcher:
                     deferral = held
                 result = SendResult.soft_fail(f"{name}: held back: {held.reason}")
                 continue
-            result = await router.send(name, outbound)
+            result = await router.send(name, self._with_return_path(name, outbound))
             attempts.append(
                 Attempt(
                     at=self.clock.now(), provider=name, outcome=result.kind, detail=result.detail
@@ -366,6 +370,15 @@ class Dispatcher:
                 raise HookError("gateway_modify_routes", "gateway_modify_routes", error)
             plan.providers[:] = dict.fromkeys(plan.providers)  # a name listed twice is tried once
         return plan
+
+    def _with_return_path(self, route: str, outbound: OutboundMessage) -> OutboundMessage:
+        """A signed VERP envelope sender for SMTP/MX routes when ``[bounces] domain`` is set
+        (``gateway/verp.py``), so a bounce names its delivery; a null sender stays null."""
+        if self._verp is None or route not in self._verp_routes or not outbound.mail_from:
+            return outbound
+        return msgspec.structs.replace(
+            outbound, mail_from=self._verp.address(outbound.message_id, outbound.delivery_id)
+        )
 
     async def _meta(self, message: Message) -> MessageMeta:
         """The HTTP API's tags and metadata of ``message`` (SMTP mail has none), looked up once

@@ -39,6 +39,7 @@ from gateway.smtp import (
 )
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
+from gateway.verp import VerpSigner
 
 if TYPE_CHECKING:
     from gateway.api.serving import HttpServer
@@ -133,6 +134,7 @@ class Gateway:
         self.directory = TenantDirectory(config.tenants)
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
+        self.bounce_server: asyncio.Server | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
 
     async def _accept_policy(self, submission: Submission) -> Reject | None:
@@ -161,6 +163,7 @@ class Gateway:
         await self.router.start()
         await call_all(self.pm, "gateway_startup", gateway=self)
         await self._listen()
+        await self._listen_for_bounces()
         if self.config.http.enabled:
             await self._serve_http()
         if deliver:
@@ -197,6 +200,33 @@ class Gateway:
                 listener.tls,
             )
 
+    async def _listen_for_bounces(self) -> None:
+        """The bounce domain's inbound SMTP listener (``gateway/bounces.py``), when on."""
+        settings = self.config.bounces
+        signer = VerpSigner.from_config(self.config)
+        if signer is None or not settings.listen:
+            return
+        from gateway.bounces import BounceHandler, make_bounce_protocol_factory
+
+        factory = make_bounce_protocol_factory(
+            BounceHandler(self, signer, settings),
+            hostname=self.config.gateway.hostname,
+            settings=settings,
+        )
+        sock = bind_socket(settings.address, settings.port, reuse_port=self.reuse_port)
+        self.bounce_server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        log.info(
+            "bounce listener for %s on %s:%d", signer.domain, settings.address, self.bounce_port
+        )
+
+    @property
+    def bounce_port(self) -> int | None:
+        """The bounce listener's bound port, or ``None`` when it is off."""
+        if self.bounce_server is None:
+            return None
+        port: int = self.bounce_server.sockets[0].getsockname()[1]
+        return port
+
     async def _serve_http(self) -> None:
         # Imported here: litestar and uvicorn load only when the API is switched on.
         from gateway.api.app import create_app
@@ -217,9 +247,10 @@ class Gateway:
         """Stop accepting, let deliveries in progress finish (up to ``grace``), close."""
         if self.http is not None:
             await self.http.stop()
-        for server in self.servers.values():
+        servers = [*self.servers.values(), *([self.bounce_server] if self.bounce_server else [])]
+        for server in servers:
             server.close()
-        for server in self.servers.values():
+        for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), grace)
         await self.dispatcher.stop(grace)
