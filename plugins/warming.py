@@ -492,11 +492,15 @@ class Warming:
         if ip is not None:
             found.append(ip)
         changed = await self.reputation.record(event, [(i.kind, i.name) for i in found])
-        for identity in found:
-            if (identity.kind, identity.name) in changed:
-                await self.reputation.evaluate(
-                    identity.kind, identity.name, self.thresholds(identity)
-                )
+        await self.judge(changed)
+
+    async def judge(self, identities: list[tuple[IdentityKind, str]]) -> None:
+        """Pause those of ``identities`` whose counts breach their thresholds."""
+        for kind, name in identities:
+            identity = (self.domains if kind == "domain" else self.ips).get(name) or Identity(
+                kind, name, None, None
+            )
+            await self.reputation.evaluate(kind, name, self.thresholds(identity))
 
     # --- the operator's view -------------------------------------------------------------
 
@@ -615,6 +619,7 @@ class Warming:
             await asyncio.sleep(USAGE_REFRESH_SECONDS)
             try:
                 await self.reputation.flush()
+                await self.judge(self.reputation.unjudged())
                 await self.refresh_usage()
             except Exception:
                 log.exception("reading warming usage failed; will try again")
