@@ -450,7 +450,7 @@ class Warming:
     async def modify_routes(self, message: Message, routes: list[str]) -> None:
         domain = self.domain_identity(message.mail_from)
         pool = domain.section.pool if domain is not None and domain.section is not None else ""
-        await self._refresh_ranks()
+        await self.refresh_ranks()
         paused = await self.reputation.paused()
         keep = []
         for route in routes:
@@ -464,8 +464,9 @@ class Warming:
         keep.sort(key=lambda r: self._ranks.get(self.ip_of_route.get(r, ""), ROUTE_RANK["GOOD"]))
         routes[:] = keep
 
-    async def _refresh_ranks(self) -> None:
-        if time.monotonic() - self._ranked_at < 1.0:
+    async def refresh_ranks(self, force: bool = False) -> None:
+        """Re-read the IPs' health tiers (kept for a second of wall time between reads)."""
+        if not force and time.monotonic() - self._ranked_at < 1.0:
             return
         ranks = {}
         for name in self.ips:

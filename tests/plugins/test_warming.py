@@ -211,7 +211,7 @@ def test_routes_keep_the_pool_skip_paused_ips_and_prefer_healthy_ones(
     health = gw.call(warming.reputation.health("ip", "198.51.100.8"))
     assert (health.score, health.tier) == (96, "EXCELLENT")
     clock.advance(1)
-    warming._ranked_at = float("-inf")  # the rank cache lives one second of wall time
+    gw.call(warming.refresh_ranks(force=True))  # tiers are otherwise re-read once a second
     # ip7 is paused: removed; ip8 (EXCELLENT) goes before ip9 (no data) and capture.
     assert routes_for(gw, "a@other.example") == ["ip8", "ip9", "capture"]
     # A paused IP's route is also held back by the permit (before routing wiring lands).
@@ -612,8 +612,49 @@ def test_dispatch_routes_around_a_paused_ip_and_keeps_a_domain_in_its_pool(
     assert send("a@other.example", "one@inbox.example") == "ip7"  # the configured order
     assert send("a@vip.example", "two@inbox.example") == "ip8"  # its pool only
     gw.call(warming.reputation.pause("ip", "198.51.100.7", "bounce rate 9% above 2%"))
-    warming._ranked_at = float("-inf")
+    gw.call(warming.refresh_ranks(force=True))
     assert send("a@other.example", "three@inbox.example") == "ip8"  # around the paused IP
     gw.call(warming.reputation.resume("ip", "198.51.100.7"))
     assert send("a@other.example", "four@inbox.example") == "ip7"
     assert len(sink.messages) == 4
+
+
+IP_WARMING = """
+[smtp]
+listeners = [{{ name = "dev", port = 0, tls = "none", insecure_auth = true }}]
+
+[providers.ip7]
+type = "capture"
+
+[domains."brand.example"]
+warming_schedule = "tiny"
+warming_start = 2030-03-01
+
+[ips."198.51.100.7"]
+provider = "ip7"
+warming_schedule = "tiny"
+warming_start = 2030-03-04
+
+[plugins.warming]
+schedules = {{ tiny = [{{ day = 1, volume = 5 }}, {{ day = 10, volume = 50 }}] }}
+"""
+
+
+def test_an_ip_has_its_own_cap_and_a_refusal_gives_the_domain_unit_back(
+    tmp_path, gateway_factory
+) -> None:
+    clock = FakeClock(NOON)  # the domain's day 5 (cap 14), the IP's day 2 (5 * 10^(1/9) = 6)
+    config = make_config(tmp_path, IP_WARMING, unused=0)  # a str.format template
+    gw = gateway_factory(config, clock=clock, deliver=False)
+    warming = gw.gateway.plugin_state["warming"]
+    through_ip = gw.call(permits(gw, message(), [f"a{i}@inbox.example" for i in range(10)], "ip7"))
+    assert sum(v is None for v in through_ip) == 6
+    held = [v for v in through_ip if v is not None]
+    assert "warming cap of ip 198.51.100.7 reached: 6 on day 2 of tiny" in held[0].reason
+    # The 4 the IP refused did not use the domain's units: 8 of its 14 remain for other routes.
+    domain = gw.call(warming.status(warming.domains["brand.example"]))
+    assert (domain.sent_today, domain.deferred_today) == (6, 0)
+    other = gw.call(permits(gw, message(), [f"b{i}@inbox.example" for i in range(10)], "capture"))
+    assert sum(v is None for v in other) == 8
+    ip = gw.call(warming.status(warming.ips["198.51.100.7"]))
+    assert (ip.kind, ip.day, ip.cap_today, ip.sent_today, ip.deferred_today) == ("ip", 2, 6, 6, 4)
