@@ -205,3 +205,22 @@ def test_forged_return_paths_and_relaying_are_refused(bounces: Bounces) -> None:
         received.mail_from, b"From: ann@example.org\r\nSubject: Out of office\r\n\r\nAway\r\n"
     )
     assert bounces.suppressions() == {}
+
+
+def test_only_smtp_and_mx_routes_get_return_paths(tmp_path: Path) -> None:
+    from gateway.verp import verp_routes
+
+    config = make_config(
+        tmp_path,
+        """
+[providers.relay]
+type = "smtp"
+host = "127.0.0.1"
+[providers.pm]
+type = "postmark"
+server_token = "t"
+""",
+    )
+    # ("mx" sections count too, by their type tag, once that provider type is configurable)
+    assert verp_routes(config) == {"relay"}
+    assert VerpSigner.from_config(config) is None  # no [bounces] domain: VERP off

@@ -170,3 +170,18 @@ def test_postmark_credentials_are_required(env: WebhookEnv) -> None:
     assert env.post("/webhooks/postmark", b"not json", AUTH).status_code == 400
     assert env.post("/webhooks/postmark", b'{"RecordType": 5}', AUTH).status_code == 422
     assert env.suppressions() == {}
+
+
+def test_a_postmark_secret_header_is_checked_in_constant_time() -> None:
+    import pytest
+
+    from gateway.webhook_auth import WebhookRefused, verify_postmark
+
+    settings = {"username": "", "password": "", "secret_header": "X-Hook", "secret": "s3cret"}
+    verify_postmark(**settings, authorization=None, header_value="s3cret")
+    with pytest.raises(WebhookRefused) as missing:
+        verify_postmark(**settings, authorization=None, header_value=None)
+    assert missing.value.status == 401
+    with pytest.raises(WebhookRefused) as wrong:
+        verify_postmark(**settings, authorization=None, header_value="s3cre7")
+    assert wrong.value.status == 403
