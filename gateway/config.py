@@ -1225,6 +1225,22 @@ def summarize(config: Config) -> str:
         else:
             where = "local outbox"
         lines.append(f"provider      {name} ({type(provider).__struct_config__.tag}): {where}")
+    for name, domain in config.domains.items():
+        warming = (
+            f"warming {domain.warming_schedule} from {domain.warming_start}"
+            if domain.warming_schedule
+            else "established"
+        )
+        pool = f", pool {domain.pool}" if domain.pool else ""
+        lines.append(f"domain        {name}: {warming}{pool}")
+    for name, ip in config.ips.items():
+        warming = (
+            f"warming {ip.warming_schedule} from {ip.warming_start}"
+            if ip.warming_schedule
+            else "established"
+        )
+        pool = f", pool {ip.pool}" if ip.pool else ""
+        lines.append(f"ip            {name} via {ip.provider}: {warming}{pool}")
     d = config.delivery
     lines.append(
         f"delivery      via {' → '.join(d.providers)}, concurrency {d.concurrency}, "

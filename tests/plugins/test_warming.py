@@ -458,6 +458,8 @@ def test_the_domains_cli_shows_and_resumes(tmp_path) -> None:
             await store.close()
 
     asyncio.run(pause())
+    checked = gateway_cli("check-config", str(path), cwd=tmp_path)
+    assert "domain        brand.example: warming aggressive from" in checked.stdout
     listed = gateway_cli("-c", str(path), "domains", "list", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "brand.example" in listed.stdout and "yes: bounces" in listed.stdout
