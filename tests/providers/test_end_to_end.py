@@ -98,8 +98,10 @@ def test_api_send_to_mailgun_and_its_webhook_back(
         assert delivery.provider_message_id == "e2e.1@mg.shop.test"
         [request] = mailgun.requests
         assert request.problems == []
-        fields = {name: value for name, value, _ in multipart_parts(
-            request.headers["Content-Type"], request.body)}  # fmt: skip
+        fields = {
+            name: value
+            for name, value, _ in multipart_parts(request.headers["Content-Type"], request.body)
+        }
         assert fields["o:tag"] == b"spring"
         assert fields["v:campaign"] == b"c-42"
         assert fields["v:gw_message_id"] == message_id.encode()
@@ -117,8 +119,11 @@ def test_api_send_to_mailgun_and_its_webhook_back(
             "gw_delivery_id": str(delivery.id),
         }
         stamp, token = str(int(clock.now())), secrets.token_hex(25)
-        signature = {"timestamp": stamp, "token": token,
-                     "signature": mailgun_signature(SIGNING_KEY, stamp, token)}  # fmt: skip
+        signature = {
+            "timestamp": stamp,
+            "token": token,
+            "signature": mailgun_signature(SIGNING_KEY, stamp, token),
+        }
         hook = client.post("/webhooks/mailgun", json={"signature": signature, "event-data": event})
         assert hook.status_code == 200, hook.text
         assert hook.json() == {"accepted": 1, "duplicates": 0, "unmatched": 0}
