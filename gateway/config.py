@@ -1252,6 +1252,16 @@ def summarize(config: Config) -> str:
             f"route         {route.name}: {route.strategy} over {', '.join(route.providers)}"
             f"{'' if route.failover else ', no failover'}"
         )
+    hooks = config.provider_webhooks
+    on = [name for name in ("ses", "sendgrid", "mailgun", "postmark") if getattr(hooks, name)]
+    lines.append(f"webhooks      {', '.join(f'/webhooks/{n}' for n in on) or 'none'}")
+    b = config.bounces
+    lines.append(
+        f"bounces       VERP via {b.local_part}+…@{b.domain}, listener "
+        + (f"{b.address}:{b.port}" if b.listen else "off")
+        if b.domain
+        else "bounces       VERP off (no bounces.domain)"
+    )
     return "\n".join(lines)
 
 
