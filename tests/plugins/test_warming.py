@@ -446,7 +446,8 @@ def test_the_domains_cli_shows_and_resumes(tmp_path) -> None:
     path = write_config(
         tmp_path,
         '[domains."brand.example"]\nwarming_schedule = "aggressive"\n'
-        f"warming_start = {dt.date.today() - dt.timedelta(days=1)}\n[plugins.warming]\n",
+        f"warming_start = {dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)}\n"
+        "[plugins.warming]\n",
     )
 
     async def pause() -> None:
