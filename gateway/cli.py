@@ -445,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat for several (default: send and read)",
     )
     api_key.set_defaults(func=cmd_api_key)
+
+    from gateway.dnsauth.commands import add_commands as add_dns_commands
+
+    add_dns_commands(commands)
     return parser
 
 

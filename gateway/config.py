@@ -405,6 +405,54 @@ class DomainSection(msgspec.Struct, **_STRICT):
     pool: str = ""
     """The IP pool this domain's mail leaves from (``[ips]`` with that ``pool``); empty: any."""
 
+    # --- DNS identity (gateway/dnsauth, docs/dns.md) ---
+    spf_include: list[str] = msgspec.field(default_factory=list)
+    """Domains whose SPF the domain's record includes: the ESPs it sends through (e.g.
+    ``amazonses.com``, ``sendgrid.net``)."""
+    spf_ip: list[str] = msgspec.field(default_factory=list)
+    """Extra addresses or networks (``ip4:``/``ip6:``) to authorize, besides the ``[ips]`` of
+    the domain's pool (all ``[ips]`` when the domain has no pool)."""
+    return_path: str = ""
+    """The bounce (Return-Path / MAIL FROM) domain, e.g. ``bounces.example.com``; empty: the
+    domain itself."""
+    return_path_mx: str = ""
+    """Host that receives bounces for ``return_path`` (published as its MX, with SPF)."""
+    return_path_cname: str = ""
+    """Or: a provider's bounce host that ``return_path`` is a CNAME of."""
+    tracking_host: str = ""
+    """Host name in open/click/unsubscribe links, e.g. ``links.example.com``."""
+    tracking_cname: str = ""
+    """What ``tracking_host`` is a CNAME of (the gateway's public HTTP host)."""
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "none"
+    """``p=`` of the DMARC record to publish; ``none`` (monitor) is the safe start."""
+    dmarc_rua: str = ""
+    """Where aggregate DMARC reports go (``mailto:``); default ``mailto:dmarc@<domain>``."""
+    mta_sts_mode: Literal["", "testing", "enforce", "none"] = ""
+    """MTA-STS for mail *to* the domain: empty publishes nothing; ``testing`` first."""
+    mta_sts_mx: list[str] = msgspec.field(default_factory=list)
+    """The domain's inbound MX host patterns for the MTA-STS policy (``*.example.net`` ok)."""
+    mta_sts_max_age: int = 604800
+    """Policy lifetime in seconds (one week; at most 31557600)."""
+    mta_sts_cname: str = ""
+    """What ``mta-sts.<domain>`` is a CNAME of: the gateway's public HTTPS host, which serves
+    ``/.well-known/mta-sts.txt``."""
+    tls_rpt_rua: str = ""
+    """Where TLS reports (RFC 8460) go; default ``mailto:tls-reports@<domain>``."""
+
+
+class DnsSection(msgspec.Struct, **_STRICT):
+    """``[dns]``: how sending domains' DNS is checked, and what an unverified domain may do."""
+
+    resolvers: list[str] = msgspec.field(default_factory=list)
+    """Name servers to ask (``"192.0.2.53"``, ``"[2001:db8::53]:5353"``, ``"127.0.0.1:5353"``);
+    empty: the system's (``/etc/resolv.conf``)."""
+    timeout: float = 5.0
+    """Seconds a whole lookup may take; longer is reported as "could not check", never as
+    missing."""
+    unverified_sending: Literal["allow", "refuse"] = "allow"
+    """Mail whose From domain is not verified (SPF, DKIM and DMARC pass): ``allow`` accepts it
+    and logs an INFO line, ``refuse`` answers 550 5.7.1 (SMTP) / 422 (HTTP)."""
+
 
 class IpSection(msgspec.Struct, **_STRICT):
     """``[ips."198.51.100.7"]``: a dedicated sending IP, and the provider (route) whose mail
@@ -515,6 +563,7 @@ class Config(msgspec.Struct, **_STRICT):
     routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
     routes: list[RouteSection] = msgspec.field(default_factory=list)
     domains: dict[str, DomainSection] = msgspec.field(default_factory=dict)
+    dns: DnsSection = msgspec.field(default_factory=DnsSection)
     ips: dict[str, IpSection] = msgspec.field(default_factory=dict)
     provider_webhooks: ProviderWebhooksSection = msgspec.field(
         default_factory=ProviderWebhooksSection
@@ -795,6 +844,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
             _check_mx_provider(name, provider, fail)
     _check_routing(config, fail)
     _check_identities(config, fail)
+    _check_dns(config.dns, fail)
 
 
 _DOMAIN = re.compile(
@@ -956,6 +1006,59 @@ def _check_identities(config: Config, fail: Callable[[tuple[str | int, ...], str
     for name, domain in config.domains.items():
         if domain.pool and domain.pool not in pools:
             fail(("domains", name, "pool"), f"no [ips] entry has pool = {domain.pool!r}")
+        _check_domain_dns(name, domain, fail)
+
+
+def _check_domain_dns(
+    name: str, domain: DomainSection, fail: Callable[[tuple[str | int, ...], str], None]
+) -> None:
+    """The DNS identity fields of ``[domains."<name>"]``: host names, networks, URIs."""
+    for key in ("spf_include",):
+        for i, host in enumerate(getattr(domain, key)):
+            if not _DOMAIN.match(host):
+                fail(("domains", name, key, i), f"not a domain: {host!r}")
+    for key in ("return_path", "return_path_mx", "return_path_cname", "tracking_host"):
+        host = getattr(domain, key)
+        if host and not _DOMAIN.match(host):
+            fail(("domains", name, key), f"not a host name: {host!r}")
+    for key in ("tracking_cname", "mta_sts_cname"):
+        host = getattr(domain, key)
+        if host and not _DOMAIN.match(host):
+            fail(("domains", name, key), f"not a host name: {host!r}")
+    for i, network in enumerate(domain.spf_ip):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail(("domains", name, "spf_ip", i), f"not an IP address or network: {network!r}")
+    if domain.return_path_mx and domain.return_path_cname:
+        fail(("domains", name, "return_path_cname"), "give return_path_mx or _cname, not both")
+    if (domain.return_path_mx or domain.return_path_cname) and not domain.return_path:
+        fail(("domains", name, "return_path"), "name the bounce domain these records are for")
+    if domain.return_path and not domain.return_path.lower().endswith("." + name.lower()):
+        fail(("domains", name, "return_path"), f"must be a subdomain of {name} (DMARC alignment)")
+    for key in ("dmarc_rua", "tls_rpt_rua"):
+        for uri in filter(None, getattr(domain, key).split(",")):
+            if not re.fullmatch(r"(mailto:[^@\s,;]+@[^@\s,;]+|https://[^\s,;]+)", uri.strip()):
+                fail(("domains", name, key), f"give mailto:address or https:// URIs, not {uri!r}")
+    if domain.mta_sts_mode and domain.mta_sts_mode != "none" and not domain.mta_sts_mx:
+        fail(("domains", name, "mta_sts_mx"), f"mta_sts_mode = {domain.mta_sts_mode!r} needs MX")
+    for i, pattern in enumerate(domain.mta_sts_mx):
+        if not _DOMAIN.match(pattern.removeprefix("*.")):
+            fail(("domains", name, "mta_sts_mx", i), f"not an MX host pattern: {pattern!r}")
+    if not 86400 <= domain.mta_sts_max_age <= 31557600:
+        fail(("domains", name, "mta_sts_max_age"), "between 86400 (a day) and 31557600 (a year)")
+
+
+def _check_dns(dns: DnsSection, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    from gateway.dnsauth.lookup import parse_nameserver
+
+    for i, server in enumerate(dns.resolvers):
+        try:
+            parse_nameserver(server)
+        except ValueError as e:
+            fail(("dns", "resolvers", i), str(e))
+    if not 0 < dns.timeout <= 60:
+        fail(("dns", "timeout"), "seconds, more than 0 and at most 60")
 
 
 def _check_feedback(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:

@@ -33,6 +33,7 @@ from litestar.openapi.spec import (
 
 from gateway import __version__
 from gateway.api.context import ApiContext
+from gateway.api.dns import DnsController, mta_sts_policy_file
 from gateway.api.domains import DomainsController
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
@@ -93,6 +94,8 @@ def create_app(gateway: Gateway) -> Litestar:
             MessagesController,
             StatsController,
             SuppressionsController,
+            DnsController,
+            mta_sts_policy_file,
             DomainsController,
             ProvidersController,
             *webhook_routes(gateway),

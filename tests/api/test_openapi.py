@@ -19,6 +19,8 @@ def test_openapi_document_and_docs_page(idle_api: Api) -> None:
         "/v1/suppressions/{email}",
         "/v1/suppressions/import",
         "/v1/suppressions/export",
+        "/v1/domains/{name}/dns",
+        "/v1/domains/{name}/verify",
         "/v1/domains",
         "/v1/domains/{name}/warming",
         "/v1/domains/{name}/health",
