@@ -3,6 +3,7 @@ the accept policy for unverified domains, against NSD serving the test zones."""
 
 from __future__ import annotations
 
+import json
 import logging
 import smtplib
 from collections.abc import Callable, Iterator
@@ -223,6 +224,14 @@ def test_cli_dns_records_and_check(
     assert "missing          spf" in out
     assert "expected: v=spf1 ip4:192.0.2.10 ~all" in out
 
+    assert main(["-c", str(config), "dns", "check", "good.test", "--json"]) == 0
+    report = json.loads(capsys.readouterr()[0])
+    assert report["status"] == "verified"
+    assert {c["name"] for c in report["readiness"]} >= {"spf_pass", "ptr"}
+    assert main(["-c", str(config), "dns", "records", "good.test", "--json"]) == 0
+    purposes = [r["purpose"] for r in json.loads(capsys.readouterr()[0])]
+    assert purposes[:4] == ["spf", "dkim", "dkim", "dmarc"]
+
     assert main(["-c", str(config), "dns", "check", "servfail.test"]) == 3
     out, _ = capsys.readouterr()
     assert out.startswith("servfail.test: could_not_check\n")
@@ -245,3 +254,40 @@ def test_bad_dns_config_is_refused_with_the_key_path(tmp_path: Path) -> None:
     for toml, message in cases.items():
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             make_config(tmp_path, toml)
+
+
+def test_could_not_check_keeps_the_last_verdict(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from gateway.config import load_config
+    from gateway.dnsauth.state import states
+    from gateway.server import operator_store
+    from tests.dnsserver import BlackHole
+
+    config = tmp_path / "gateway.toml"
+    data = f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
+    config.write_text(data + env.toml("allow"))
+    assert main(["-c", str(config), "dns", "check", "good.test"]) == 0
+    with BlackHole() as hole:
+        resolver = f"{env.server.host}:{env.server.port}"
+        config.write_text(
+            data
+            + env.toml("allow")
+            .replace(resolver, f"{hole.host}:{hole.port}")
+            .replace("timeout = 3.0", "timeout = 0.5")
+        )
+        assert main(["-c", str(config), "dns", "check", "good.test"]) == 3
+    out, _ = capsys.readouterr()
+    assert "good.test: could_not_check" in out
+
+    async def read() -> dict[str, str]:
+        store = operator_store(load_config(config))
+        await store.open()
+        try:
+            return {d: s.status for d, s in (await states(store)).items()}
+        finally:
+            await store.close()
+
+    assert asyncio.run(read()) == {"good.test": "verified"}
