@@ -71,12 +71,16 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 class Received:
-    def __init__(self, mail_from: str, rcpt_tos: list[str], data: bytes, tls: bool = False) -> None:
+    def __init__(
+        self, mail_from: str, rcpt_tos: list[str], data: bytes, tls: bool = False, peer: str = ""
+    ) -> None:
         self.mail_from = mail_from
         self.rcpt_tos = rcpt_tos
         self.data = data
         self.tls = tls
         """Whether the session had switched to TLS (STARTTLS)."""
+        self.peer = peer
+        """The client's IP address."""
         self.at = time.time()
         """When the sink took the message (rate tests)."""
 
@@ -119,6 +123,7 @@ class _SinkHandler:
                     recipients,
                     envelope.original_content,
                     tls=session.ssl is not None,
+                    peer=str(session.peer[0]) if session.peer else "",
                 )
             )
         return f"250 2.0.0 OK queued as SINK{len(self.sink.messages)}"

@@ -62,6 +62,7 @@ port = {smtp_port}
 timeout = 10
 mta_sts_port = {https_port}
 ca_file = "{ca_file}"
+source_address = "127.0.0.9"
 """
 
 
@@ -174,6 +175,7 @@ def test_delivery_follows_mx_preference(
     assert delivered.provider_message_id.startswith("SINK")
     # opportunistic STARTTLS: the sinks offer it, so it was used (certificate unchecked)
     assert mx1.to("a@plain.test")[0].tls
+    assert mx1.to("a@plain.test")[0].peer == "127.0.0.9"  # sent from source_address
 
 
 def test_falls_back_to_the_next_mx_when_the_first_refuses(
