@@ -303,6 +303,7 @@ ProviderSection = (
     | SendgridProviderSection
     | MailgunProviderSection
     | PostmarkProviderSection
+    | MxProviderSection
 )
 
 

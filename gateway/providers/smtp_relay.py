@@ -106,7 +106,7 @@ class SmtpRelayProvider(Provider):
                 return classify_smtp_reply(e.code, e.message)
             except _CONNECTION_ERRORS as e:
                 return SendResult.soft_fail(f"{self.name}: cannot connect: {e}")
-            result, healthy = await self._transact(client, message)
+            result, healthy = await self.transact(client, message)
             if not healthy and reused:
                 # A pooled session may have been closed by the server while idle: one fresh try.
                 await _quit_quietly(client)
@@ -116,14 +116,14 @@ class SmtpRelayProvider(Provider):
                     return SendResult.soft_fail(f"{self.name}: cannot connect: {e}")
                 except aiosmtplib.SMTPException as e:
                     return SendResult.soft_fail(f"{self.name}: cannot connect: {e}")
-                result, healthy = await self._transact(client, message)
+                result, healthy = await self.transact(client, message)
             if healthy:
                 self._idle.append(client)
             else:
                 await _quit_quietly(client)
             return result
 
-    async def _transact(
+    async def transact(
         self, client: aiosmtplib.SMTP, message: OutboundMessage
     ) -> tuple[SendResult, bool]:
         """One MAIL/RCPT/DATA; the flag says whether the session can be reused."""
