@@ -46,6 +46,8 @@ class CircuitBreaker:
         self._probing = 0
         # (whole second, sends, failures) buckets inside the error-rate window
         self._buckets: collections.deque[list[int]] = collections.deque()
+        self._sends = 0
+        self._failures = 0
         self.opened = 0
         """How many times it has opened (for ``provider_stats``)."""
         self.last_error = ""
@@ -98,26 +100,34 @@ class CircuitBreaker:
         second = int(self.clock.now())
         buckets = self._buckets
         while buckets and buckets[0][0] <= second - self._window:
-            buckets.popleft()
+            _, sends, failures = buckets.popleft()
+            self._sends -= sends
+            self._failures -= failures
         if not buckets or buckets[-1][0] != second:
             buckets.append([second, 0, 0])
         bucket = buckets[-1]
         bucket[1] += 1
         bucket[2] += failed
-        return sum(b[1] for b in buckets), sum(b[2] for b in buckets)
+        self._sends += 1
+        self._failures += failed
+        return self._sends, self._failures
 
     def _open(self, why: str) -> None:
         self._opened_at = self.clock.now()
         self.opened += 1
-        self._buckets.clear()
+        self._clear_window()
         log.warning("provider %s breaker opened: %s", self.name, why)
         self._set("open")
 
     def _close(self) -> None:
         self._consecutive = 0
-        self._buckets.clear()
+        self._clear_window()
         log.warning("provider %s breaker closed after a successful send", self.name)
         self._set("closed")
+
+    def _clear_window(self) -> None:
+        self._buckets.clear()
+        self._sends = self._failures = 0
 
     def _set(self, state: BreakerState) -> None:
         if state != self._state:

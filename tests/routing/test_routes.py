@@ -240,3 +240,95 @@ def test_bad_routing_config_names_the_key(tmp_path: Path, toml: str, expected: s
     with pytest.raises(ConfigError) as caught:
         make_config(tmp_path, PROVIDERS + toml)
     assert expected in str(caught.value)
+
+
+async def test_isp_and_mx_host_rules_look_up_the_domains_mx(
+    tmp_path: Path, store: SqliteStore, dns_server
+) -> None:
+    dns = dns_server(
+        {
+            "corp.test": ["@ MX 10 aspmx.l.google.com.", "@ MX 20 alt1.aspmx.l.google.com."],
+            "shop.test": ["@ MX 10 mx.shop.test.", "mx A 127.0.0.2"],
+        }
+    )
+    config = make_config(
+        tmp_path,
+        PROVIDERS
+        + f"""
+[routing]
+nameservers = ["127.0.0.1"]
+dns_port = {dns.port}
+
+[[routes]]
+name = "google-hosted"
+providers = ["c"]
+isps = ["gmail"]
+
+[[routes]]
+name = "own-mx"
+providers = ["b"]
+mx_hosts = ["*.shop.test"]
+""",
+    )
+    r = router(config, store)
+    assert (await r.plan(message(), delivery("ceo@corp.test"))).route == "google-hosted"
+    assert (await r.plan(message(), delivery("a@shop.test"))).route == "own-mx"
+    # an unanswerable look-up: the MX rule does not match, the ISP is "other"
+    assert (await r.plan(message(), delivery("a@unserved.test"))).route == "default"
+
+
+async def test_an_idempotent_provider_is_asked_again_at_once_after_a_timeout(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    from gateway.message import SendResult
+    from gateway.providers.base import OutboundMessage, Provider
+
+    class Deduplicating(Provider):
+        idempotent = True
+
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.keys: list[str] = []
+
+        async def send(self, message: OutboundMessage) -> SendResult:
+            key = f"{message.message_id}-{message.delivery_id}"
+            self.keys.append(key)
+            if len(self.keys) == 1:
+                return SendResult.unknown("read timeout after the request went out")
+            return SendResult.sent("accepted", provider_message_id=key)
+
+    config = make_config(tmp_path, PROVIDERS)
+    provider = Deduplicating("a")
+    r = Router(config, {"a": provider}, store=store, clock=FakeClock())
+    outbound = OutboundMessage(
+        message_id="m1", delivery_id=7, tenant="default", mail_from="a@b.test",
+        recipient="x@y.test", raw=b"x",
+    )  # fmt: skip
+    result = await r.send("a", outbound)
+    assert result.kind == "sent" and provider.keys == ["m1-7", "m1-7"]
+    assert r.provider_stats()["a"]["sent"] == 1
+
+
+async def test_destination_failures_do_not_open_the_breaker(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    """Direct MX: a greylisting or full mailbox says nothing about the provider's health."""
+    from gateway.message import SendResult
+    from gateway.providers.base import OutboundMessage, Provider
+
+    class Greylisted(Provider):
+        destination_failures = True
+
+        async def send(self, message: OutboundMessage) -> SendResult:
+            return SendResult.soft_fail("451 4.7.1 greylisted")
+
+    config = make_config(tmp_path, PROVIDERS + "[routing.breaker]\nfailures = 2\n")
+    r = Router(config, {"a": Greylisted("a")}, store=store, clock=FakeClock())
+    outbound = OutboundMessage(
+        message_id="m1", delivery_id=1, tenant="default", mail_from="a@b.test",
+        recipient="x@y.test", raw=b"x",
+    )  # fmt: skip
+    for _ in range(5):
+        assert (await r.send("a", outbound)).kind == "soft_fail"
+    assert r.breaker_states() == {"a": "closed"}
+    assert r.provider_stats()["a"]["failed"] == 5
