@@ -75,8 +75,10 @@ def batch_body(size: int, recipients: int) -> str:
 class HttpGateway(sb.GatewayServer):
     """``gateway serve`` with the HTTP API on and no SMTP listener in the way."""
 
-    def __init__(self, workdir: Path, sink_port: int, *, workers: int, key: str) -> None:
-        super().__init__(workdir, sink_port, workers=workers, pool_size=20, concurrency=100)
+    def __init__(self, workdir: Path, sink_port: int, *, workers: int, key: str,
+                 concurrency: int) -> None:
+        super().__init__(workdir, sink_port, workers=workers, pool_size=20,
+                         concurrency=concurrency)
         self.http_port = sb.free_port()
         config = self.config.read_text().replace(
             "[tenants.bench]",
@@ -160,7 +162,8 @@ def measure(mode: str, workers: int, sink: sb.Sink, workdir: Path,
             args: argparse.Namespace) -> Result:
     key = generate_api_key()
     run_dir = Path(tempfile.mkdtemp(prefix=f"{mode}-w{workers}-", dir=workdir))
-    server = HttpGateway(run_dir, sink.port, workers=workers, key=key)
+    server = HttpGateway(run_dir, sink.port, workers=workers, key=key,
+                         concurrency=args.delivery_concurrency)
     per_request = 1 if mode == "single" else args.batch_size
     path = "/v1/messages" if mode == "single" else "/v1/messages/batch"
     body = single_body(args.size) if mode == "single" else batch_body(args.size, per_request)
@@ -188,7 +191,9 @@ def measure(mode: str, workers: int, sink: sb.Sink, workdir: Path,
     finally:
         server.stop()
     return Result(
-        label=server.label, mode=mode, accepted_requests=accepted,
+        label=server.label + ("" if args.delivery_concurrency == 100
+                              else f" (delivery concurrency {args.delivery_concurrency})"),
+        mode=mode, accepted_requests=accepted,
         recipients=accepted * per_request, failed=wrk.failed, seconds=wrk.seconds,
         p50_ms=wrk.p50_ms, p99_ms=wrk.p99_ms, server_cpu=cpu_load,
         deliver_seconds=None if reached is None else reached - started, delivered=delivered,
@@ -239,6 +244,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--size", type=int, default=2048, help="text body characters")
     parser.add_argument("--batch-size", type=int, default=100, help="recipients per batch")
+    parser.add_argument("--delivery-concurrency", type=int, default=100,
+                        help="[delivery] concurrency; 1 measures the accept path with delivery"
+                             " held back to a trickle during the load (it drains afterwards)")
     parser.add_argument("--wait-idle", type=float, default=20.0)
     parser.add_argument("--phase-timeout", type=float, default=180.0)
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""The ``gateway`` command: serve, check-config, queue, outbox, hash-password, api-key."""
+"""The ``gateway`` command: serve, check-config, queue, outbox, providers, hash-password,
+api-key."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.config import CaptureProviderSection, Config, ConfigError, load_config, summarize
@@ -220,6 +222,37 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_providers(args: argparse.Namespace) -> int:
+    """Breaker state and counters per provider, from the running workers' status files."""
+    from gateway.routing import read_status
+
+    config = _load(args)
+    workers = read_status(config)
+    if not workers:
+        print("no worker status yet (is the gateway running with this config?)", file=sys.stderr)
+    columns = ("sent", "failed", "rejected", "timeouts", "limited", "opened")
+    print(f"{'provider':16} {'type':8} {'state':24} " + " ".join(f"{c:>8}" for c in columns))
+    for name, section in config.providers.items():
+        states, totals, errors = [], dict.fromkeys(columns, 0), []
+        for worker in workers:
+            seen = worker.get("providers", {}).get(name)
+            if seen is None:
+                continue
+            states.append(str(seen.get("state", "?")))
+            for column in columns:
+                totals[column] += int(seen.get(column, 0))
+            if seen.get("last_error"):
+                errors.append(str(seen["last_error"]))
+        kind = type(section).__struct_config__.tag
+        state = ",".join(states) if states else "unknown"
+        print(f"{name:16} {kind!s:8} {state:24} " + " ".join(f"{totals[c]:>8}" for c in columns))
+        if errors:
+            print(f"{'':16} last error: {errors[-1]}")
+    for worker in workers:
+        print(f"worker pid {worker.get('pid')}: status written {worker['age']:.0f}s ago")
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass("Password: ")
     if not password:
@@ -244,6 +277,79 @@ def cmd_api_key(args: argparse.Namespace) -> int:
         f'key_hash = "{hash_api_key(key)}"\nscopes = [{scopes}]'
     )
     return 0
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.2f}%"
+
+
+def cmd_domains(args: argparse.Namespace) -> int:
+    """``gateway domains list | warming NAME | health NAME | resume NAME``."""
+    config = _load(args)
+    if "warming" not in config.plugins:
+        print("sending identities need the warming plugin: add [plugins.warming]", file=sys.stderr)
+        return 1
+    from gateway.clock import SystemClock
+    from plugins.warming import build
+
+    async def work(store: Any) -> int:
+        warming = build(config, store, SystemClock())
+        if args.domains_command == "list":
+            print(
+                f"{'KIND':<6} {'NAME':<30} {'PHASE':<11} {'DAY':>3} {'CAP':>8} {'SENT':>8} "
+                f"{'DEFERRED':>8} {'SCORE':>5} {'TIER':<9} PAUSED"
+            )
+            for each in await warming.known():
+                s = await warming.summary(each)
+                cap = "-" if s.cap_today is None else str(s.cap_today)
+                score = "-" if s.score is None else str(s.score)
+                print(
+                    f"{s.kind:<6} {s.name:<30} {s.phase:<11} {s.day:>3} {cap:>8} "
+                    f"{s.sent_today:>8} {s.deferred_today:>8} {score:>5} {s.tier:<9} "
+                    + (f"yes: {s.pause_reason}" if s.paused else "no")
+                )
+            return 0
+        identity = await warming.lookup(args.name) or (
+            warming.domain_identity(args.name) if "." in args.name else None
+        )
+        if identity is None:
+            print(f"no sending domain or IP {args.name!r}", file=sys.stderr)
+            return 1
+        if args.domains_command == "warming":
+            w = await warming.status(identity)
+            print(f"{w.kind} {w.name}: {w.phase}")
+            if w.schedule:
+                print(f"schedule      {w.schedule}, day {w.day} of {w.days}, started {w.start}")
+            cap = "none" if w.cap_today is None else str(w.cap_today)
+            print(f"cap today     {cap}")
+            print(f"sent today    {w.sent_today}")
+            print(f"deferred      {w.deferred_today}")
+            print(f"cap tomorrow  {'none' if w.cap_tomorrow is None else w.cap_tomorrow}")
+            print(f"caps reset    {_when(w.resets_at)} UTC")
+            for isp, usage in w.by_isp.items():
+                print(f"  {isp:<10} {usage.sent} of {usage.cap}")
+            return 0
+        if args.domains_command == "health":
+            h = await warming.health(identity)
+            c = h.counts
+            print(f"{h.kind} {h.name}: score {'-' if h.score is None else h.score}, {h.tier}")
+            print(
+                f"last {h.window_days} days: {c.delivered} delivered, {c.bounced} bounced, "
+                f"{c.deferred} deferred, {c.complained} complaints, {c.engaged} engaged"
+            )
+            print(
+                f"rates         bounce {_percent(h.bounce_rate)}, complaint "
+                f"{_percent(h.complaint_rate)}, delivery {_percent(h.delivery_rate)}, "
+                f"engagement {_percent(h.engagement_rate)}"
+            )
+            print(f"paused        {'yes: ' + h.pause_reason if h.paused else 'no'}")
+            return 0
+        resumed = await warming.resume(identity)
+        print(f"{identity.kind} {identity.name}: " + ("resumed" if resumed else "was not paused"))
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -301,9 +407,27 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_argument("--limit", type=int, default=50)
     outbox.set_defaults(func=cmd_outbox)
 
+    providers = commands.add_parser(
+        "providers", help="providers: circuit breaker state and counters of each worker"
+    )
+    providers.set_defaults(func=cmd_providers)
+
     hashing = commands.add_parser("hash-password", help="hash an SMTP password for the config")
     hashing.add_argument("--stdin", action="store_true", help="read the password from stdin")
     hashing.set_defaults(func=cmd_hash_password)
+
+    domains = commands.add_parser(
+        "domains", help="sending domains and IPs: warming, health, pauses (warming plugin)"
+    )
+    domains_commands = domains.add_subparsers(dest="domains_command", required=True)
+    domains_commands.add_parser("list", help="every identity: day, cap, sent, score, pause")
+    for name, text in (
+        ("warming", "warming day, today's cap, sent and deferred"),
+        ("health", "rates, health score and tier, pause reason"),
+        ("resume", "lift a pause (auto-pauses stay until an operator resumes)"),
+    ):
+        domains_commands.add_parser(name, help=text).add_argument("name", help="domain or IP")
+    domains.set_defaults(func=cmd_domains)
 
     api_key = commands.add_parser(
         "api-key", help="make an HTTP API key and print its config block (the key goes to stderr)"
@@ -321,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.ops.commands import add_commands as add_ops_commands
 
     add_ops_commands(commands)
+    from gateway.dnsauth.commands import add_commands as add_dns_commands
+
+    add_dns_commands(commands)
     return parser
 
 

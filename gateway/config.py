@@ -237,6 +237,34 @@ class SmtpProviderSection(msgspec.Struct, tag="smtp", tag_field="type", **_STRIC
     ca_file: str = ""
 
 
+class MxProviderSection(msgspec.Struct, tag="mx", tag_field="type", **_STRICT):
+    """Direct delivery to each recipient domain's MX hosts (``gateway/providers/mx.py``)."""
+
+    nameservers: list[str] = msgspec.field(default_factory=list)
+    """Resolvers to ask (IP addresses); empty means the system's (``/etc/resolv.conf``)."""
+    dns_port: int = 53
+    port: int = 25
+    """SMTP port on the MX hosts. Always 25 on the internet; other values are for tests."""
+    timeout: float = 60.0
+    """Seconds per SMTP command and per DNS query."""
+    connections_per_domain: int = 5
+    """Sessions open at once to one destination domain (new or reused)."""
+    idle_connections: int = 2
+    """Sessions kept open per MX host for reuse by the next message."""
+    starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    """``opportunistic``: use TLS when offered, without checking the certificate, and retry
+    in plain text if the handshake fails; ``required``: only deliver over verified TLS."""
+    mta_sts: bool = True
+    """Fetch and enforce MTA-STS policies (RFC 8461) of domains that publish one."""
+    mta_sts_port: int = 443
+    """HTTPS port of ``mta-sts.<domain>`` (tests only)."""
+    ca_file: str = ""
+    """CA certificates (PEM) trusted for verified TLS (MTA-STS, ``required``) and the policy
+    fetch; empty means the system store."""
+    source_address: str = ""
+    """Local IP address to send from (a dedicated sending IP); empty lets the OS choose."""
+
+
 class SesProviderSection(msgspec.Struct, tag="ses", tag_field="type", **_STRICT):
     """Amazon SES API v2 ``SendEmail`` with raw MIME, signed with SigV4 (``providers/ses.py``)."""
 
@@ -305,6 +333,7 @@ ProviderSection = (
     | SendgridProviderSection
     | MailgunProviderSection
     | PostmarkProviderSection
+    | MxProviderSection
 )
 
 
@@ -335,6 +364,87 @@ class WebhooksSection(msgspec.Struct, **_STRICT):
         return parse_duration(self.max_age)
 
 
+class RouteSection(msgspec.Struct, **_STRICT):
+    """``[[routes]]``: which providers carry the mail a rule matches, and how they share it.
+
+    Every match key that is given must match (empty means any); the first route that matches
+    a delivery is used, and a delivery no route matches goes via ``delivery.providers``."""
+
+    name: str
+    providers: list[str]
+    """Provider names this route uses."""
+    strategy: Literal["priority", "weighted", "round_robin"] = "priority"
+    """``priority``: in the order listed; ``weighted``: the first pick drawn by ``weights``;
+    ``round_robin``: each delivery starts at the next provider. The others follow as
+    failover."""
+    weights: list[int] = msgspec.field(default_factory=list)
+    """For ``weighted``: one positive weight per provider."""
+    failover: bool = True
+    """Try the route's next provider at once when one fails temporarily."""
+    tenants: list[str] = msgspec.field(default_factory=list)
+    sending_domains: list[str] = msgspec.field(default_factory=list)
+    """Envelope sender domains (exact, or ``*.example.com`` for subdomains)."""
+    tags: list[str] = msgspec.field(default_factory=list)
+    """HTTP API tags; any one of them matches."""
+    recipient_domains: list[str] = msgspec.field(default_factory=list)
+    """Destination domains (exact, or ``*.example.com``)."""
+    isps: list[Literal["gmail", "microsoft", "yahoo", "other"]] = msgspec.field(
+        default_factory=list
+    )
+    """Mailbox providers, known by domain or by MX host; ``other`` is none of them."""
+    mx_hosts: list[str] = msgspec.field(default_factory=list)
+    """Patterns for the destination's MX host names (``*.google.com``); needs a DNS look-up."""
+
+
+class ProviderLimitSection(msgspec.Struct, **_STRICT):
+    """``[routing.limits.<provider>]``: sends a provider takes, counted across all workers."""
+
+    per_second: int = 0
+    """0 means no limit."""
+    per_day: int = 0
+    """Per UTC day; 0 means no limit."""
+
+
+class BreakerSection(msgspec.Struct, **_STRICT):
+    """``[routing.breaker]``: when a provider is taken out of rotation, and how it comes back."""
+
+    failures: int = 5
+    """Consecutive failed sends that open the breaker."""
+    error_rate: float = 0.5
+    """Share of failed sends within ``window`` that opens it (with ``min_sends`` at least)."""
+    window: str = "60s"
+    min_sends: int = 20
+    cooldown: str = "30s"
+    """How long an open breaker waits before letting a probe through (half-open)."""
+    probes: int = 1
+    """Sends let through at once while half-open; a success closes the breaker."""
+
+    @property
+    def window_seconds(self) -> float:
+        return parse_duration(self.window)
+
+    @property
+    def cooldown_seconds(self) -> float:
+        return parse_duration(self.cooldown)
+
+
+class RoutingSection(msgspec.Struct, **_STRICT):
+    failover: bool = True
+    """For ``delivery.providers`` (mail no route matches): fail over to the next provider."""
+    send_timeout: str = "2m"
+    """Longest one provider send may take before it counts as timed out."""
+    breaker: BreakerSection = msgspec.field(default_factory=BreakerSection)
+    limits: dict[str, ProviderLimitSection] = msgspec.field(default_factory=dict)
+    """Provider name → its limits."""
+    nameservers: list[str] = msgspec.field(default_factory=list)
+    """Resolvers for ``isps``/``mx_hosts`` rules; empty means the system's."""
+    dns_port: int = 53
+
+    @property
+    def send_timeout_seconds(self) -> float:
+        return parse_duration(self.send_timeout)
+
+
 class DomainSection(msgspec.Struct, **_STRICT):
     """``[domains."example.com"]``: a sending domain's DNS identity, warming and reputation
     settings. Its owner is the tenant listing it in ``sending_domains``."""
@@ -347,6 +457,54 @@ class DomainSection(msgspec.Struct, **_STRICT):
     """Day 1 of the schedule (a date in ``plugins.warming.timezone``)."""
     pool: str = ""
     """The IP pool this domain's mail leaves from (``[ips]`` with that ``pool``); empty: any."""
+
+    # --- DNS identity (gateway/dnsauth, docs/dns.md) ---
+    spf_include: list[str] = msgspec.field(default_factory=list)
+    """Domains whose SPF the domain's record includes: the ESPs it sends through (e.g.
+    ``amazonses.com``, ``sendgrid.net``)."""
+    spf_ip: list[str] = msgspec.field(default_factory=list)
+    """Extra addresses or networks (``ip4:``/``ip6:``) to authorize, besides the ``[ips]`` of
+    the domain's pool (all ``[ips]`` when the domain has no pool)."""
+    return_path: str = ""
+    """The bounce (Return-Path / MAIL FROM) domain, e.g. ``bounces.example.com``; empty: the
+    domain itself."""
+    return_path_mx: str = ""
+    """Host that receives bounces for ``return_path`` (published as its MX, with SPF)."""
+    return_path_cname: str = ""
+    """Or: a provider's bounce host that ``return_path`` is a CNAME of."""
+    tracking_host: str = ""
+    """Host name in open/click/unsubscribe links, e.g. ``links.example.com``."""
+    tracking_cname: str = ""
+    """What ``tracking_host`` is a CNAME of (the gateway's public HTTP host)."""
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "none"
+    """``p=`` of the DMARC record to publish; ``none`` (monitor) is the safe start."""
+    dmarc_rua: str = ""
+    """Where aggregate DMARC reports go (``mailto:``); default ``mailto:dmarc@<domain>``."""
+    mta_sts_mode: Literal["", "testing", "enforce", "none"] = ""
+    """MTA-STS for mail *to* the domain: empty publishes nothing; ``testing`` first."""
+    mta_sts_mx: list[str] = msgspec.field(default_factory=list)
+    """The domain's inbound MX host patterns for the MTA-STS policy (``*.example.net`` ok)."""
+    mta_sts_max_age: int = 604800
+    """Policy lifetime in seconds (one week; at most 31557600)."""
+    mta_sts_cname: str = ""
+    """What ``mta-sts.<domain>`` is a CNAME of: the gateway's public HTTPS host, which serves
+    ``/.well-known/mta-sts.txt``."""
+    tls_rpt_rua: str = ""
+    """Where TLS reports (RFC 8460) go; default ``mailto:tls-reports@<domain>``."""
+
+
+class DnsSection(msgspec.Struct, **_STRICT):
+    """``[dns]``: how sending domains' DNS is checked, and what an unverified domain may do."""
+
+    resolvers: list[str] = msgspec.field(default_factory=list)
+    """Name servers to ask (``"192.0.2.53"``, ``"[2001:db8::53]:5353"``, ``"127.0.0.1:5353"``);
+    empty: the system's (``/etc/resolv.conf``)."""
+    timeout: float = 5.0
+    """Seconds a whole lookup may take; longer is reported as "could not check", never as
+    missing."""
+    unverified_sending: Literal["allow", "refuse"] = "allow"
+    """Mail whose From domain is not verified (SPF, DKIM and DMARC pass): ``allow`` accepts it
+    and logs an INFO line, ``refuse`` answers 550 5.7.1 (SMTP) / 422 (HTTP)."""
 
 
 class IpSection(msgspec.Struct, **_STRICT):
@@ -455,8 +613,11 @@ class Config(msgspec.Struct, **_STRICT):
     tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
     providers: dict[str, ProviderSection] = msgspec.field(default_factory=_default_providers)
+    routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
+    routes: list[RouteSection] = msgspec.field(default_factory=list)
     domains: dict[str, DomainSection] = msgspec.field(default_factory=dict)
     webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
+    dns: DnsSection = msgspec.field(default_factory=DnsSection)
     ips: dict[str, IpSection] = msgspec.field(default_factory=dict)
     provider_webhooks: ProviderWebhooksSection = msgspec.field(
         default_factory=ProviderWebhooksSection
@@ -734,12 +895,21 @@ def _check(config: Config, text: str, source: str = "") -> None:
     for name, provider in config.providers.items():
         if isinstance(provider, SmtpProviderSection) and provider.pool_size < 1:
             fail(("providers", name, "pool_size"), "must be at least 1")
+        if isinstance(provider, MxProviderSection):
+            _check_mx_provider(name, provider, fail)
+    _check_routing(config, fail)
     _check_identities(config, fail)
+    _check_dns(config.dns, fail)
 
 
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
+
+
+def is_domain_name(value: str) -> bool:
+    """A syntactically valid DNS domain name with at least two labels."""
+    return bool(_DOMAIN.match(value))
 
 
 def _check_api_keys(
@@ -816,6 +986,99 @@ def _check_webhooks(config: Config, fail: Callable[[tuple[str | int, ...], str],
                     )
 
 
+def _check_routing(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    routing = config.routing
+    for key in ("send_timeout", "breaker.window", "breaker.cooldown"):
+        section, _, attr = key.rpartition(".")
+        value = getattr(routing.breaker if section else routing, attr)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            fail(("routing", *key.split(".")), str(e))
+        if seconds <= 0:
+            fail(("routing", *key.split(".")), "must be longer than 0s")
+    breaker = routing.breaker
+    if breaker.failures < 1:
+        fail(("routing", "breaker", "failures"), "must be at least 1")
+    if not 0 < breaker.error_rate <= 1:
+        fail(("routing", "breaker", "error_rate"), "must be more than 0 and at most 1")
+    if breaker.min_sends < 1:
+        fail(("routing", "breaker", "min_sends"), "must be at least 1")
+    if breaker.probes < 1:
+        fail(("routing", "breaker", "probes"), "must be at least 1")
+    for name, limit in routing.limits.items():
+        if name not in config.providers:
+            fail(("routing", "limits", name), f"no provider named {name!r} in [providers]")
+        for key in ("per_second", "per_day"):
+            if getattr(limit, key) < 0:
+                fail(("routing", "limits", name, key), "must be 0 (no limit) or more")
+    if not 0 < routing.dns_port <= 65535:
+        fail(("routing", "dns_port"), "must be between 1 and 65535")
+    _check_nameservers(("routing", "nameservers"), routing.nameservers, fail)
+    names: set[str] = set()
+    for i, route in enumerate(config.routes):
+        path: tuple[str | int, ...] = ("routes", i)
+        if route.name in names:
+            fail((*path, "name"), f"duplicate route name {route.name!r}")
+        names.add(route.name)
+        if not route.providers:
+            fail((*path, "providers"), "name at least one provider")
+        for j, provider in enumerate(route.providers):
+            if provider not in config.providers:
+                fail((*path, "providers", j), f"no provider named {provider!r} in [providers]")
+        if len(set(route.providers)) != len(route.providers):
+            fail((*path, "providers"), "a provider is listed twice")
+        if route.strategy == "weighted":
+            if len(route.weights) != len(route.providers):
+                fail((*path, "weights"), "give one weight per provider")
+            if any(w < 1 for w in route.weights):
+                fail((*path, "weights"), "weights must be at least 1")
+        elif route.weights:
+            fail((*path, "weights"), 'only used with strategy = "weighted"')
+        for j, tenant in enumerate(route.tenants):
+            if tenant not in config.tenants:
+                fail((*path, "tenants", j), f"no tenant named {tenant!r} in [tenants]")
+        for key in ("sending_domains", "recipient_domains", "mx_hosts"):
+            for j, pattern in enumerate(getattr(route, key)):
+                if not _DOMAIN.match(pattern.removeprefix("*.")):
+                    fail((*path, key, j), f"not a domain or *.domain pattern: {pattern!r}")
+
+
+def _check_mx_provider(
+    name: str, section: MxProviderSection, fail: Callable[[tuple[str | int, ...], str], None]
+) -> None:
+    path = ("providers", name)
+    for key in ("dns_port", "port", "mta_sts_port"):
+        if not 0 < getattr(section, key) <= 65535:
+            fail((*path, key), "must be between 1 and 65535")
+    if section.timeout <= 0:
+        fail((*path, "timeout"), "must be more than 0")
+    if section.connections_per_domain < 1:
+        fail((*path, "connections_per_domain"), "must be at least 1")
+    if section.idle_connections < 0:
+        fail((*path, "idle_connections"), "must be 0 or more")
+    _check_nameservers((*path, "nameservers"), section.nameservers, fail)
+    if section.ca_file and not os.access(section.ca_file, os.R_OK):
+        fail((*path, "ca_file"), f"cannot read {section.ca_file!r}")
+    if section.source_address:
+        try:
+            ipaddress.ip_address(section.source_address)
+        except ValueError:
+            fail((*path, "source_address"), f"not an IP address: {section.source_address!r}")
+
+
+def _check_nameservers(
+    path: tuple[str | int, ...],
+    nameservers: list[str],
+    fail: Callable[[tuple[str | int, ...], str], None],
+) -> None:
+    for i, server in enumerate(nameservers):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            fail((*path, i), f"not an IP address: {server!r}")
+
+
 def _check_identities(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
     """``[domains]`` and ``[ips]``: names, the provider an IP belongs to, warming dates."""
     identities: list[tuple[str, str, DomainSection | IpSection]] = [
@@ -847,6 +1110,59 @@ def _check_identities(config: Config, fail: Callable[[tuple[str | int, ...], str
     for name, domain in config.domains.items():
         if domain.pool and domain.pool not in pools:
             fail(("domains", name, "pool"), f"no [ips] entry has pool = {domain.pool!r}")
+        _check_domain_dns(name, domain, fail)
+
+
+def _check_domain_dns(
+    name: str, domain: DomainSection, fail: Callable[[tuple[str | int, ...], str], None]
+) -> None:
+    """The DNS identity fields of ``[domains."<name>"]``: host names, networks, URIs."""
+    for key in ("spf_include",):
+        for i, host in enumerate(getattr(domain, key)):
+            if not _DOMAIN.match(host):
+                fail(("domains", name, key, i), f"not a domain: {host!r}")
+    for key in ("return_path", "return_path_mx", "return_path_cname", "tracking_host"):
+        host = getattr(domain, key)
+        if host and not _DOMAIN.match(host):
+            fail(("domains", name, key), f"not a host name: {host!r}")
+    for key in ("tracking_cname", "mta_sts_cname"):
+        host = getattr(domain, key)
+        if host and not _DOMAIN.match(host):
+            fail(("domains", name, key), f"not a host name: {host!r}")
+    for i, network in enumerate(domain.spf_ip):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail(("domains", name, "spf_ip", i), f"not an IP address or network: {network!r}")
+    if domain.return_path_mx and domain.return_path_cname:
+        fail(("domains", name, "return_path_cname"), "give return_path_mx or _cname, not both")
+    if (domain.return_path_mx or domain.return_path_cname) and not domain.return_path:
+        fail(("domains", name, "return_path"), "name the bounce domain these records are for")
+    if domain.return_path and not domain.return_path.lower().endswith("." + name.lower()):
+        fail(("domains", name, "return_path"), f"must be a subdomain of {name} (DMARC alignment)")
+    for key in ("dmarc_rua", "tls_rpt_rua"):
+        for uri in filter(None, getattr(domain, key).split(",")):
+            if not re.fullmatch(r"(mailto:[^@\s,;]+@[^@\s,;]+|https://[^\s,;]+)", uri.strip()):
+                fail(("domains", name, key), f"give mailto:address or https:// URIs, not {uri!r}")
+    if domain.mta_sts_mode and domain.mta_sts_mode != "none" and not domain.mta_sts_mx:
+        fail(("domains", name, "mta_sts_mx"), f"mta_sts_mode = {domain.mta_sts_mode!r} needs MX")
+    for i, pattern in enumerate(domain.mta_sts_mx):
+        if not _DOMAIN.match(pattern.removeprefix("*.")):
+            fail(("domains", name, "mta_sts_mx", i), f"not an MX host pattern: {pattern!r}")
+    if not 86400 <= domain.mta_sts_max_age <= 31557600:
+        fail(("domains", name, "mta_sts_max_age"), "between 86400 (a day) and 31557600 (a year)")
+
+
+def _check_dns(dns: DnsSection, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    from gateway.dnsauth.lookup import parse_nameserver
+
+    for i, server in enumerate(dns.resolvers):
+        try:
+            parse_nameserver(server)
+        except ValueError as e:
+            fail(("dns", "resolvers", i), str(e))
+    if not 0 < dns.timeout <= 60:
+        fail(("dns", "timeout"), "seconds, more than 0 and at most 60")
 
 
 def _check_feedback(config: Config, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
@@ -1001,17 +1317,55 @@ def summarize(config: Config) -> str:
             f"trusted networks {', '.join(tenant.smtp_networks) or 'none'}"
         )
     for name, provider in config.providers.items():
-        where = (
-            f"{provider.host}:{provider.port} tls={provider.tls}"
-            if isinstance(provider, SmtpProviderSection)
-            else "local outbox"
-        )
+        if isinstance(provider, SmtpProviderSection):
+            where = f"{provider.host}:{provider.port} tls={provider.tls}"
+        elif isinstance(provider, MxProviderSection):
+            where = f"MX hosts of each recipient domain, starttls={provider.starttls}"
+        elif isinstance(provider, SesProviderSection):
+            where = provider.endpoint or f"SES API v2 in {provider.region}"
+        elif isinstance(provider, MailgunProviderSection):
+            where = f"{provider.base_url or provider.region.upper() + ' API'}, {provider.domain}"
+        elif isinstance(provider, SendgridProviderSection | PostmarkProviderSection):
+            where = provider.base_url
+        else:
+            where = "local outbox"
         lines.append(f"provider      {name} ({type(provider).__struct_config__.tag}): {where}")
+    for name, domain in config.domains.items():
+        warming = (
+            f"warming {domain.warming_schedule} from {domain.warming_start}"
+            if domain.warming_schedule
+            else "established"
+        )
+        pool = f", pool {domain.pool}" if domain.pool else ""
+        lines.append(f"domain        {name}: {warming}{pool}")
+    for name, ip in config.ips.items():
+        warming = (
+            f"warming {ip.warming_schedule} from {ip.warming_start}"
+            if ip.warming_schedule
+            else "established"
+        )
+        pool = f", pool {ip.pool}" if ip.pool else ""
+        lines.append(f"ip            {name} via {ip.provider}: {warming}{pool}")
     d = config.delivery
     lines.append(
         f"delivery      via {' → '.join(d.providers)}, concurrency {d.concurrency}, "
         f"retries {', '.join(d.retry_schedule)} for up to {d.max_lifetime}, "
         f"DSN {'on' if d.dsn else 'off'}"
+    )
+    for route in config.routes:
+        lines.append(
+            f"route         {route.name}: {route.strategy} over {', '.join(route.providers)}"
+            f"{'' if route.failover else ', no failover'}"
+        )
+    hooks = config.provider_webhooks
+    on = [name for name in ("ses", "sendgrid", "mailgun", "postmark") if getattr(hooks, name)]
+    lines.append(f"webhooks      {', '.join(f'/webhooks/{n}' for n in on) or 'none'}")
+    b = config.bounces
+    lines.append(
+        f"bounces       VERP via {b.local_part}+…@{b.domain}, listener "
+        + (f"{b.address}:{b.port}" if b.listen else "off")
+        if b.domain
+        else "bounces       VERP off (no bounces.domain)"
     )
     return "\n".join(lines)
 

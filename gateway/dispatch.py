@@ -7,15 +7,21 @@ these hooks (``gateway/hookspecs.py``) in this order:
 2. ``filter``    — ``gateway_recipient_filter``: a ``Skip`` → ``skipped`` with its reason.
 3. ``transform`` — ``gateway_transform``, each plugin seeing the previous one's bytes.
 4. ``sign``      — ``gateway_sign`` on the final bytes; returned headers are prepended.
-5. ``send``      — per provider in failover order, ``gateway_permit`` may ``Defer`` that route;
-   otherwise the provider is tried until one takes the message or refuses it for good. A
-   provider that raises counts as a temporary failure, never a lost message.
-6. ``classify``  — ``sent`` → ``delivered``; ``hard_fail`` → ``bounced``; only temporary
+5. ``route``     — the router (``gateway/routing.py``) picks the candidate providers by the
+   ``[[routes]]`` rules and strategy; ``gateway_modify_routes`` may reorder or remove them (an
+   empty list defers the delivery).
+6. ``send``      — per candidate in order: skipped while its circuit breaker is open;
+   ``gateway_permit`` may ``Defer`` it; its per-second/per-day limits may hold it back; then
+   it is tried. A temporary failure moves on to the next candidate at once (failover), unless
+   the route has failover off or the provider may have accepted the message (a timeout after
+   the hand-over: never sent twice at once). A provider that raises counts as a temporary
+   failure, never a lost message.
+7. ``classify``  — ``sent`` → ``delivered``; ``hard_fail`` → ``bounced``; only temporary
    failures → ``deferred`` with the next wait from the retry schedule, or ``expired`` when
    that wait would pass the lifetime; only policy deferrals → ``deferred`` until the earliest
    ``Defer.until``, without counting an attempt.
 
-A plugin that raises in steps 2 to 5 defers the delivery with the plugin and error recorded as an
+A plugin that raises in steps 2 to 6 defers the delivery with the plugin and error recorded as an
 attempt; it is retried on the schedule and delivered once the plugin works.
 Afterwards ``gateway_delivery_result`` observers see the new state.
 
@@ -33,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -62,8 +67,10 @@ from gateway.plugin_manager import (
     has_impls,
     make_plugin_manager,
 )
-from gateway.providers import OutboundMessage, Provider
+from gateway.providers import OutboundMessage
+from gateway.routing import RoutePlan, Router
 from gateway.store.base import Claimed, DeliveryUpdate, MessageMeta, Store
+from gateway.verp import VerpSigner, verp_routes
 
 log = logging.getLogger("gateway.delivery")
 
@@ -79,8 +86,7 @@ class Dispatcher:
         self,
         *,
         store: Store,
-        providers: dict[str, Provider],
-        route: Sequence[str],
+        router: Router,
         settings: DeliverySection,
         clock: Clock,
         hostname: str,
@@ -88,8 +94,7 @@ class Dispatcher:
         gateway: Any = None,
     ) -> None:
         self.store = store
-        self.providers = providers
-        self.route = list(route)
+        self.router = router
         self.settings = settings
         self.clock = clock
         self.hostname = hostname
@@ -104,6 +109,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._meta_cache: collections.OrderedDict[str, MessageMeta] = collections.OrderedDict()
+        config = getattr(gateway, "config", None)
+        self._verp = VerpSigner.from_config(config) if config is not None else None
+        self._verp_routes = verp_routes(config) if config is not None else frozenset()
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -299,8 +307,9 @@ class Dispatcher:
     async def _send(
         self, delivery: Delivery, message: Message
     ) -> tuple[list[Attempt], SendResult, str, Defer | None]:
-        """Try routes in order. Returns the attempts, the last result, its provider, and the
-        earliest policy deferral when ``gateway_permit`` held back every route tried."""
+        """Try the candidates in order. Returns the attempts, the last result, its provider,
+        and the earliest deferral when every candidate was held back without a try."""
+        plan = await self._route(delivery, message)
         meta = await self._meta(message)
         outbound = OutboundMessage(
             message_id=message.id,
@@ -314,13 +323,18 @@ class Dispatcher:
             metadata=meta.metadata,
         )
         attempts: list[Attempt] = []
-        result = SendResult.soft_fail("no provider configured")
+        result = SendResult.soft_fail(f"route {plan.route}: no provider left to try")
         name = ""
         deferral: Defer | None = None
+        if not plan.providers:
+            wait = self.clock.now() + self._delays[0]
+            deferral = Defer(wait, f"route {plan.route}: gateway_modify_routes left no provider")
+        router = self.router
         check_permits = has_impls(self.pm, "gateway_permit")
-        for name in self.route:
-            if check_permits:
-                held: Defer | None = await call_first(
+        for name in plan.providers:
+            held = router.available(name)
+            if held is None and check_permits:
+                held = await call_first(
                     self.pm,
                     "gateway_permit",
                     gateway=self.gateway,
@@ -328,25 +342,49 @@ class Dispatcher:
                     delivery=delivery,
                     route=name,
                 )
-                if held is not None:
-                    if deferral is None or held.until < deferral.until:
-                        deferral = held
-                    result = SendResult.soft_fail(f"{name}: held back: {held.reason}")
-                    continue
-            provider = self.providers[name]
-            try:
-                result = await provider.send(outbound)
-            except Exception as e:
-                log.exception("provider %s raised while sending %s", name, message.id)
-                result = SendResult.soft_fail(f"{name}: provider error: {e!r}")
+            if held is None:
+                held = await router.reserve(name)
+            if held is not None:
+                if deferral is None or held.until < deferral.until:
+                    deferral = held
+                result = SendResult.soft_fail(f"{name}: held back: {held.reason}")
+                continue
+            result = await router.send(name, self._with_return_path(name, outbound))
             attempts.append(
                 Attempt(
                     at=self.clock.now(), provider=name, outcome=result.kind, detail=result.detail
                 )
             )
-            if result.kind != "soft_fail":
+            if result.kind != "soft_fail" or result.maybe_sent or not plan.failover:
                 break
         return attempts, result, name, deferral
+
+    async def _route(self, delivery: Delivery, message: Message) -> RoutePlan:
+        plan = await self.router.plan(message, delivery)
+        if has_impls(self.pm, "gateway_modify_routes"):
+            await call_all(
+                self.pm,
+                "gateway_modify_routes",
+                gateway=self.gateway,
+                message=message,
+                delivery=delivery,
+                routes=plan.providers,
+            )
+            unknown = [name for name in plan.providers if name not in self.router.providers]
+            if unknown:
+                error = ValueError(f"no provider named {unknown[0]!r} (routes: {plan.providers})")
+                raise HookError("gateway_modify_routes", "gateway_modify_routes", error)
+            plan.providers[:] = dict.fromkeys(plan.providers)  # a name listed twice is tried once
+        return plan
+
+    def _with_return_path(self, route: str, outbound: OutboundMessage) -> OutboundMessage:
+        """A signed VERP envelope sender for SMTP/MX routes when ``[bounces] domain`` is set
+        (``gateway/verp.py``), so a bounce names its delivery; a null sender stays null."""
+        if self._verp is None or route not in self._verp_routes or not outbound.mail_from:
+            return outbound
+        return msgspec.structs.replace(
+            outbound, mail_from=self._verp.address(outbound.message_id, outbound.delivery_id)
+        )
 
     async def _meta(self, message: Message) -> MessageMeta:
         """The HTTP API's tags and metadata of ``message`` (SMTP mail has none), looked up once

@@ -140,6 +140,9 @@ class SendResult(msgspec.Struct, frozen=True, kw_only=True):
     smtp_code: int | None = None
     enhanced: str | None = None
     provider_message_id: str = ""
+    maybe_sent: bool = False
+    """A ``soft_fail`` whose outcome is unknown: the provider may have accepted the message (a
+    timeout after the hand-over). Routing never sends it through another provider at once."""
 
     @classmethod
     def sent(cls, detail: str = "", provider_message_id: str = "") -> SendResult:
@@ -156,3 +159,8 @@ class SendResult(msgspec.Struct, frozen=True, kw_only=True):
         cls, detail: str, smtp_code: int | None = None, enhanced: str | None = None
     ) -> SendResult:
         return cls(kind="hard_fail", detail=detail, smtp_code=smtp_code, enhanced=enhanced)
+
+    @classmethod
+    def unknown(cls, detail: str) -> SendResult:
+        """Timed out after the hand-over: retried later, never failed over at once."""
+        return cls(kind="soft_fail", detail=detail, maybe_sent=True)

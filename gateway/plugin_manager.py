@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.rate_limit",
     "plugins.warming",
     "plugins.dkim",
+    "plugins.domain_verification",
 )
 """Built-in plugin modules in call order. (pluggy calls the latest registration first, so they
 are registered in reverse; third-party plugins, registered after them, run before them unless

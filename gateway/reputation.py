@@ -248,6 +248,7 @@ class Reputation:
         """Counter key → (deliveries not yet written, expiry): one store write per key and
         flush instead of two per delivery."""
         self._buffered_since = math.inf
+        self._unjudged: set[tuple[IdentityKind, str]] = set()
 
     # --- counting ------------------------------------------------------------------------
 
@@ -303,11 +304,20 @@ class Reputation:
                     await self.store.add_to_counter(key, 1, expires_at=horizon, now=now)
         if not buffered:
             return identities
+        self._unjudged.update(identities)
         started = self._buffered_since = min(self._buffered_since, time.monotonic())
         if time.monotonic() - started < FLUSH_SECONDS:
-            return []  # judged at the next flush: deliveries alone never breach a threshold
+            # Judged after the next flush: a delivery only improves the rates, but it may
+            # bring the sample up to min_sample while they are bad.
+            return []
         await self.flush()
-        return identities
+        return self.unjudged()
+
+    def unjudged(self) -> list[tuple[IdentityKind, str]]:
+        """Identities whose delivered counts were buffered since they were last handed out
+        here: to be judged against thresholds once flushed."""
+        found, self._unjudged = sorted(self._unjudged), set()
+        return found
 
     async def flush(self) -> None:
         """Write the buffered ``delivered`` counts to the store (before any read, at least

@@ -34,6 +34,7 @@ from gateway.ops.sender_webhooks import WebhookSender
 from gateway.ops.sessions import SessionTracker
 from gateway.plugin_manager import call_all, call_first, configure_plugins, make_plugin_manager
 from gateway.providers import Provider, build_provider
+from gateway.routing import Router, status_dir
 from gateway.smtp import (
     SubmissionHandler,
     TenantDirectory,
@@ -42,6 +43,7 @@ from gateway.smtp import (
 )
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
+from gateway.verp import VerpSigner
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -117,10 +119,17 @@ class Gateway:
             name: build_provider(name, section, config)
             for name, section in config.providers.items()
         }
+        self.router = Router(
+            config,
+            self.providers,
+            store=self.store,
+            clock=self.clock,
+            status_file=status_dir(config) / f"worker-{worker}.json",
+        )
+        """Routes, circuit breakers and limits: ``breaker_states()``, ``provider_stats()``."""
         self.dispatcher = Dispatcher(
             store=self.store,
-            providers=self.providers,
-            route=config.delivery.providers,
+            router=self.router,
             settings=config.delivery,
             clock=self.clock,
             hostname=config.gateway.hostname,
@@ -141,6 +150,7 @@ class Gateway:
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
         self.api_app: Litestar | None = None
+        self.bounce_server: asyncio.Server | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
 
@@ -167,8 +177,10 @@ class Gateway:
             log.info("returned %d interrupted deliveries to the queue", recovered)
         for provider in self.providers.values():
             await provider.start()
+        await self.router.start()
         await call_all(self.pm, "gateway_startup", gateway=self)
         await self._listen()
+        await self._listen_for_bounces()
         if self.config.http.enabled:
             await self._serve_http()
         if deliver:
@@ -207,6 +219,33 @@ class Gateway:
                 listener.tls,
             )
 
+    async def _listen_for_bounces(self) -> None:
+        """The bounce domain's inbound SMTP listener (``gateway/bounces.py``), when on."""
+        settings = self.config.bounces
+        signer = VerpSigner.from_config(self.config)
+        if signer is None or not settings.listen:
+            return
+        from gateway.bounces import BounceHandler, make_bounce_protocol_factory
+
+        factory = make_bounce_protocol_factory(
+            BounceHandler(self, signer, settings),
+            hostname=self.config.gateway.hostname,
+            settings=settings,
+        )
+        sock = bind_socket(settings.address, settings.port, reuse_port=self.reuse_port)
+        self.bounce_server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        log.info(
+            "bounce listener for %s on %s:%d", signer.domain, settings.address, self.bounce_port
+        )
+
+    @property
+    def bounce_port(self) -> int | None:
+        """The bounce listener's bound port, or ``None`` when it is off."""
+        if self.bounce_server is None:
+            return None
+        port: int = self.bounce_server.sockets[0].getsockname()[1]
+        return port
+
     async def _serve_http(self) -> None:
         # Imported here: litestar and uvicorn load only when the API is switched on.
         from gateway.api.app import create_app
@@ -237,7 +276,10 @@ class Gateway:
             server.close()
         if self.http is not None:
             await self.http.stop()
-        for server in self.servers.values():
+        servers = [*self.servers.values(), *([self.bounce_server] if self.bounce_server else [])]
+        for server in servers:
+            server.close()
+        for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), grace)
         await self.sessions.drain(grace)
@@ -258,6 +300,7 @@ class Gateway:
                 returned = await self.store.recover(self.clock.now())
                 if returned:
                     log.info("returned %d deliveries in flight to the queue", returned)
+        await self.router.stop()
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()

@@ -43,8 +43,15 @@ Kind = Literal["click", "open", "unsubscribe"]
 _KIND_CODES: dict[str, int] = {"click": 1, "open": 2, "unsubscribe": 3}
 _KINDS: dict[int, Kind] = {1: "click", 2: "open", 3: "unsubscribe"}
 
-Reason = Literal["malformed", "truncated", "unsupported-version", "unknown-key", "bad-signature",
-                 "expired", "wrong-kind"]  # fmt: skip
+Reason = Literal[
+    "malformed",
+    "truncated",
+    "unsupported-version",
+    "unknown-key",
+    "bad-signature",
+    "expired",
+    "wrong-kind",
+]
 
 
 class TokenError(Exception):

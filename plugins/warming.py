@@ -40,10 +40,12 @@ from gateway.plugin_manager import hookimpl
 from gateway.reputation import (
     ESTABLISHED_THRESHOLDS,
     WARMING_THRESHOLDS,
+    Health,
     IdentityKind,
     Pause,
     Reputation,
     Thresholds,
+    Tier,
 )
 from gateway.store.base import Store
 
@@ -101,7 +103,8 @@ class Schedule:
                 return vb
             if a <= day < b:
                 # Geometric: the same growth factor every day between two anchors.
-                return math.floor(va * (vb / va) ** ((day - a) / (b - a)) + 0.5)
+                growth: float = (vb / va) ** ((day - a) / (b - a))
+                return math.floor(va * growth + 0.5)
         return self.anchors[0][1]  # a one-anchor schedule
 
 
@@ -203,6 +206,22 @@ class WarmingStatus(msgspec.Struct, kw_only=True, frozen=True):
     resets_at: float = 0.0
     """Next midnight in the warming time zone (epoch seconds)."""
     by_isp: dict[str, IspUsage] = msgspec.field(default_factory=dict)
+
+
+class IdentitySummary(msgspec.Struct, kw_only=True, frozen=True):
+    """One line of ``GET /v1/domains`` and ``gateway domains list``."""
+
+    kind: IdentityKind
+    name: str
+    phase: Phase
+    day: int
+    cap_today: int | None
+    sent_today: int
+    deferred_today: int
+    score: int | None
+    tier: Tier
+    paused: bool
+    pause_reason: str = ""
 
 
 class Identity:
@@ -431,7 +450,7 @@ class Warming:
     async def modify_routes(self, message: Message, routes: list[str]) -> None:
         domain = self.domain_identity(message.mail_from)
         pool = domain.section.pool if domain is not None and domain.section is not None else ""
-        await self._refresh_ranks()
+        await self.refresh_ranks()
         paused = await self.reputation.paused()
         keep = []
         for route in routes:
@@ -445,8 +464,9 @@ class Warming:
         keep.sort(key=lambda r: self._ranks.get(self.ip_of_route.get(r, ""), ROUTE_RANK["GOOD"]))
         routes[:] = keep
 
-    async def _refresh_ranks(self) -> None:
-        if time.monotonic() - self._ranked_at < 1.0:
+    async def refresh_ranks(self, force: bool = False) -> None:
+        """Re-read the IPs' health tiers (kept for a second of wall time between reads)."""
+        if not force and time.monotonic() - self._ranked_at < 1.0:
             return
         ranks = {}
         for name in self.ips:
@@ -473,17 +493,66 @@ class Warming:
         if ip is not None:
             found.append(ip)
         changed = await self.reputation.record(event, [(i.kind, i.name) for i in found])
-        for identity in found:
-            if (identity.kind, identity.name) in changed:
-                await self.reputation.evaluate(
-                    identity.kind, identity.name, self.thresholds(identity)
-                )
+        await self.judge(changed)
+
+    async def judge(self, identities: list[tuple[IdentityKind, str]]) -> None:
+        """Pause those of ``identities`` whose counts breach their thresholds."""
+        for kind, name in identities:
+            identity = (self.domains if kind == "domain" else self.ips).get(name) or Identity(
+                kind, name, None, None
+            )
+            await self.reputation.evaluate(kind, name, self.thresholds(identity))
 
     # --- the operator's view -------------------------------------------------------------
 
     def identity(self, name: str) -> Identity | None:
         """A configured domain or IP by name."""
         return self.domains.get(name.lower()) or self.ips.get(name)
+
+    async def lookup(self, name: str) -> Identity | None:
+        """A configured identity, or one that only events or a pause know of."""
+        found = self.identity(name)
+        if found is not None:
+            return found
+        paused = await self.reputation.paused()
+        if f"domain:{name.lower()}" in paused:
+            return Identity("domain", name.lower(), None, None)
+        if f"ip:{name}" in paused:
+            return Identity("ip", name, None, None)
+        return None
+
+    async def known(self) -> list[Identity]:
+        """Configured domains and IPs, then any other paused identity."""
+        found = [*self.domains.values(), *self.ips.values()]
+        names = {f"{i.kind}:{i.name}" for i in found}
+        for key in sorted(await self.reputation.paused()):
+            if key not in names:
+                kind, _, name = key.partition(":")
+                found.append(Identity(kind, name, None, None))  # type: ignore[arg-type]
+        return found
+
+    async def summary(self, identity: Identity) -> IdentitySummary:
+        status = await self.status(identity)
+        health = await self.reputation.health(identity.kind, identity.name)
+        return IdentitySummary(
+            kind=identity.kind,
+            name=identity.name,
+            phase=status.phase,
+            day=status.day,
+            cap_today=status.cap_today,
+            sent_today=status.sent_today,
+            deferred_today=status.deferred_today,
+            score=health.score,
+            tier=health.tier,
+            paused=health.paused,
+            pause_reason=health.pause_reason,
+        )
+
+    async def health(self, identity: Identity) -> Health:
+        return await self.reputation.health(identity.kind, identity.name)
+
+    async def resume(self, identity: Identity) -> bool:
+        return await self.reputation.resume(identity.kind, identity.name)
 
     async def status(self, identity: Identity) -> WarmingStatus:
         now = self.clock.now()
@@ -551,6 +620,7 @@ class Warming:
             await asyncio.sleep(USAGE_REFRESH_SECONDS)
             try:
                 await self.reputation.flush()
+                await self.judge(self.reputation.unjudged())
                 await self.refresh_usage()
             except Exception:
                 log.exception("reading warming usage failed; will try again")

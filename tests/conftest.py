@@ -71,10 +71,16 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 class Received:
-    def __init__(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> None:
+    def __init__(
+        self, mail_from: str, rcpt_tos: list[str], data: bytes, tls: bool = False, peer: str = ""
+    ) -> None:
         self.mail_from = mail_from
         self.rcpt_tos = rcpt_tos
         self.data = data
+        self.tls = tls
+        """Whether the session had switched to TLS (STARTTLS)."""
+        self.peer = peer
+        """The client's IP address."""
         self.at = time.time()
         """When the sink took the message (rate tests)."""
 
@@ -112,7 +118,13 @@ class _SinkHandler:
             return reply
         with self.sink.lock:
             self.sink.messages.append(
-                Received(envelope.mail_from, recipients, envelope.original_content)
+                Received(
+                    envelope.mail_from,
+                    recipients,
+                    envelope.original_content,
+                    tls=session.ssl is not None,
+                    peer=str(session.peer[0]) if session.peer else "",
+                )
             )
         return f"250 2.0.0 OK queued as SINK{len(self.sink.messages)}"
 
@@ -122,17 +134,27 @@ class Sink:
 
     ``script(address, stage, replies)`` makes the sink answer the next RCPT or DATA for
     ``address`` with the given replies in turn (e.g. ``["451 4.3.0 later"]``), then accept.
-    It advertises PIPELINING (so relays use their pipelined path) unless told not to.
+    It advertises PIPELINING (so relays use their pipelined path) unless told not to. ``host``
+    and ``port`` pick another loopback address (127.0.0.2 …) or a fixed port (MX tests).
     """
 
-    def __init__(self, pipelining: bool = True) -> None:
+    def __init__(
+        self,
+        pipelining: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.pipelining = pipelining
+        self.host = host
+        self.tls_context = tls_context
+        """Offer STARTTLS with this server context."""
         self.messages: list[Received] = []
         self.lock = threading.Lock()
         self._scripts: dict[tuple[str, str], collections.deque[str]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sink", daemon=True)
-        self.port = 0
+        self.port = port
         self._server: asyncio.Server | None = None
 
     def script(self, address: str, stage: str, replies: list[str]) -> None:
@@ -148,16 +170,24 @@ class Sink:
         with self.lock:
             return [m for m in self.messages if address in m.rcpt_tos]
 
+    def handler(self) -> _SinkHandler:
+        """The aiosmtpd handler of a new session (a test may subclass it)."""
+        return _SinkHandler(self)
+
     def start(self) -> None:
         self._thread.start()
 
         async def listen() -> asyncio.Server:
             return await self._loop.create_server(
                 lambda: SMTP(
-                    _SinkHandler(self), hostname="sink.test", enable_SMTPUTF8=True, loop=self._loop
+                    self.handler(),
+                    hostname="sink.test",
+                    enable_SMTPUTF8=True,
+                    loop=self._loop,
+                    tls_context=self.tls_context,
                 ),
-                "127.0.0.1",
-                0,
+                self.host,
+                self.port,
             )
 
         self._server = asyncio.run_coroutine_threadsafe(listen(), self._loop).result(10)

@@ -130,8 +130,42 @@ class DnsServer:
         serial = self._serials[zone] + 1
         write_zone(self.workdir, zone, records, serial)
         self._serials[zone] = serial
+        old_servers = self._server_children()
         self.process.send_signal(signal.SIGHUP)
         self._wait_for_serial(zone, serial)
+        # The serving child that had the old data may answer for a moment after the new one
+        # started: wait until it is gone.
+        deadline = time.monotonic() + START_TIMEOUT
+        while old_servers & self._server_children():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nsd kept its old server processes:\n{self.log}")
+            time.sleep(0.02)
+
+    def _server_children(self) -> set[int]:
+        """PIDs of this NSD's live query-serving processes (named "nsd: server N")."""
+        parents: dict[int, int] = {}
+        servers = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            state, ppid = stat.rpartition(")")[2].split()[:2]
+            parents[int(entry.name)] = int(ppid)
+            if name.startswith("nsd: server") and state != "Z":
+                servers.add(int(entry.name))
+
+        def descends(pid: int) -> bool:
+            for _ in range(8):
+                pid = parents.get(pid, 0)
+                if pid == self.pid:
+                    return True
+            return False
+
+        return {pid for pid in servers if descends(pid)}
 
     def stop(self) -> None:
         if self.process.poll() is None:

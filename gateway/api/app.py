@@ -34,9 +34,12 @@ from litestar.openapi.spec import (
 from gateway import __version__
 from gateway.api.console import CONSOLE_ROUTES
 from gateway.api.context import ApiContext
+from gateway.api.dns import DnsController, mta_sts_policy_file
+from gateway.api.domains import DomainsController
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.ops import OPS_ROUTES, WebhooksController
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
+from gateway.api.providers import ProvidersController
 from gateway.api.stats import StatsController
 from gateway.api.suppressions import SuppressionAdd, SuppressionsController
 from gateway.api.webhooks import webhook_routes
@@ -96,6 +99,10 @@ def create_app(gateway: Gateway) -> Litestar:
             WebhooksController,
             *OPS_ROUTES,
             *CONSOLE_ROUTES,
+            DnsController,
+            mta_sts_policy_file,
+            DomainsController,
+            ProvidersController,
             *webhook_routes(gateway),
             *plugin_routes(gateway),
         ],

@@ -27,6 +27,7 @@ class ApiContext:
         self.clock: Clock = gateway.clock
         self.keys = keyring_from_config(gateway.config)
         self.limiter = RateLimiter(gateway.clock)
+        self.plugin_state: dict[str, Any] = gateway.plugin_state
 
     @staticmethod
     def of(request: Request[Any, Any, Any]) -> ApiContext:

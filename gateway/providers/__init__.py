@@ -6,6 +6,7 @@ from gateway.config import (
     CaptureProviderSection,
     Config,
     MailgunProviderSection,
+    MxProviderSection,
     PostmarkProviderSection,
     ProviderSection,
     SendgridProviderSection,
@@ -43,4 +44,8 @@ def build_provider(name: str, section: ProviderSection, config: Config) -> Provi
         from gateway.providers.postmark import PostmarkProvider
 
         return PostmarkProvider(name, section)
+    if isinstance(section, MxProviderSection):
+        from gateway.providers.mx import MxProvider
+
+        return MxProvider(name, section, local_hostname=config.gateway.hostname)
     raise TypeError(f"no provider for {type(section).__name__}")

@@ -35,6 +35,14 @@ class OutboundMessage(msgspec.Struct, kw_only=True, frozen=True):
 class Provider(abc.ABC):
     """A way to send mail. Instances are long-lived: open clients in ``start``, reuse them."""
 
+    idempotent: bool = False
+    """True when sending the same delivery again cannot make a second copy (the provider's
+    API de-duplicates on a key derived from ``message_id`` and ``delivery_id``). Routing then
+    resends at once after a timeout instead of waiting for the retry schedule."""
+    destination_failures: bool = False
+    """True when a temporary failure usually concerns the destination rather than the
+    provider (direct MX): such failures do not count against the provider's circuit breaker."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 

@@ -6,7 +6,9 @@ The classification every API provider starts from:
 
 * 2xx → handed over (``sent``); the provider's message id is recorded.
 * 408, 429 and 5xx, connection errors and timeouts → temporary (``soft_fail``): retry, or fail
-  over to the next route.
+  over to the next route. A timeout or a dropped connection *after* the request went out
+  (read timeout, no response) leaves the outcome unknown: ``SendResult.unknown``, which
+  routing never fails over at once (docs/routing.md).
 * 401 and 403 → temporary too: a wrong or revoked key is the gateway's problem, not the
   recipient's, and must not bounce every message — the circuit breaker and failover take the
   provider out of rotation until it is fixed.
@@ -36,6 +38,11 @@ RESERVED_KEYS = frozenset({GATEWAY_MESSAGE_ID, GATEWAY_DELIVERY_ID})
 
 class ApiError(Exception):
     """A request to the provider's API did not get a usable answer."""
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
+        """The request was sent and no response came: the API may have taken it."""
 
 
 class HttpApiProvider(Provider):
@@ -95,10 +102,14 @@ class HttpApiProvider(Provider):
             return await self.client.request(method, path, **kwargs)
         except httpx.TimeoutException as e:
             raise ApiError(
-                f"{self.name}: timed out after {self._timeout:g}s ({type(e).__name__})"
+                f"{self.name}: timed out after {self._timeout:g}s ({type(e).__name__})",
+                maybe_sent=isinstance(e, httpx.ReadTimeout),
             ) from e
         except httpx.HTTPError as e:
-            raise ApiError(f"{self.name}: {type(e).__name__}: {e}") from e
+            raise ApiError(
+                f"{self.name}: {type(e).__name__}: {e}",
+                maybe_sent=isinstance(e, httpx.RemoteProtocolError),
+            ) from e
 
     async def send_request(
         self, message: OutboundMessage, method: str, path: str, **kwargs: Any
@@ -107,7 +118,7 @@ class HttpApiProvider(Provider):
         try:
             response = await self.request(method, path, **kwargs)
         except ApiError as e:
-            return SendResult.soft_fail(str(e))
+            return SendResult.unknown(str(e)) if e.maybe_sent else SendResult.soft_fail(str(e))
         result = self.classify(response)
         log.debug(
             "%s send message=%s delivery=%s → %s %s",

@@ -38,6 +38,7 @@ PERMANENT_ERRORS = frozenset({"MessageRejected", "BadRequestException"})
 or suspended account, an unverified identity, a missing configuration set — is the gateway's
 or the account's problem and must not bounce the mail."""
 
+_XML_CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -147,4 +148,7 @@ def error_of(response: httpx.Response) -> tuple[str, str]:
     if isinstance(body, dict):
         kind = kind or str(body.get("__type") or body.get("code") or body.get("Code") or "")
         text = str(body.get("message") or body.get("Message") or text)
+    elif not kind:  # the signature check answers in XML (<Code>SignatureDoesNotMatch</Code>)
+        code = _XML_CODE.search(response.text)
+        kind = code.group(1) if code else ""
     return kind.split(":", 1)[0].rpartition("#")[2], text

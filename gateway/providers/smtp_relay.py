@@ -13,7 +13,13 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from gateway.config import SmtpProviderSection
 from gateway.message import SendResult
-from gateway.providers.base import OutboundMessage, Provider, address_problem, classify_smtp_reply
+from gateway.providers.base import (
+    OutboundMessage,
+    Provider,
+    ProviderCheckFailed,
+    address_problem,
+    classify_smtp_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +72,24 @@ class SmtpRelayProvider(Provider):
             validate_certs=s.verify_tls,
         )
         await client.connect()
+        await greet(client)
         if s.username:
             await client.login(s.username, s.password)
         return client
+
+    async def check(self) -> str:
+        """Connect, greet, log in when configured, and quit: no mail is sent."""
+        s = self.settings
+        try:
+            client = await self._connect()
+        except aiosmtplib.SMTPAuthenticationError as e:
+            raise ProviderCheckFailed(f"login refused: {e.code} {e.message}") from None
+        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as e:
+            raise ProviderCheckFailed(f"cannot connect to {s.host}:{s.port}: {e}") from None
+        tls = "plain" if s.tls == "none" else "TLS"
+        await _quit_quietly(client)
+        login = f", logged in as {s.username}" if s.username else ""
+        return f"connected to {s.host}:{s.port} ({tls}){login}"
 
     async def send(self, message: OutboundMessage) -> SendResult:
         for address in (message.mail_from, message.recipient):
@@ -85,7 +106,7 @@ class SmtpRelayProvider(Provider):
                 return classify_smtp_reply(e.code, e.message)
             except _CONNECTION_ERRORS as e:
                 return SendResult.soft_fail(f"{self.name}: cannot connect: {e}")
-            result, healthy = await self._transact(client, message)
+            result, healthy = await self.transact(client, message)
             if not healthy and reused:
                 # A pooled session may have been closed by the server while idle: one fresh try.
                 await _quit_quietly(client)
@@ -95,14 +116,14 @@ class SmtpRelayProvider(Provider):
                     return SendResult.soft_fail(f"{self.name}: cannot connect: {e}")
                 except aiosmtplib.SMTPException as e:
                     return SendResult.soft_fail(f"{self.name}: cannot connect: {e}")
-                result, healthy = await self._transact(client, message)
+                result, healthy = await self.transact(client, message)
             if healthy:
                 self._idle.append(client)
             else:
                 await _quit_quietly(client)
             return result
 
-    async def _transact(
+    async def transact(
         self, client: aiosmtplib.SMTP, message: OutboundMessage
     ) -> tuple[SendResult, bool]:
         """One MAIL/RCPT/DATA; the flag says whether the session can be reused."""
@@ -111,23 +132,32 @@ class SmtpRelayProvider(Provider):
             options.append("BODY=8BITMIME")
         if client.supports_extension("pipelining"):
             return await self._pipelined(client, message, options)
+        if message.smtp_utf8 and not client.supports_extension("smtputf8"):
+            return SendResult.hard_fail(f"{self.name}: next hop does not support SMTPUTF8"), True
+        if client.supports_extension("size"):
+            options = [f"SIZE={len(message.raw)}", *options]
+        encoding = "utf-8" if message.smtp_utf8 else "ascii"
+        handed_over = False
         try:
-            _, reply = await client.sendmail(
-                message.mail_from, [message.recipient], message.raw, mail_options=options
-            )
-        except aiosmtplib.SMTPRecipientsRefused as e:
-            refused = e.recipients[0]
-            return classify_smtp_reply(refused.code, refused.message), True
-        except aiosmtplib.SMTPNotSupported as e:
-            return SendResult.hard_fail(f"{self.name}: {e}"), True
+            await client.mail(message.mail_from, options=options, encoding=encoding)
+            await client.rcpt(message.recipient, encoding=encoding)
+            handed_over = True  # from DATA on, a lost reply leaves the outcome unknown
+            reply = (await client.data(message.raw)).message
         except aiosmtplib.SMTPResponseException as e:
-            healthy = e.code not in (421,) and client.is_connected
+            healthy = e.code != 421 and client.is_connected and await _reset(client)
             return classify_smtp_reply(e.code, e.message), healthy
-        except _CONNECTION_ERRORS as e:
-            return SendResult.soft_fail(f"{self.name}: connection lost: {e}"), False
-        except aiosmtplib.SMTPException as e:
-            return SendResult.soft_fail(f"{self.name}: {e}"), False
+        except UnicodeEncodeError:
+            return SendResult.hard_fail(f"{self.name}: non-ASCII address needs SMTPUTF8"), True
+        except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException) as e:
+            return self._lost(e, handed_over), False
         return SendResult.sent(f"250 {reply}", provider_message_id=_queue_id(reply)), True
+
+    def _lost(self, error: BaseException, handed_over: bool) -> SendResult:
+        """The session broke. After the message content went out, the next hop may have
+        accepted it (RFC 1047): the outcome is unknown, so it must not be sent elsewhere now."""
+        if handed_over:
+            return SendResult.unknown(f"{self.name}: no reply after the message data: {error}")
+        return SendResult.soft_fail(f"{self.name}: connection lost: {error}")
 
     async def _pipelined(
         self, client: aiosmtplib.SMTP, message: OutboundMessage, options: list[str]
@@ -154,6 +184,7 @@ class SmtpRelayProvider(Provider):
         if protocol is None or transport is None or transport.is_closing():
             return SendResult.soft_fail(f"{self.name}: connection lost"), False
         reader = _ReplyReader(self.settings.timeout)
+        handed_over = False
         transport.set_protocol(reader)
         try:
             transport.write(
@@ -165,10 +196,11 @@ class SmtpRelayProvider(Provider):
                 accepted = mail[0] == 250 and rcpt[0] in (250, 251)
                 # With the envelope refused, end the data phase empty (RFC 2920 section 3.1).
                 transport.write(_dot_stuffed(message.raw) if accepted else b".\r\n")
+                handed_over = accepted
                 final = await reader.next()
         except (OSError, TimeoutError, ValueError) as e:
             transport.close()
-            return SendResult.soft_fail(f"{self.name}: connection lost: {e}"), False
+            return self._lost(e, handed_over), False
         finally:
             if reader.lost is None:
                 transport.set_protocol(protocol)
@@ -238,6 +270,17 @@ def _dot_stuffed(raw: bytes) -> bytes:
     if raw.startswith(b"."):
         raw = b"." + raw
     return raw.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO if refused) unless connecting already did, so the transaction can see the
+    extensions (PIPELINING, SIZE, SMTPUTF8) from the first message on."""
+    if client.last_ehlo_response is not None or client.last_helo_response is not None:
+        return
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        await client.helo()
 
 
 async def _reset(client: aiosmtplib.SMTP) -> bool:

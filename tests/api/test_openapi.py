@@ -23,6 +23,14 @@ def test_openapi_document_and_docs_page(idle_api: Api) -> None:
         "/v1/webhooks/events",
         "/v1/webhooks/events/{event_id}",
         "/v1/webhooks/{event_id}/replay",
+        "/v1/domains/{name}/dns",
+        "/v1/domains/{name}/verify",
+        "/v1/domains",
+        "/v1/domains/{name}/warming",
+        "/v1/domains/{name}/health",
+        "/v1/domains/{name}/resume",
+        "/v1/providers",
+        "/v1/providers/{name}/test",
     }
     send = document["paths"]["/v1/messages"]["post"]
     assert set(send["requestBody"]["content"]) == {"application/json", "message/rfc822"}

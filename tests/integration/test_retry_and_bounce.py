@@ -341,7 +341,7 @@ def test_a_provider_that_raises_defers_and_later_delivers(
     gw, clock = start(gateway_factory, tmp_path, sink, providers=("flaky",))
     flaky = FlakyProvider("flaky")
     gw.gateway.providers["flaky"] = flaky  # the dispatcher shares this dict
-    assert gw.gateway.dispatcher.providers["flaky"] is flaky
+    assert gw.gateway.dispatcher.router.providers["flaky"] is flaky
     submit(gw)
 
     assert run_once(gw) == 1

@@ -7,8 +7,9 @@ delivered and nothing is lost or sent twice.
 
 Volume: the conservative schedule at ``scale = 0.005`` (day 1: 1, day 7: 5, day 14: 75,
 day 21: 500 — 2,023 in all, plus a tenth more each day). The unscaled caps (50 … 100,000;
-404,156 messages) are checked exactly in tests/plugins/test_warming.py; relaying them all to a
-sink would take many minutes.
+404,156 messages) are checked exactly in tests/plugins/test_warming.py, and the first three
+days run unscaled here too (50, 82, 136); relaying all 21 unscaled days to a sink would take
+many minutes.
 """
 
 from __future__ import annotations
@@ -111,3 +112,20 @@ def test_21_days_of_conservative_warming_deliver_the_cap_and_defer_the_rest(
     assert received == collections.Counter(submitted)  # every message once: none lost or doubled
     status = gw.call(warming.status(warming.domains["brand.example"]))
     assert (status.phase, status.cap_today) == ("warmed", None)
+
+
+def test_the_first_days_of_conservative_at_full_volume(
+    tmp_path, sink: Sink, gateway_factory
+) -> None:
+    """Unscaled: days 1-3 deliver exactly 50, 82 and 136 while 10 more than the cap arrive each
+    day; the backlog grows by 10 a day and waits."""
+    clock = FakeClock(midnight(START) + 3600)
+    config = make_config(tmp_path, CONFIG.replace("scale = 0.005\n", ""), port=sink.port)
+    gw = gateway_factory(config, clock=clock, deliver=False)
+    for day, cap in enumerate((50, 82, 136), start=1):
+        clock.set(midnight(START + dt.timedelta(days=day - 1)) + 3600)
+        submit(gw, [f"d{day}-{i}@inbox.example" for i in range(cap + 10)])
+        before = len(sink.messages)
+        gw.call(gw.gateway.dispatcher.run_once())
+        assert len(sink.messages) - before == cap, f"day {day}"
+        assert len(pending(gw)) == 10 * day, f"day {day}"  # 10 more each day wait

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,39 +15,13 @@ import pytest
 from gateway.config import SesProviderSection
 from gateway.providers.base import OutboundMessage, ProviderCheckFailed
 from gateway.providers.ses import SEND_PATH, SesProvider, tag_safe
+from tests.providers.moto_server import free_port, moto_server
 from tests.providers.spec_check import SESV2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/moto-api/data.json", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError("moto server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
+    yield from moto_server()
 
 
 def section(url: str, **overrides: Any) -> SesProviderSection:

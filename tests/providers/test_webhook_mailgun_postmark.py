@@ -170,3 +170,32 @@ def test_postmark_credentials_are_required(env: WebhookEnv) -> None:
     assert env.post("/webhooks/postmark", b"not json", AUTH).status_code == 400
     assert env.post("/webhooks/postmark", b'{"RecordType": 5}', AUTH).status_code == 422
     assert env.suppressions() == {}
+
+
+def test_a_postmark_secret_header_is_checked_in_constant_time() -> None:
+    import pytest
+
+    from gateway.webhook_auth import WebhookRefused, verify_postmark
+
+    settings = {"username": "", "password": "", "secret_header": "X-Hook", "secret": "s3cret"}
+    verify_postmark(**settings, authorization=None, header_value="s3cret")
+    with pytest.raises(WebhookRefused) as missing:
+        verify_postmark(**settings, authorization=None, header_value=None)
+    assert missing.value.status == 401
+    with pytest.raises(WebhookRefused) as wrong:
+        verify_postmark(**settings, authorization=None, header_value="s3cre7")
+    assert wrong.value.status == 403
+
+
+def test_a_legacy_form_encoded_mailgun_webhook_is_read_too(env: WebhookEnv) -> None:
+    import urllib.parse
+
+    message_id, [ann] = env.deliver("ann@example.org")
+    signed = json.loads(mailgun_body(env, "complained", message_id, ann.id, "ann@example.org"))
+    form = {**signed["signature"], "event-data": json.dumps(signed["event-data"])}
+    body = urllib.parse.urlencode(form).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = env.post("/webhooks/mailgun", body, headers)
+    assert response.status_code == 200, response.text
+    assert env.suppressions()["ann@example.org"].reason == "complaint"
+    assert env.post("/webhooks/mailgun", b"%%%=&&", headers).status_code == 400

@@ -241,11 +241,17 @@ def test_every_documented_ses_record_normalizes() -> None:
     from gateway.provider_events import ses_events
 
     expected = {
-        "bounce": "bounced", "complaint": "complained", "delivery": "delivered",
-        "deliverydelay": "deferred", "reject": "rejected", "open": "opened",
-        "click": "clicked", "subscription": "unsubscribed", "send": None,
+        "bounce": "bounced",
+        "complaint": "complained",
+        "delivery": "delivered",
+        "deliverydelay": "deferred",
+        "reject": "rejected",
+        "open": "opened",
+        "click": "clicked",
+        "subscription": "unsubscribed",
+        "send": None,
         "rendering-failure": None,
-    }  # fmt: skip
+    }
     for kind, ours in expected.items():
         record = json.loads((SAMPLES / f"event-publishing--{kind}-record.json").read_text())
         events = ses_events(record, sns_message_id="m", now=0.0)

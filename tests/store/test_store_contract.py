@@ -644,3 +644,32 @@ async def test_a_closed_store_refuses_work_instead_of_hanging(backend: Backend) 
     await backend.crash(store)
     with pytest.raises(StoreError):
         await asyncio.wait_for(store.counts(), 5)
+
+
+async def test_mark_delivery_bounces_a_delivered_delivery_from_any_process(
+    backend: Backend,
+) -> None:
+    writer = await backend.open()
+    other = await backend.open()  # another worker/node: SQLite writes a different shard
+    [ann, bob] = await writer.enqueue(
+        message("late-bounce"), ["ann@example.org", "bob@example.org"], expires_at=T0 + HOUR
+    )
+    claimed = {c.delivery.recipient: c.delivery for c in await writer.claim(T0, 10)}
+    await writer.complete([sent(claimed["ann@example.org"])], T0)
+    assert await other.mark_delivery(
+        "msg-late-bounce", ann.id, DeliveryStatus.BOUNCED, "ses: 550 5.1.1 unknown user", T0 + 5
+    )
+    # bob is still being sent: the dispatcher owns that delivery, an event must not change it
+    assert not await other.mark_delivery(
+        "msg-late-bounce", bob.id, DeliveryStatus.BOUNCED, "ses: bounce", T0 + 5
+    )
+    assert not await other.mark_delivery("msg-nope", ann.id, DeliveryStatus.BOUNCED, "x", T0)
+    reader = await backend.reader()
+    state = {
+        d.recipient: (d.status, d.last_error, d.provider_message_id)
+        for d in await reader.list_deliveries(DeliveryFilter(message_id="msg-late-bounce"))
+    }
+    assert state == {
+        "ann@example.org": (DeliveryStatus.BOUNCED, "ses: 550 5.1.1 unknown user", "Q1"),
+        "bob@example.org": (DeliveryStatus.SENDING, "", ""),
+    }

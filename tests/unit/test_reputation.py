@@ -169,3 +169,29 @@ async def test_counting_rules(tmp_path) -> None:
         assert await rep.counts("ip", "198.51.100.7") == Counts()
     finally:
         await store.close()
+
+
+async def test_deliveries_that_bring_the_sample_up_get_the_identity_judged(tmp_path) -> None:
+    """10 bounces come first (too few to judge), then 90 deliveries: at 100 outcomes the
+    bounce rate is 10 %. Deliveries are buffered in memory; once flushed, the identities they
+    touched are handed out to be judged."""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    try:
+        rep = Reputation(store, FakeClock(), min_sample=100)
+        who = [("domain", "brand.example")]
+        for i in range(10):
+            changed = await rep.record(event("bounced", i, bounce="hard"), who)  # type: ignore[arg-type]
+            assert await rep.evaluate("domain", "brand.example", WARMING_THRESHOLDS) is None
+        assert changed == who
+        handed_out = []
+        for i in range(90):
+            handed_out += await rep.record(event("delivered", i), who)  # type: ignore[arg-type]
+        await rep.flush()
+        handed_out += rep.unjudged()
+        assert set(handed_out) == set(who)
+        assert rep.unjudged() == []  # each hand-out empties the set
+        pause = await rep.evaluate("domain", "brand.example", WARMING_THRESHOLDS)
+        assert pause is not None and pause.reason.startswith("bounce rate 10.00% above 5%")
+    finally:
+        await store.close()

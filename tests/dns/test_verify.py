@@ -1,0 +1,149 @@
+"""Verification against a real authoritative DNS server (NSD) serving one zone per case:
+correct, missing records, a wrong DKIM key, SPF over 10 lookups, DMARC p=none and malformed,
+SERVFAIL and a server that never answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.dkim_keys import keygen, list_keys
+from gateway.dnsauth.lookup import Lookup
+from gateway.dnsauth.verify import DomainReport, RecordCheck, verify_domain
+from tests.dns import zones
+from tests.dnsserver import BlackHole, DnsServer, start_dns_server
+
+
+class Setup:
+    def __init__(self, root: Path) -> None:
+        self.key_dir = root / "keys"
+        keys = zones.make_keys(self.key_dir)
+        other = keygen(root / "other-keys", "wrongkey.test", zones.SELECTOR, "ed25519")[0]
+        self.server = start_dns_server(
+            zones.zones(keys, other), root / "nsd", servfail=["servfail.test"]
+        )
+        self.resolver = f"{self.server.host}:{self.server.port}"
+        self.config = zones.config_for(self.key_dir, [self.resolver])
+
+    async def verify(self, domain: str, lookup: Lookup | None = None) -> DomainReport:
+        lookup = lookup or Lookup([self.resolver], timeout=5)
+        return await verify_domain(lookup, self.config, domain, list_keys(self.key_dir), 0.0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    built = Setup(tmp_path_factory.mktemp("dnsverify"))
+    with built.server:
+        yield built
+
+
+def by_purpose(report: DomainReport, purpose: str) -> list[RecordCheck]:
+    return [c for c in report.records if c.purpose == purpose]
+
+
+def one(report: DomainReport, purpose: str) -> RecordCheck:
+    (check,) = by_purpose(report, purpose)
+    return check
+
+
+async def test_correct_domain_is_verified(setup: Setup) -> None:
+    report = await setup.verify("good.test")
+    assert report.status == "verified"
+    spf = one(report, "spf")
+    assert spf.status == "found"
+    assert spf.seen == ["v=spf1 ip4:192.0.2.10 include:esp.test ~all"]
+    # Evaluated, not string-matched: 198.51.100.0/24 passes through include:esp.test.
+    assert spf.expected == "v=spf1 ip4:192.0.2.10 ip4:198.51.100.0/24 include:esp.test ~all"
+    assert spf.detail == "1 of 10 DNS lookups"
+    dkim = by_purpose(report, "dkim")
+    assert sorted((c.selector, c.status) for c in dkim) == [("r1", "found"), ("s1", "found")]
+    dmarc = one(report, "dmarc")
+    assert dmarc.status == "found"
+    assert dmarc.seen == ["v=DMARC1; p=quarantine; rua=mailto:dmarc@good.test"]
+    readiness = {c.name: c.status for c in report.readiness}
+    assert readiness == {
+        "spf_pass": "pass",
+        "dkim_pass": "pass",
+        "dmarc_published": "pass",
+        "alignment": "pass",
+        "one_click_unsubscribe": "pass",
+        "ptr": "pass",
+    }
+
+
+async def test_missing_records_are_missing_with_the_expected_values(setup: Setup) -> None:
+    report = await setup.verify("missing.test")
+    assert report.status == "unverified"
+    for purpose in ("spf", "dkim", "dmarc"):
+        check = one(report, purpose)
+        assert check.status == "missing", check
+        assert check.seen == []
+        assert check.expected
+    assert one(report, "dmarc").expected == (
+        "v=DMARC1; p=none; rua=mailto:dmarc@missing.test; adkim=r; aspf=r"
+    )
+    assert one(report, "tls_rpt").status == "missing"
+
+
+async def test_wrong_dkim_key_is_wrong_not_found(setup: Setup) -> None:
+    report = await setup.verify("wrongkey.test")
+    dkim = one(report, "dkim")
+    assert dkim.status == "wrong"
+    assert dkim.detail == "a different public key than our private key's"
+    assert dkim.seen and dkim.seen[0] != dkim.expected
+    assert one(report, "spf").status == "found"
+    assert report.status == "unverified"
+
+
+async def test_spf_over_ten_lookups_is_a_permerror(setup: Setup) -> None:
+    report = await setup.verify("spf11.test")
+    spf = one(report, "spf")
+    assert spf.status == "wrong"
+    assert spf.detail == "permerror: more than 10 DNS lookups (RFC 7208 4.6.4)"
+    assert report.status == "unverified"
+    assert {c.name: c.status for c in report.readiness}["spf_pass"] == "fail"
+
+
+async def test_dmarc_p_none_passes_with_a_note(setup: Setup) -> None:
+    report = await setup.verify("dmarcnone.test")
+    dmarc = one(report, "dmarc")
+    assert dmarc.status == "found"
+    assert "p=none only monitors" in dmarc.detail
+    assert report.status == "verified"
+
+
+async def test_malformed_dmarc_is_wrong(setup: Setup) -> None:
+    report = await setup.verify("dmarcbad.test")
+    dmarc = one(report, "dmarc")
+    assert dmarc.status == "wrong"
+    assert dmarc.seen == ["v=DMARC1; p=maybe"]
+    assert dmarc.detail == "malformed: p=maybe: give none, quarantine or reject"
+    assert report.status == "unverified"
+
+
+async def test_servfail_could_not_check_never_missing(setup: Setup) -> None:
+    report = await setup.verify("servfail.test")
+    assert report.status == "could_not_check"
+    for check in report.records:
+        assert check.status == "could_not_check", check
+        assert check.detail.startswith("could not check:")
+        assert "SERVFAIL" in check.detail
+
+
+async def test_timeout_could_not_check_never_missing(setup: Setup) -> None:
+    with BlackHole() as hole:
+        lookup = Lookup([f"{hole.host}:{hole.port}"], timeout=0.5)
+        report = await setup.verify("good.test", lookup)
+    assert report.status == "could_not_check"
+    for check in report.records:
+        assert check.status == "could_not_check", check
+        assert "timed out" in check.detail
+    assert {c.name: c.status for c in report.readiness}["spf_pass"] == "could_not_check"
+
+
+def test_server_serves_long_dkim_records(setup: Setup) -> None:
+    server: DnsServer = setup.server
+    answer = server.resolver().resolve("r1._domainkey.good.test", "TXT")
+    assert b"".join(answer[0].strings).decode().startswith("v=DKIM1; k=rsa; p=")
