@@ -361,6 +361,7 @@ async def _serve_worker(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked across the fork
     await gateway.start()
     ports = ", ".join(f"{n}={p}" for n, p in gateway.smtp_ports.items())
     if gateway.http_port is not None:
@@ -371,6 +372,9 @@ async def _serve_worker(
     log.info("worker %d stopping (grace %gs)", worker, grace)
     await gateway.stop(grace)
     log.info("worker %d stopped", worker)
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def serve(config: Config, config_file: str | None = None) -> int:
@@ -388,6 +392,9 @@ def serve(config: Config, config_file: str | None = None) -> int:
         return 0
     children: list[int] = []
     supervisor = os.getpid()
+    # A SIGTERM that arrives while a worker is still starting must wait for its handler, not
+    # kill it: block it across the fork; each worker unblocks once its loop handles it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
@@ -412,6 +419,7 @@ def serve(config: Config, config_file: str | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)

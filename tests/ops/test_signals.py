@@ -194,6 +194,8 @@ def test_sigterm_under_load_exits_0_and_loses_no_acknowledged_message(
     assert asyncio.run(stored()) == set(acked)
     # After a restart, every acknowledged message reaches the sink.
     restarted = ServeProcess(config_file, tmp_path)
+    # Until its workers are up, a SIGTERM would find no handler yet in a fresh interpreter.
+    wait_until(lambda: restarted.text().count(" ready (smtp") >= 2, 30, "the restarted gateway")
 
     def delivered() -> set[str]:
         with sink.lock:
