@@ -61,6 +61,7 @@ from gateway.store.redis_client import (
     connect,
     parse_redis_url,
 )
+from gateway.store.redis_pipeline import AutoPipeline
 
 log = logging.getLogger("gateway.store.redis")
 
@@ -149,7 +150,7 @@ class RedisStore(Store):
         """Names this process in the leases it holds."""
         self.persistence: Persistence | None = None
         self._redis: Any = None
-        self._scripts: dict[str, Any] = {}
+        self._pipe: AutoPipeline | None = None
         self._leased: set[int] = set()
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -157,8 +158,8 @@ class RedisStore(Store):
 
     async def open(self) -> None:
         self._redis = connect(self.target)
-        self._scripts = {
-            name: self._redis.register_script(getattr(redis_lua, name))
+        scripts = {
+            name: getattr(redis_lua, name)
             for name in (
                 "ENQUEUE",
                 "CLAIM",
@@ -174,12 +175,8 @@ class RedisStore(Store):
                 "FIRST_SIGHTING",
             )
         }
-        self._scripts.update(
-            {
-                name: self._redis.register_script(getattr(redis_webhooks, name))
-                for name in redis_webhooks.SCRIPTS
-            }
-        )
+        scripts.update({name: getattr(redis_webhooks, name) for name in redis_webhooks.SCRIPTS})
+        self._pipe = AutoPipeline(self._redis, scripts)
         with self._errors(f"cannot reach Redis at {self.target.redacted}"):
             await self._redis.ping()
             self.persistence = await check_persistence(self._redis)
@@ -209,6 +206,9 @@ class RedisStore(Store):
             except StoreError:
                 log.exception("could not return deliveries in flight; their leases will expire")
         self._leased.clear()
+        if self._pipe is not None:
+            await self._pipe.drain()
+            self._pipe = None
         await self._redis.aclose()
         self._redis = None
 
@@ -228,6 +228,13 @@ class RedisStore(Store):
             except StoreError:
                 log.exception("renewing leases failed; retrying in %.1fs", interval)
 
+    @property
+    def _batch(self) -> AutoPipeline:
+        """Where the hot paths send their commands: batched with the rest of this loop turn."""
+        if self._pipe is None:
+            raise StoreError("the Redis store is not open")
+        return self._pipe
+
     @contextlib.contextmanager
     def _errors(self, what: str = "redis") -> Iterator[None]:
         from redis.exceptions import RedisError
@@ -242,8 +249,8 @@ class RedisStore(Store):
     async def _run(self, script: str, *args: Any, keys: Sequence[str] = ()) -> Any:
         """Run one Lua script; with no keys given, route it by the prefix's slot."""
         with self._errors(f"redis {script.lower()}"):
-            return await self._scripts[script](
-                keys=list(keys) or [self._seq_key], args=[self._p, *args] if not keys else args
+            return await self._batch.script(
+                script, list(keys) or [self._seq_key], [self._p, *args] if not keys else args
             )
 
     # --- spool and queue --------------------------------------------------------------------
@@ -282,9 +289,10 @@ class RedisStore(Store):
         for recipient in recipients:
             pairs += [recipient, recipient.rpartition("@")[2].lower()]
         try:
-            ids = await self._scripts["ENQUEUE"](
-                keys=[self._seq_key],
-                args=[
+            ids = await self._batch.script(
+                "ENQUEUE",
+                [self._seq_key],
+                [
                     self._p,
                     message.id,
                     message.tenant,
@@ -391,8 +399,8 @@ class RedisStore(Store):
 
     async def get_message(self, message_id: str) -> Message | None:
         with self._errors():
-            row = await self._redis.hmget(
-                self._p + "m:" + message_id, "ten", "src", "from", "utf8", "at", "raw"
+            row = await self._batch.execute(
+                "HMGET", self._p + "m:" + message_id, "ten", "src", "from", "utf8", "at", "raw"
             )
         tenant, source, mail_from, utf8, created_at, raw = row
         if raw is None:
@@ -549,12 +557,14 @@ class RedisStore(Store):
         if not wanted:
             return {}
         with self._errors():
-            blobs = await self._redis.hmget(self._p + "sup:" + tenant, wanted)
+            blobs = await self._batch.execute("HMGET", self._p + "sup:" + tenant, *wanted)
         return {a: _SUPPRESSION.decode(b) for a, b in zip(wanted, blobs, strict=True) if b}
 
     async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
         with self._errors():
-            blob = await self._redis.hget(self._p + "sup:" + tenant, suppression_key(address))
+            blob = await self._batch.execute(
+                "HGET", self._p + "sup:" + tenant, suppression_key(address)
+            )
         return _SUPPRESSION.decode(blob) if blob else None
 
     # --- messages as the API shows them -------------------------------------------------------
@@ -738,7 +748,7 @@ class RedisStore(Store):
 
     async def counter(self, key: str, now: float) -> int:
         with self._errors():
-            value, expires = await self._redis.hmget(self._p + "c:" + key, "v", "exp")
+            value, expires = await self._batch.execute("HMGET", self._p + "c:" + key, "v", "exp")
         if value is None or float(expires) <= now:
             return 0
         return int(value)
