@@ -22,6 +22,7 @@ import copy
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -300,6 +301,36 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(rows)
 
 
+def summary_table(outcomes: list[Outcome]) -> str:
+    """Median (min-max) over the repeats of each (setup, appendfsync)."""
+    grouped: dict[tuple[str, str], list[Outcome]] = {}
+    for o in outcomes:
+        grouped.setdefault((o.setup, o.appendfsync), []).append(o)
+
+    def spread(values: list[float], digits: int = 0) -> str:
+        return (
+            f"{statistics.median(values):.{digits}f}"
+            f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+        )
+
+    rows = [
+        "| store | nodes | appendfsync | runs | accepted msg/s | delivered msg/s"
+        " | gateway CPU ms/msg | redis CPU ms/msg | other load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (setup, mode), runs in grouped.items():
+        backend, nodes = SETUPS[setup]
+        rows.append(
+            f"| {backend} | {nodes} | {mode} | {len(runs)}"
+            f" | {spread([o.accept_rate for o in runs])}"
+            f" | {spread([o.deliver_rate or 0.0 for o in runs])}"
+            f" | {spread([o.per_message_ms(o.gateway_cpu) for o in runs], 2)}"
+            f" | {spread([o.per_message_ms(o.redis_cpu) for o in runs], 2)}"
+            f" | {max(o.background_cores for o in runs):.2f} |"
+        )
+    return "\n".join(rows)
+
+
 def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(setup, appendfsync) for every run; repeats interleaved so all meet the same load."""
     runs = []
@@ -431,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(table(outcomes))
+    if args.repeat > 1:
+        print()
+        print(summary_table(outcomes))
     print(f"\nload clients and reaped children used {client_cpu:.1f} CPU s in all")
     print(f"reproduce: {reproduce_command(args)}")
     return 0 if all(o.complete for o in outcomes) else 1
