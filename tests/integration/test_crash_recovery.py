@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parents[2]
 SEQ = re.compile(rb"^X-Test-Seq: (\d+)\r$", re.MULTILINE)
-GATEWAY_ID = re.compile(rb"^\tby gw\.test with ESMTP id ([0-9a-f]+);", re.MULTILINE)
+GATEWAY_ID = re.compile(rb"^\tby (?:[a-z]+\.)?gw\.test with ESMTP id ([0-9a-f]+);", re.MULTILINE)
 MAX_MESSAGES = 300
 CLIENT_SECONDS = 20.0
 SENDER = "app@example.com"

@@ -111,7 +111,7 @@ def test_two_nodes_deliver_every_message_exactly_once(
 
 PROCESS_CONFIG = """
 [gateway]
-hostname = "gw.test"
+hostname = "{name}.gw.test"
 data_dir = "{data}"
 
 [smtp]
@@ -204,27 +204,69 @@ def status_counts(server: RedisServer, prefix: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def nodes(
+def start_nodes(
     tmp_path: Path, sink: Sink, redis_server: RedisServer, redis_prefix: str
-) -> Iterator[list[GatewayProcess]]:
-    started = []
-    for name in ("a", "b"):
-        directory = tmp_path / name
-        directory.mkdir()
-        port = free_port()
-        config_file = directory / "gateway.toml"
-        config_file.write_text(
-            PROCESS_CONFIG.format(data=directory / "data", port=port, sink_port=sink.port)
-            + STORE.format(url=redis_server.url, prefix=redis_prefix)
-        )
-        started.append(GatewayProcess(config_file, directory, port, workers=1))
+) -> Iterator[Callable[..., list[GatewayProcess]]]:
+    """Two ``gateway serve`` processes, ``a`` and ``b``, on one Redis; ``extra`` is appended
+    to both configurations. Both are SIGKILLed (by process group) when the test ends."""
+    started: list[GatewayProcess] = []
+
+    def start(extra: str = "") -> list[GatewayProcess]:
+        for name in ("a", "b"):
+            directory = tmp_path / name
+            directory.mkdir()
+            port = free_port()
+            config_file = directory / "gateway.toml"
+            config_file.write_text(
+                PROCESS_CONFIG.format(
+                    name=name, data=directory / "data", port=port, sink_port=sink.port
+                )
+                + STORE.format(url=redis_server.url, prefix=redis_prefix)
+                + extra
+            )
+            started.append(GatewayProcess(config_file, directory, port, workers=1))
+        return started
+
     try:
-        yield started
+        yield start
     finally:
         for node in started:
             node.kill_all()
             for proc in node.runs:
                 assert live_members(proc.pid) == [], "a gateway process outlived the test"
+
+
+@pytest.fixture
+def nodes(start_nodes: Callable[..., list[GatewayProcess]]) -> list[GatewayProcess]:
+    return start_nodes()
+
+
+def test_two_gateway_processes_deliver_a_stream_exactly_once(
+    nodes: list[GatewayProcess], sink: Sink, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """A stream of messages spread over two real nodes (one client per node, as a load
+    balancer would): each is delivered exactly once, and both nodes record it in one queue."""
+    a, b = nodes
+    a.start(), b.start()
+    count = 200
+    with NodeClients([a.port, b.port], limit=count) as clients:
+        wait_until(lambda: clients.acked_count() == count, timeout=30, what="all acknowledged")
+    assert not clients.unanswered
+    wait_until(lambda: len(received(sink)) == count, timeout=30, what="every message delivered")
+    wait_until(
+        lambda: status_counts(redis_server, redis_prefix) == {"delivered": count},
+        timeout=20,
+        what=f"{count} deliveries recorded as delivered",
+    )
+    got = received(sink)
+    assert sorted(got) == list(range(1, count + 1))
+    duplicated = {n: ids for n, ids in got.items() if len(ids) > 1}
+    assert not duplicated, f"delivered more than once: {duplicated}"
+    assert len(sink.messages) == count
+    accepted_by = collections.Counter(
+        node for m in sink.messages for node in "ab" if f"by {node}.gw.test".encode() in m.data
+    )
+    assert min(accepted_by.values()) > count // 4, f"both nodes took a share: {accepted_by}"
 
 
 def test_a_killed_nodes_deliveries_are_taken_over_by_the_other(
@@ -302,29 +344,15 @@ per_second = {rate}
 
 
 def test_a_rate_limit_holds_across_two_gateway_nodes(
-    tmp_path: Path,
-    sink: Sink,
-    gateway_factory: Callable[..., GatewayThread],
-    redis_server: RedisServer,
-    redis_prefix: str,
+    start_nodes: Callable[..., list[GatewayProcess]], sink: Sink
 ) -> None:
-    """plugins/rate_limit.py with ``per_second = N`` for the relay, on two nodes sharing one
-    Redis: together they relay no more than N messages per second to the sink."""
+    """plugins/rate_limit.py with ``per_second = N`` for the relay, on two ``gateway serve``
+    processes sharing one Redis: together they relay no more than N messages per second."""
     rate, count = 15, 60
-    nodes = [
-        gateway_factory(
-            make_config(
-                tmp_path / name,
-                RELAY_TO_SINK + STORE + RATE_LIMIT,
-                port=sink.port,
-                url=redis_server.url,
-                prefix=redis_prefix,
-                rate=rate,
-            )
-        )
-        for name in ("a", "b")
-    ]
-    clients = [smtplib.SMTP("127.0.0.1", node.port("dev"), timeout=10) for node in nodes]
+    nodes = start_nodes(RATE_LIMIT.format(rate=rate))
+    for node in nodes:
+        node.start()
+    clients = [smtplib.SMTP("127.0.0.1", node.port, timeout=10) for node in nodes]
     try:
         for n in range(count):
             clients[n % 2].sendmail(SENDER, [f"user{n}@example.org"], body(n))
