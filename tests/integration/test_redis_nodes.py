@@ -8,6 +8,7 @@ of tests/conftest.py. The SIGKILL test runs the nodes as real ``gateway serve`` 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import os
 import signal
@@ -23,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from gateway.clock import FakeClock
 from gateway.message import DeliveryStatus
 from gateway.store.base import DeliveryFilter
+from tests.api.conftest import API_CONFIG, Api, _key_tables
 from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config, wait_until
 from tests.integration.test_crash_recovery import (
     ROOT,
@@ -440,3 +443,65 @@ def test_two_processes_never_take_more_than_the_limit_per_window(
     assert max(totals.values()) <= limit, f"the limit was exceeded: {results}"
     assert all(totals[w] == limit for w in windows), f"demand exceeded the limit: {results}"
     assert all(r.get(w) for r in results for w in windows), f"each got a share: {results}"
+
+
+# --- an idempotent HTTP send retried on both nodes ---------------------------------------------
+
+
+def test_an_idempotent_send_retried_on_both_nodes_queues_once(
+    tmp_path: Path,
+    sink: Sink,
+    gateway_factory: Callable[..., GatewayThread],
+    redis_server: RedisServer,
+    redis_prefix: str,
+) -> None:
+    """Eight concurrent POSTs with one Idempotency-Key, spread over two nodes: Redis decides
+    atomically, so one message is queued and every answer carries its id."""
+    nodes = [
+        Api(
+            gateway_factory(
+                make_config(
+                    tmp_path / name,
+                    API_CONFIG + STORE,
+                    port=sink.port,
+                    rate_limit=0.0,
+                    rate_burst=100,
+                    acme_keys=_key_tables("acme"),
+                    globex_keys=_key_tables("globex"),
+                    url=redis_server.url,
+                    prefix=redis_prefix,
+                ),
+                clock=clock,
+            ),
+            clock,
+            sink,
+        )
+        for name, clock in (("a", FakeClock()), ("b", FakeClock()))
+    ]
+    clients = [node.client(key="sender") for node in nodes]
+    send = {
+        "from": "app@acme.test",
+        "to": ["ann@example.org", "bob@example.org"],
+        "subject": "Once",
+        "text": "1",
+    }
+    headers = {"Idempotency-Key": "order-77"}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(
+                    lambda n: clients[n % 2].post("/v1/messages", json=send, headers=headers),
+                    range(8),
+                )
+            )
+        assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+        (message_id,) = {a.json()["id"] for a in answers}
+        replayed = [a.headers.get("Idempotent-Replayed") == "true" for a in answers]
+        assert replayed.count(False) == 1, "exactly one request queued the message"
+        for node in nodes:
+            node.wait_delivered(message_id, count=2)  # each node sees the one queue
+        wait_until(lambda: len(sink.messages) == 2, what="the two recipients")
+        assert len(nodes[1].deliveries()) == 2, "queued once: one delivery per recipient"
+    finally:
+        for node in nodes:
+            node.close()
