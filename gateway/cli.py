@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import CaptureProviderSection, Config, ConfigError, load_config, summarize
+from gateway.durations import format_duration, parse_duration
 from gateway.message import DeliveryStatus
 from gateway.passwords import hash_password
 from gateway.providers.capture import read_outbox
@@ -180,6 +181,31 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
         count = await store.delete(_filter(args, limit=1_000_000))
         print(f"{count} deliveries deleted")
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_queue_purge(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        older_than = (
+            parse_duration(args.older_than) if args.older_than else config.store.retention_seconds
+        )
+    except ValueError as e:
+        raise SystemExit(f"--older-than: {e}") from None
+    if older_than is None:
+        raise SystemExit("store.retention is 'forever': give --older-than (e.g. 30d)")
+    from gateway.clock import SystemClock
+    from gateway.retention import purge_old_messages
+
+    async def work(store: Store) -> int:
+        count = await purge_old_messages(store, SystemClock(), older_than)
+        print(
+            f"{count} messages removed (accepted over {format_duration(older_than)} ago,"
+            " every delivery final)"
+        )
         return 0
 
     result: int = asyncio.run(_with_store(config, work))
@@ -397,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
         filters(sub)
         sub.add_argument("--all", action="store_true", help="every delivery")
         sub.set_defaults(func=func)
+
+    purge = queue_commands.add_parser(
+        "purge", help="remove old messages whose deliveries are all final (store.retention)"
+    )
+    purge.add_argument(
+        "--older-than", metavar="DURATION", help="instead of store.retention, e.g. 7d"
+    )
+    purge.set_defaults(func=cmd_queue_purge)
 
     plugins = commands.add_parser(
         "plugins", help="list loaded plugins and their hooks, in call order"

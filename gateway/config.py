@@ -60,9 +60,18 @@ class StoreSection(msgspec.Struct, **_STRICT):
     """Redis only: how long a node holds a delivery it claimed without renewing it; the
     deliveries of a node that died are taken over by another one after this long."""
 
+    retention: str = "30d"
+    """How long a message is kept after it is accepted, once every delivery of it is final
+    (delivered, bounced, expired, skipped); ``"forever"`` keeps everything."""
+
     @property
     def lease_seconds(self) -> float:
         return parse_duration(self.lease)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """``None`` when messages are kept forever."""
+        return None if self.retention == "forever" else parse_duration(self.retention)
 
 
 class ListenerSection(msgspec.Struct, **_STRICT):
@@ -1251,6 +1260,17 @@ def _check_tracking(
 
 
 def _check_store(store: StoreSection, fail: Callable[[tuple[str | int, ...], str], None]) -> None:
+    if store.retention != "forever":
+        try:
+            retention = parse_duration(store.retention)
+        except ValueError as e:
+            fail(("store", "retention"), f"{e}, or 'forever'")
+        else:
+            if retention < 86400:
+                fail(
+                    ("store", "retention"),
+                    "must be at least 1d (idempotency keys answer for 24 h) or 'forever'",
+                )
     if store.backend != "redis":
         return
     from gateway.store.redis_client import parse_redis_url

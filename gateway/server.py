@@ -34,6 +34,7 @@ from gateway.ops.sender_webhooks import WebhookSender
 from gateway.ops.sessions import SessionTracker
 from gateway.plugin_manager import call_all, call_first, configure_plugins, make_plugin_manager
 from gateway.providers import Provider, build_provider
+from gateway.retention import purge_forever
 from gateway.routing import Router, status_dir
 from gateway.smtp import (
     SubmissionHandler,
@@ -153,6 +154,7 @@ class Gateway:
         self.bounce_server: asyncio.Server | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
 
     async def _accept_policy(self, submission: Submission) -> Reject | None:
         verdict: Reject | None = await call_first(
@@ -186,6 +188,11 @@ class Gateway:
         if deliver:
             self._dispatch_task = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
             self._webhook_task = asyncio.create_task(self.webhooks.run(), name="sender-webhooks")
+            retention = self.config.store.retention_seconds
+            if retention is not None:
+                self._retention_task = asyncio.create_task(
+                    purge_forever(self.store, self.clock, retention), name="retention"
+                )
 
     async def _listen(self) -> None:
         smtp = self.config.smtp
@@ -289,10 +296,11 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatch_task
         await self.webhooks.stop(grace)
-        if self._webhook_task is not None:
-            self._webhook_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._webhook_task
+        for task in (self._webhook_task, self._retention_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if isinstance(self.store, SqliteStore):
             # This worker's shards are its own: hand deliveries cut off back to the queue now
             # (the Redis store releases its leases when it closes).

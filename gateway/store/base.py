@@ -285,6 +285,12 @@ class Store(abc.ABC):
         """Remove matching deliveries (and messages left with none); count deliveries removed."""
 
     @abc.abstractmethod
+    async def purge(self, before: float, *, batch: int = 500) -> int:
+        """Remove messages accepted before ``before`` whose every delivery is final (delivered,
+        bounced, expired or skipped): body, deliveries, attempts, metadata and events. Messages
+        with a delivery still waiting stay, however old. Returns how many messages went."""
+
+    @abc.abstractmethod
     async def counts(self) -> dict[DeliveryStatus, int]: ...
 
     # --- HTTP API: reads see every shard/node, not just the ones this process writes ------

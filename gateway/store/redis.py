@@ -168,6 +168,7 @@ class RedisStore(Store):
                 "COMPLETE",
                 "RETRY",
                 "DELETE",
+                "PURGE",
                 "PURGE_IDEMPOTENCY",
                 "ADD_SUPPRESSIONS",
                 "REMOVE_SUPPRESSION",
@@ -473,6 +474,23 @@ class RedisStore(Store):
         total = 0
         for start in range(0, len(ids), _BATCH):
             total += int(await self._run("DELETE", *ids[start : start + _BATCH]))
+        return total
+
+    async def purge(self, before: float, *, batch: int = 500) -> int:
+        with self._errors():
+            tenants = [
+                _s(key)[len(self._p) + 3 :]
+                async for key in self._redis.scan_iter(match=self._p + "tt:*", count=500)
+            ]
+        total = 0
+        for tenant in sorted(set(tenants)):
+            kept = 0  # old messages still waiting stay at the head of the index: skip them
+            while True:
+                purged, seen = await self._run("PURGE", tenant, _f(before), kept, batch)
+                total += int(purged)
+                kept += int(seen) - int(purged)
+                if int(seen) < batch:
+                    break
         return total
 
     async def counts(self) -> dict[DeliveryStatus, int]:

@@ -221,6 +221,36 @@ end
 return count
 """
 
+PURGE = """
+local P, tenant, before = ARGV[1], ARGV[2], ARGV[3]
+local offset, batch = tonumber(ARGV[4]), tonumber(ARGV[5])
+local final = {delivered = true, bounced = true, expired = true, skipped = true}
+local by_time = P .. 'tt:' .. tenant
+local mids = redis.call('ZRANGEBYSCORE', by_time, '-inf', '(' .. before, 'LIMIT', offset, batch)
+local purged = 0
+for _, mid in ipairs(mids) do
+  local ids = redis.call('LRANGE', P .. 'md:' .. mid, 0, -1)
+  local states, done = {}, true
+  for i, id in ipairs(ids) do
+    states[i] = redis.call('HGET', P .. 'd:' .. id, 'st')
+    if states[i] and not final[states[i]] then done = false break end
+  end
+  if done then
+    for i, id in ipairs(ids) do
+      redis.call('DEL', P .. 'd:' .. id, P .. 'd:' .. id .. ':a')
+      if states[i] then redis.call('SREM', P .. 's:' .. states[i], id) end
+      redis.call('ZREM', P .. 'due', id)
+      redis.call('ZREM', P .. 'leases', id)
+    end
+    redis.call('DEL', P .. 'm:' .. mid, P .. 'md:' .. mid, P .. 'ev:' .. mid)
+    redis.call('ZREM', P .. 'tm:' .. tenant, mid)
+    redis.call('ZREM', by_time, mid)
+    purged = purged + 1
+  end
+end
+return {purged, #mids}
+"""
+
 PURGE_IDEMPOTENCY = """
 local now = tonumber(ARGV[1])
 local removed = 0

@@ -548,6 +548,16 @@ class SqliteStore(Store):
 
         return sum(await self._on_all(remove))
 
+    async def purge(self, before: float, *, batch: int = 500) -> int:
+        total = 0
+        while True:  # batch by batch, so other writes get the writer thread in between
+            purged = sum(
+                await self._on_all(lambda conn, _: sqlite_api.purge_messages(conn, before, batch))
+            )
+            total += purged
+            if purged == 0:
+                return total
+
     async def counts(self) -> dict[DeliveryStatus, int]:
         def count(conn: sqlite3.Connection, shard: int) -> list[tuple[str, int]]:
             return conn.execute(

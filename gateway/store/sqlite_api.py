@@ -41,6 +41,7 @@ T = TypeVar("T")
 
 SHARD_SCHEMA = """
 CREATE INDEX IF NOT EXISTS messages_tenant ON messages(tenant, id);
+CREATE INDEX IF NOT EXISTS messages_created ON messages(created_at);
 CREATE TABLE IF NOT EXISTS message_meta (
     message_id TEXT PRIMARY KEY,
     tags TEXT NOT NULL,
@@ -185,6 +186,32 @@ def delete_orphans(conn: sqlite3.Connection) -> None:
             f"DELETE FROM {table} WHERE NOT EXISTS"
             f" (SELECT 1 FROM messages m WHERE m.id = {table}.message_id)"
         )
+
+
+def purge_messages(conn: sqlite3.Connection, before: float, batch: int) -> int:
+    """Up to ``batch`` messages accepted before ``before`` with only final deliveries, gone."""
+    final = [s.value for s in DeliveryStatus if s.is_terminal]
+    marks = ",".join("?" * len(final))
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT m.id FROM messages m WHERE m.created_at < ? AND NOT EXISTS (SELECT 1 FROM"
+            f" deliveries d WHERE d.message_id = m.id AND d.status NOT IN ({marks})) LIMIT ?",
+            (before, *final, batch),
+        )
+    ]
+    if not ids:
+        return 0
+    chosen = ",".join("?" * len(ids))
+    conn.execute(
+        "DELETE FROM attempts WHERE delivery_id IN"
+        f" (SELECT id FROM deliveries WHERE message_id IN ({chosen}))",
+        ids,
+    )
+    for table in ("deliveries", "message_meta", "message_tags", "events"):
+        conn.execute(f"DELETE FROM {table} WHERE message_id IN ({chosen})", ids)
+    conn.execute(f"DELETE FROM messages WHERE id IN ({chosen})", ids)
+    return len(ids)
 
 
 def insert_event(conn: sqlite3.Connection, event: MessageEvent) -> None:

@@ -6,6 +6,7 @@ import os
 import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,43 @@ def test_queue_retry_and_delete(spool_with_mail, tmp_path) -> None:
     after = gateway_cli("-c", str(path), "queue", "list", cwd=tmp_path)
     assert "waiting@example.com" not in after.stdout
     assert after.stdout.count("delivered") == 3
+
+
+def test_queue_purge_removes_old_messages_whose_deliveries_are_final(
+    tmp_path: Path, gateway_factory
+) -> None:
+    body = """
+[smtp]
+listeners = [{ name = "dev", port = 0, tls = "none", insecure_auth = true }]
+[delivery]
+providers = ["capture"]
+"""
+    path = write_config(tmp_path, body)
+    forty_days_ago = FakeClock(time.time() - 40 * 86400)
+    gw: GatewayThread = gateway_factory(
+        make_config(tmp_path, body), clock=forty_days_ago, deliver=False
+    )
+    with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+        client.sendmail(
+            "app@example.com",
+            ["done@example.org"],
+            b"From: app@example.com\r\nSubject: 1\r\n\r\nhi\r\n",
+        )
+        assert gw.call(gw.gateway.dispatcher.run_once()) == 1
+        client.sendmail(
+            "app@example.com",
+            ["waiting@example.org"],
+            b"From: app@example.com\r\nSubject: 2\r\n\r\nhi\r\n",
+        )
+
+    bad = gateway_cli("-c", str(path), "queue", "purge", "--older-than", "soon", cwd=tmp_path)
+    assert bad.returncode != 0 and "--older-than: not a duration: 'soon'" in bad.stderr
+    kept = gateway_cli("-c", str(path), "queue", "purge", "--older-than", "41d", cwd=tmp_path)
+    assert "0 messages removed" in kept.stdout, kept.stderr
+    purged = gateway_cli("-c", str(path), "queue", "purge", cwd=tmp_path)  # store.retention: 30d
+    assert "1 messages removed (accepted over 30d ago" in purged.stdout, purged.stderr
+    after = gateway_cli("-c", str(path), "queue", "list", cwd=tmp_path)
+    assert "waiting@example.org" in after.stdout and "done@example.org" not in after.stdout
 
 
 def test_outbox_lists_captured_mail(spool_with_mail, tmp_path) -> None:

@@ -224,6 +224,8 @@ def test_bad_urls_are_config_errors_naming_the_key(url: str, why: str) -> None:
         ('backend = "redis"\nlease = "soon"', r"store\.lease.*not a duration"),
         ('backend = "redis"\nlease = "1s"', r"store\.lease.*at least 3s"),
         ('backend = "memcached"', r"store\.backend"),
+        ('retention = "12h"', r"store\.retention.*at least 1d"),
+        ('retention = "never"', r"store\.retention.*not a duration.*or 'forever'"),
     ],
 )
 def test_bad_store_settings_are_config_errors(toml: str, why: str) -> None:
@@ -242,3 +244,6 @@ def test_the_configured_backend_is_the_one_opened(tmp_path) -> None:  # type: ig
     assert isinstance(operator_store(redis_config), RedisStore)
     sqlite_config = parse_config(f'[gateway]\ndata_dir = "{tmp_path}"\n')
     assert isinstance(open_store(sqlite_config), SqliteStore), "SQLite stays the default"
+    assert sqlite_config.store.retention_seconds == 30 * 86400, "30 days unless told"
+    kept = parse_config('[store]\nretention = "forever"\n').store
+    assert kept.retention_seconds is None

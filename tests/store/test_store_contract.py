@@ -341,6 +341,75 @@ async def test_delivery_ids_are_never_reused_after_delete(store: Store) -> None:
     assert await store.attempts(still) == []
 
 
+# --- retention ----------------------------------------------------------------------------------
+
+
+def final(delivery: Delivery, status: DeliveryStatus) -> DeliveryUpdate:
+    return DeliveryUpdate(delivery_id=delivery.id, shard=delivery.shard, status=status)
+
+
+async def test_purge_removes_old_messages_whose_deliveries_are_all_final(store: Store) -> None:
+    day = 24 * HOUR
+    old, new = T0 - 40 * day, T0
+    placed = {}
+    for n, at, recipients in [
+        (1, old, ["a@example.org", "b@example.org"]),  # delivered and bounced: goes
+        (2, old, ["c@example.org", "d@example.org"]),  # one still deferred: stays
+        (3, old, ["e@example.org"]),  # expired: goes
+        (4, new, ["f@example.org"]),  # delivered, but recent: stays
+        (5, old, ["g@example.org"]),  # skipped (suppressed): goes
+        (6, old + 1, ["h@example.org"]),  # sending: stays
+        (8, old + 2, ["i@example.org"]),  # sending: stays
+        (10, old + 3, ["j@example.org"]),  # delivered, behind three that stay: goes
+    ]:
+        placed[n] = await store.enqueue(
+            message(n, at=at, tenant="acme" if n % 2 else "default"),
+            recipients,
+            expires_at=at + day,
+        )
+    claimed = {c.delivery.recipient: c.delivery for c in await store.claim(T0, limit=100)}
+    outcome = {
+        "a": DeliveryStatus.DELIVERED,
+        "b": DeliveryStatus.BOUNCED,
+        "c": DeliveryStatus.DELIVERED,
+        "d": DeliveryStatus.DEFERRED,
+        "e": DeliveryStatus.EXPIRED,
+        "f": DeliveryStatus.DELIVERED,
+        "g": DeliveryStatus.SKIPPED,
+        "j": DeliveryStatus.DELIVERED,
+    }
+    await store.complete(
+        [final(claimed[f"{r}@example.org"], status) for r, status in outcome.items() if r != "a"]
+        + [sent(claimed["a@example.org"])],
+        T0,
+    )
+    (a,) = await store.list_deliveries(DeliveryFilter(recipient="a@example.org"))
+    assert len(await store.attempts(a)) == 1
+    await store.record_event(MessageEvent(message_id="msg-1", at=T0, type="opened"))
+
+    assert await store.purge(T0 - 30 * day, batch=2) == 4
+    for gone in ("msg-1", "msg-3", "msg-5", "msg-10"):
+        assert await store.get_message(gone) is None
+        assert await store.list_deliveries(DeliveryFilter(message_id=gone)) == []
+        assert await store.message_record("acme", gone) is None
+    assert await store.attempts(a) == []
+    assert await store.timeline("msg-1") == []
+    assert await store.get_message("msg-2") is not None, "a delivery is still waiting"
+    assert await store.get_message("msg-4") is not None, "recent"
+    assert _recipients(await store.list_deliveries(DeliveryFilter(limit=100))) == {
+        "c@example.org",
+        "d@example.org",
+        "f@example.org",
+        "h@example.org",
+        "i@example.org",
+    }
+    counts = await store.counts()
+    assert (counts[DeliveryStatus.DELIVERED], counts[DeliveryStatus.DEFERRED]) == (2, 1)
+    assert counts[DeliveryStatus.SENDING] == 2 and sum(counts.values()) == 5
+    assert await store.next_due() is not None, "the deferred delivery is still scheduled"
+    assert await store.purge(T0 - 30 * day) == 0, "nothing more to purge"
+
+
 # --- idempotency ------------------------------------------------------------------------------
 
 
