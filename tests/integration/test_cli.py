@@ -75,15 +75,18 @@ def test_missing_secret_is_named(tmp_path: Path) -> None:
     )
 
 
-@pytest.fixture
-def spool_with_mail(tmp_path: Path, gateway_factory) -> tuple[Path, list[str]]:
-    """A spool holding one delivered message (capture) and one deferred (relay refused)."""
-    body = """
+CAPTURE = """
 [smtp]
 listeners = [{ name = "dev", port = 0, tls = "none", insecure_auth = true }]
 [delivery]
 providers = ["capture"]
 """
+
+
+@pytest.fixture
+def spool_with_mail(tmp_path: Path, gateway_factory) -> tuple[Path, list[str]]:
+    """A spool holding one delivered message (capture) and one deferred (relay refused)."""
+    body = CAPTURE
     path = write_config(tmp_path, body)
     config = make_config(tmp_path, body)
     clock = FakeClock()
@@ -162,12 +165,7 @@ def test_queue_retry_and_delete(spool_with_mail, tmp_path) -> None:
 def test_queue_purge_removes_old_messages_whose_deliveries_are_final(
     tmp_path: Path, gateway_factory
 ) -> None:
-    body = """
-[smtp]
-listeners = [{ name = "dev", port = 0, tls = "none", insecure_auth = true }]
-[delivery]
-providers = ["capture"]
-"""
+    body = CAPTURE
     path = write_config(tmp_path, body)
     forty_days_ago = FakeClock(time.time() - 40 * 86400)
     gw: GatewayThread = gateway_factory(
