@@ -25,6 +25,7 @@ from gateway.config import Config, parse_config
 from gateway.server import Gateway, new_event_loop
 from tests.dnsserver import BlackHole, DnsServer, Records, start_dns_server
 from tests.redisserver import redis_prefix, redis_server  # noqa: F401 (fixtures)
+from tests.redistopology import redis_cluster, redis_sentinel  # noqa: F401 (fixtures)
 
 T = TypeVar("T")
 

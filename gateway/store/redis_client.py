@@ -158,7 +158,25 @@ def connect(target: RedisTarget) -> Any:
         db=target.db,
         **common,
     )
-    return sentinel.master_for(target.service)
+    return sentinel.master_for(target.service, redis_class=_sentinel_master_class())
+
+
+def _sentinel_master_class() -> type[Any]:
+    import redis.asyncio as aioredis
+
+    class SentinelMaster(aioredis.Redis):
+        """The master's client. Closing it also closes the clients of the sentinels it asks
+        for the master, which redis-py's ``master_for`` leaves open (and so leaks)."""
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            try:
+                await super().aclose(close_connection_pool)
+            finally:
+                manager = getattr(self.connection_pool, "sentinel_manager", None)
+                for sentinel in manager.sentinels if manager is not None else ():
+                    await sentinel.aclose()
+
+    return SentinelMaster
 
 
 # --- persistence --------------------------------------------------------------------------------
@@ -201,24 +219,49 @@ class Persistence(msgspec.Struct, frozen=True):
         )
 
 
+_FSYNC_RANK = {"always": 3, "everysec": 2}
+"""How safe each ``appendfsync`` is; anything else (``no``, unknown) ranks 0."""
+
+
+def _weakest(found: list[Persistence]) -> Persistence:
+    def rank(p: Persistence) -> tuple[int, int]:
+        on = {False: 0, None: 1, True: 2}[p.appendonly]
+        return on, _FSYNC_RANK.get(p.appendfsync or "", 0)
+
+    return min(found, key=rank)
+
+
 async def read_persistence(client: Any) -> Persistence:
+    """The server's AOF settings. A cluster client asks every node, masters and replicas —
+    the gateway's slot may move to any of them in a failover or resharding — and reports the
+    weakest (redis-py would otherwise send CONFIG GET to one arbitrary node)."""
+    from redis.asyncio.cluster import RedisCluster
     from redis.exceptions import ResponseError
 
+    cluster = isinstance(client, RedisCluster)
     try:
-        settings = await client.config_get("append*")
+        if cluster:
+            settings = await client.config_get("append*", target_nodes=RedisCluster.ALL_NODES)
+        else:
+            settings = await client.config_get("append*")
     except ResponseError:  # CONFIG renamed or disabled, as managed services do
         try:
             info = await client.info("persistence")
         except ResponseError:
             return Persistence(None, None)
+        if cluster and isinstance(info, dict) and all(isinstance(v, dict) for v in info.values()):
+            return _weakest([Persistence(bool(i.get("aof_enabled")), None) for i in info.values()])
         return Persistence(bool(info.get("aof_enabled")), None)
     if (
         isinstance(settings, dict)
         and settings
         and all(isinstance(v, dict) for v in settings.values())
-    ):  # a cluster client answers per node: report the first
-        settings = next(iter(settings.values()))
+    ):  # a cluster client answers per node
+        return _weakest([_persistence(s) for s in settings.values()])
+    return _persistence(settings)
 
+
+def _persistence(settings: dict[Any, Any]) -> Persistence:
     def text(value: Any) -> str:
         return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -1,9 +1,11 @@
-"""One store suite for every engine: each contract test runs against SQLite and against a real
-Redis (``tests/redisserver.py``). ``backend`` opens stores that share one spool (SQLite: one
-directory; Redis: one server and key prefix), as several processes or nodes would."""
+"""One store suite for every engine: each contract test runs against SQLite, a real Redis
+(``tests/redisserver.py``), and Redis through Sentinel and Cluster (``tests/redistopology.py``).
+``backend`` opens stores that share one spool (SQLite: one directory; Redis: one server and key
+prefix), as several processes or nodes would."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from gateway.store.base import Store
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SqliteStore
 from tests.redisserver import RedisServer
+from tests.redistopology import ClusterSetup, SentinelSetup
 
 T0 = 1_800_000_000.0
 HOUR = 3600.0
@@ -83,12 +86,20 @@ class Backend:
         self._opened.clear()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-sentinel", "redis-cluster"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """``redis-sentinel`` and ``redis-cluster`` run on ``tests/redistopology.py``'s setups (one
+    each per session), under a fresh key prefix per test."""
     url, prefix = "", ""
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         url, prefix = server.url, request.getfixturevalue("redis_prefix")
+    elif request.param == "redis-sentinel":
+        sentinel: SentinelSetup = request.getfixturevalue("redis_sentinel")
+        url, prefix = sentinel.url, f"test-{uuid.uuid4().hex[:12]}"
+    elif request.param == "redis-cluster":
+        cluster: ClusterSetup = request.getfixturevalue("redis_cluster")
+        url, prefix = cluster.url, f"test-{uuid.uuid4().hex[:12]}"
     b = Backend(request.param, tmp_path, url, prefix)
     yield b
     await b.close_all()
