@@ -60,6 +60,11 @@ class StoreSection(msgspec.Struct, **_STRICT):
     """Redis only: how long a node holds a delivery it claimed without renewing it; the
     deliveries of a node that died are taken over by another one after this long."""
 
+    min_replicas: int = 0
+    """Redis only (single or Sentinel): answer 250/202 only once this many replicas have the
+    message, so a failover cannot lose accepted mail (``WAIT``); 0 trusts the AOF alone."""
+    replica_timeout: str = "1s"
+    """Redis only: how long ``min_replicas`` may take before the message is refused (451)."""
     retention: str = "30d"
     """How long a message is kept after it is accepted, once every delivery of it is final
     (delivered, bounced, expired, skipped); ``"forever"`` keeps everything."""
@@ -67,6 +72,10 @@ class StoreSection(msgspec.Struct, **_STRICT):
     @property
     def lease_seconds(self) -> float:
         return parse_duration(self.lease)
+
+    @property
+    def replica_timeout_seconds(self) -> float:
+        return parse_duration(self.replica_timeout)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -1281,6 +1290,15 @@ def _check_store(store: StoreSection, fail: Callable[[tuple[str | int, ...], str
         fail(("store", "url"), str(e))
     if not store.prefix or any(c in store.prefix for c in "{}"):
         fail(("store", "prefix"), "must be non-empty and without braces")
+    if store.min_replicas < 0:
+        fail(("store", "min_replicas"), "must be 0 or more")
+    elif store.min_replicas and store.url.split("://", 1)[0].endswith("+cluster"):
+        fail(("store", "min_replicas"), "is not supported with Redis Cluster (use Sentinel)")
+    try:
+        if parse_duration(store.replica_timeout) <= 0:
+            fail(("store", "replica_timeout"), "must be above 0s")
+    except ValueError as e:
+        fail(("store", "replica_timeout"), str(e))
     try:
         lease = parse_duration(store.lease)
     except ValueError as e:

@@ -72,7 +72,12 @@ def redis_store(config: Config, clock: Clock | None = None) -> Store:
 
     section = config.store
     return RedisStore(
-        section.url, prefix=section.prefix, lease_seconds=section.lease_seconds, clock=clock
+        section.url,
+        prefix=section.prefix,
+        lease_seconds=section.lease_seconds,
+        clock=clock,
+        min_replicas=section.min_replicas,
+        replica_timeout=section.replica_timeout_seconds,
     )
 
 

@@ -130,6 +130,9 @@ class RedisStore(Store):
     :param lease_seconds: how long a claimed delivery stays with this process without a
         heartbeat; after that any node may take it over.
     :param clock: for lease deadlines in the heartbeat (the gateway's clock).
+    :param min_replicas: accept a message (``enqueue`` returns) only once this many replicas
+        have it, so a failover cannot lose it; ``replica_timeout`` seconds at most, then
+        ``enqueue`` fails (single server or Sentinel; not Cluster).
     """
 
     def __init__(
@@ -139,12 +142,16 @@ class RedisStore(Store):
         prefix: str = "gateway",
         lease_seconds: float = 30.0,
         clock: Clock | None = None,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.target: RedisTarget = parse_redis_url(url)
         self.prefix = prefix
         self._p = f"{{{prefix}}}:"
         self._seq_key = self._p + "seq"
         self.lease_seconds = lease_seconds
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
         self.clock = clock or SystemClock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         """Names this process in the leases it holds."""
@@ -177,10 +184,24 @@ class RedisStore(Store):
             )
         }
         scripts.update({name: getattr(redis_webhooks, name) for name in redis_webhooks.SCRIPTS})
-        self._pipe = AutoPipeline(self._redis, scripts)
+        self._pipe = AutoPipeline(
+            self._redis,
+            scripts,
+            min_replicas=self.min_replicas,
+            replica_timeout=self.replica_timeout,
+        )
         with self._errors(f"cannot reach Redis at {self.target.redacted}"):
             await self._redis.ping()
             self.persistence = await check_persistence(self._redis)
+            if self.min_replicas:
+                replicas = int((await self._redis.info("replication")).get("connected_slaves", 0))
+                if replicas < self.min_replicas:
+                    log.warning(
+                        "store.min_replicas is %d but the master has %d replicas connected:"
+                        " mail is refused (451) until enough are",
+                        self.min_replicas,
+                        replicas,
+                    )
         self._heartbeat = asyncio.create_task(self._renew_leases(), name="redis-lease-heartbeat")
 
     async def close(self, *, release: bool = True) -> None:
@@ -292,8 +313,9 @@ class RedisStore(Store):
         try:
             ids = await self._batch.script(
                 "ENQUEUE",
-                [self._seq_key],
-                [
+                replicated=True,
+                keys=[self._seq_key],
+                args=[
                     self._p,
                     message.id,
                     message.tenant,

@@ -4,6 +4,7 @@ commands share one connection and round trip, yet each caller gets its own reply
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,8 +14,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, ResponseError
 
-from gateway.store.redis_pipeline import AutoPipeline
+from gateway.store.base import StoreError
+from gateway.store.redis import RedisStore
+from gateway.store.redis_pipeline import AutoPipeline, NotReplicated
 from tests.redisserver import RedisServer, free_port
+from tests.store.conftest import HOUR, T0, message
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 
@@ -113,3 +117,39 @@ async def test_when_redis_is_unreachable_every_caller_gets_the_error() -> None:
             await pipe.execute("GET", "alone")  # the unbatched path fails the same way
     finally:
         await unreachable.aclose()
+
+
+async def test_a_replicated_write_fails_when_no_replica_confirms_it(
+    client: Any, redis_prefix: str
+) -> None:
+    """The session's redis-server has no replica: WAIT confirms 0 of 1."""
+    key, other = f"{{{redis_prefix}}}:r", f"{{{redis_prefix}}}:o"
+    pipe = AutoPipeline(client, {}, min_replicas=1, replica_timeout=0.05)
+    results = await asyncio.gather(
+        pipe.execute("SET", key, "v", replicated=True),
+        pipe.execute("SET", other, "w"),  # not asked to be replicated: fine
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], NotReplicated), results
+    assert "written to the master, but 0 of 1 replicas confirmed it within 50 ms" in str(results[0])
+    assert results[1] is True
+    assert await client.get(key) == b"v", "the master has it: a retry may duplicate it"
+    with pytest.raises(NotReplicated):
+        await pipe.execute("SET", key, "alone", replicated=True)  # a batch of one waits too
+
+    unreplicated = AutoPipeline(client, {}, min_replicas=0)
+    assert await unreplicated.execute("SET", key, "v2", replicated=True) is True
+
+
+async def test_the_store_refuses_a_message_no_replica_confirmed(
+    redis_server: RedisServer, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(redis_server.url, prefix=redis_prefix, min_replicas=1, replica_timeout=0.05)
+    with caplog.at_level(logging.WARNING, logger="gateway.store.redis"):
+        await store.open()
+    assert "min_replicas is 1 but the master has 0 replicas connected" in caplog.text
+    try:
+        with pytest.raises(StoreError, match="0 of 1 replicas confirmed it"):
+            await store.enqueue(message(1), ["a@example.org"], expires_at=T0 + HOUR)
+    finally:
+        await store.close()

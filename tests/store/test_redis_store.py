@@ -225,6 +225,12 @@ def test_bad_urls_are_config_errors_naming_the_key(url: str, why: str) -> None:
         ('backend = "redis"\nlease = "1s"', r"store\.lease.*at least 3s"),
         ('backend = "memcached"', r"store\.backend"),
         ('retention = "12h"', r"store\.retention.*at least 1d"),
+        ('backend = "redis"\nmin_replicas = -1', r"store\.min_replicas.*0 or more"),
+        (
+            'backend = "redis"\nurl = "redis+cluster://c1:7000"\nmin_replicas = 1',
+            r"store\.min_replicas.*not supported with Redis Cluster",
+        ),
+        ('backend = "redis"\nreplica_timeout = "0s"', r"store\.replica_timeout.*above 0s"),
         ('retention = "never"', r"store\.retention.*not a duration.*or 'forever'"),
     ],
 )
@@ -236,11 +242,12 @@ def test_bad_store_settings_are_config_errors(toml: str, why: str) -> None:
 def test_the_configured_backend_is_the_one_opened(tmp_path) -> None:  # type: ignore[no-untyped-def]
     redis_config = parse_config(
         '[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:6390/2"\n'
-        'prefix = "eu"\nlease = "45s"\n'
+        'prefix = "eu"\nlease = "45s"\nmin_replicas = 1\nreplica_timeout = "0.25s"\n'
     )
     store = open_store(redis_config, worker=1, workers=2)
     assert isinstance(store, RedisStore)
     assert (store.target.db, store.prefix, store.lease_seconds) == (2, "eu", 45.0)
+    assert (store.min_replicas, store.replica_timeout) == (1, 0.25)
     assert isinstance(operator_store(redis_config), RedisStore)
     sqlite_config = parse_config(f'[gateway]\ndata_dir = "{tmp_path}"\n')
     assert isinstance(open_store(sqlite_config), SqliteStore), "SQLite stays the default"

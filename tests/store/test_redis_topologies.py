@@ -215,3 +215,66 @@ async def test_the_cluster_persistence_check_reports_the_weakest_node(
     finally:
         with weak.client() as client:
             client.config_set("appendfsync", "always")
+
+
+async def test_with_min_replicas_a_planned_failover_loses_no_accepted_message(
+    tmp_path: Path,
+) -> None:
+    """Messages are enqueued without pause while Sentinel fails over. Without
+    ``min_replicas`` the old master keeps taking writes for seconds after the promotion and
+    drops them when it resyncs (923 of 1,402 accepted messages, measured with this test and
+    ``min_replicas=0``); with it, a write the promoted replica never got is refused, so every
+    message the store accepted is on the new master."""
+    with sentinel_setup(tmp_path) as setup:
+        store = RedisStore(
+            setup.url, prefix="nolost", lease_seconds=LEASE, min_replicas=1, replica_timeout=0.5
+        )
+        await store.open()
+        accepted: list[str] = []
+        refused = 0
+        done = asyncio.Event()
+
+        async def keep_sending() -> None:
+            nonlocal refused
+            n = 0
+            while not done.is_set():
+                n += 1
+                try:
+                    await store.enqueue(message(n), ["a@example.org"], expires_at=T0 + HOUR)
+                except StoreError:
+                    refused += 1
+                    await asyncio.sleep(0.05)
+                else:
+                    accepted.append(f"msg-{n}")
+                await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(keep_sending())
+        try:
+            old = setup.master()
+            await eventually_true(lambda: len(accepted) >= 20, 10, "sends before the failover")
+            new = await asyncio.to_thread(setup.failover)
+            assert new.port != old.port
+            count = len(accepted)
+            await eventually_true(lambda: len(accepted) >= count + 20, 30, "sends afterwards")
+        finally:
+            done.set()
+            await sender
+            await store.close()
+        with new.client() as client:
+            pipe = client.pipeline(transaction=False)
+            for mid in accepted:
+                pipe.exists(f"{{nolost}}:m:{mid}")
+            found = pipe.execute()
+        missing = [mid for mid, there in zip(accepted, found, strict=True) if not there]
+        assert not missing, (
+            f"{len(missing)} of {len(accepted)} accepted messages lost"
+            f" ({refused} refused during the failover): {missing[:10]}"
+        )
+
+
+async def eventually_true(predicate: Callable[[], bool], within: float, what: str) -> None:
+    """Poll a plain predicate from async code; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
+        await asyncio.sleep(0.02)
