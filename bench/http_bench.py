@@ -75,10 +75,10 @@ def batch_body(size: int, recipients: int) -> str:
 class HttpGateway(sb.GatewayServer):
     """``gateway serve`` with the HTTP API on and no SMTP listener in the way."""
 
-    def __init__(self, workdir: Path, sink_port: int, *, workers: int, key: str,
-                 concurrency: int) -> None:
-        super().__init__(workdir, sink_port, workers=workers, pool_size=20,
-                         concurrency=concurrency)
+    def __init__(
+        self, workdir: Path, sink_port: int, *, workers: int, key: str, concurrency: int
+    ) -> None:
+        super().__init__(workdir, sink_port, workers=workers, pool_size=20, concurrency=concurrency)
         self.http_port = sb.free_port()
         config = self.config.read_text().replace(
             "[tenants.bench]",
@@ -121,11 +121,23 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 def run_wrk(port: int, script: Path, args: argparse.Namespace) -> WrkRun:
     command = [
-        "wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
-        "--latency", "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}",
+        "wrk",
+        "-t",
+        str(args.threads),
+        "-c",
+        str(args.connections),
+        "-d",
+        f"{args.duration}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}",
     ]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          timeout=args.duration + 60, check=True)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=args.duration + 60, check=True
+    )
     out = done.stdout
     total = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
     assert total is not None, out
@@ -158,12 +170,14 @@ class Result:
     background_cores: float
 
 
-def measure(mode: str, workers: int, sink: sb.Sink, workdir: Path,
-            args: argparse.Namespace) -> Result:
+def measure(
+    mode: str, workers: int, sink: sb.Sink, workdir: Path, args: argparse.Namespace
+) -> Result:
     key = generate_api_key()
     run_dir = Path(tempfile.mkdtemp(prefix=f"{mode}-w{workers}-", dir=workdir))
-    server = HttpGateway(run_dir, sink.port, workers=workers, key=key,
-                         concurrency=args.delivery_concurrency)
+    server = HttpGateway(
+        run_dir, sink.port, workers=workers, key=key, concurrency=args.delivery_concurrency
+    )
     per_request = 1 if mode == "single" else args.batch_size
     path = "/v1/messages" if mode == "single" else "/v1/messages/batch"
     body = single_body(args.size) if mode == "single" else batch_body(args.size, per_request)
@@ -191,13 +205,24 @@ def measure(mode: str, workers: int, sink: sb.Sink, workdir: Path,
     finally:
         server.stop()
     return Result(
-        label=server.label + ("" if args.delivery_concurrency == 100
-                              else f" (delivery concurrency {args.delivery_concurrency})"),
-        mode=mode, accepted_requests=accepted,
-        recipients=accepted * per_request, failed=wrk.failed, seconds=wrk.seconds,
-        p50_ms=wrk.p50_ms, p99_ms=wrk.p99_ms, server_cpu=cpu_load,
-        deliver_seconds=None if reached is None else reached - started, delivered=delivered,
-        peak_pss_mb=memory.peak_pss_kb / 1024, spool=server.leftovers(),
+        label=server.label
+        + (
+            ""
+            if args.delivery_concurrency == 100
+            else f" (delivery concurrency {args.delivery_concurrency})"
+        ),
+        mode=mode,
+        accepted_requests=accepted,
+        recipients=accepted * per_request,
+        failed=wrk.failed,
+        seconds=wrk.seconds,
+        p50_ms=wrk.p50_ms,
+        p99_ms=wrk.p99_ms,
+        server_cpu=cpu_load,
+        deliver_seconds=None if reached is None else reached - started,
+        delivered=delivered,
+        peak_pss_mb=memory.peak_pss_kb / 1024,
+        spool=server.leftovers(),
         background_cores=background_cores,
     )
 
@@ -244,15 +269,22 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--size", type=int, default=2048, help="text body characters")
     parser.add_argument("--batch-size", type=int, default=100, help="recipients per batch")
-    parser.add_argument("--delivery-concurrency", type=int, default=100,
-                        help="[delivery] concurrency; 1 measures the accept path with delivery"
-                             " held back to a trickle during the load (it drains afterwards)")
+    parser.add_argument(
+        "--delivery-concurrency",
+        type=int,
+        default=100,
+        help="[delivery] concurrency; 1 measures the accept path with delivery"
+        " held back to a trickle during the load (it drains afterwards)",
+    )
     parser.add_argument("--wait-idle", type=float, default=20.0)
     parser.add_argument("--phase-timeout", type=float, default=180.0)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
-                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/bin:/usr/sbin:/bin"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "wrk"],
+            check=True,
+            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/bin:/usr/sbin:/bin"},
+        )
     sb.ensure_postfix()
     sb.become_subreaper()
     print("# " + shlex.join([sys.executable, *sys.argv]))
@@ -272,8 +304,12 @@ def main() -> int:
     print()
     print(table(results))
     print()
-    print("reproduce: cd " + str(sb.REPO) + " && .venv/bin/python bench/http_bench.py "
-          + shlex.join(sys.argv[1:]))
+    print(
+        "reproduce: cd "
+        + str(sb.REPO)
+        + " && .venv/bin/python bench/http_bench.py "
+        + shlex.join(sys.argv[1:])
+    )
     # wrk counts answers received before it stopped; requests in flight then are delivered too.
     lost = [r for r in results if r.delivered < r.recipients]
     return 1 if lost else 0

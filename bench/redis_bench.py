@@ -41,7 +41,7 @@ FSYNC_MODES = ("always", "everysec", "no")
 class RedisProcess:
     """A private ``redis-server`` on a free loopback port, its AOF in ``directory``."""
 
-    def __init__(self, directory: Path, appendfsync: str) -> None:
+    def __init__(self, directory: Path, appendfsync: str, replica_of: int | None = None) -> None:
         self.port = sb.free_port()
         self.appendfsync = appendfsync
         directory.mkdir()
@@ -64,6 +64,9 @@ class RedisProcess:
                 str(directory / "redis.log"),
                 "--daemonize",
                 "no",
+                "--repl-diskless-sync-delay",
+                "0",
+                *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -75,6 +78,16 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def wait_for_replicas(self, count: int, timeout: float = 30.0) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        with redis.Redis(host="127.0.0.1", port=self.port) as client:
+            while int(client.info("replication").get("connected_slaves", 0)) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{count} replicas did not connect within {timeout:.0f}s")
+                time.sleep(0.05)
+
     def stop(self) -> None:
         sb.stop_process(self.process, grace=10)
 
@@ -83,14 +96,24 @@ class Node(sb.GatewayServer):
     """One gateway node; with ``redis_url`` its store is that Redis instead of SQLite."""
 
     def __init__(
-        self, workdir: Path, sink_port: int, *, name: str, redis_url: str | None, **kwargs: object
+        self,
+        workdir: Path,
+        sink_port: int,
+        *,
+        name: str,
+        redis_url: str | None,
+        min_replicas: int = 0,
+        **kwargs: object,
     ) -> None:
         super().__init__(workdir, sink_port, **kwargs)  # type: ignore[arg-type]
         self.redis_url = redis_url
         self.label = f"{name} ({'redis' if redis_url else 'sqlite'}, w={self.workers})"
         if redis_url:
             with open(self.config, "a") as config:
-                config.write(f'\n[store]\nbackend = "redis"\nurl = "{redis_url}"\n')
+                config.write(
+                    f'\n[store]\nbackend = "redis"\nurl = "{redis_url}"\n'
+                    f"min_replicas = {min_replicas}\n"
+                )
 
     def leftovers(self) -> str:
         if self.redis_url is None:
@@ -194,12 +217,20 @@ def measure(
     for name in ("node-a", "node-b")[:count]:
         (rundir / name).mkdir()
     redis = RedisProcess(rundir / "redis", appendfsync) if backend == "redis" else None
+    replicas = []
+    if redis is not None:
+        replicas = [
+            RedisProcess(rundir / f"replica-{i}", appendfsync, replica_of=redis.port)
+            for i in range(args.replicas)
+        ]
+        redis.wait_for_replicas(args.replicas)
     nodes = [
         Node(
             rundir / name,
             sink.port,
             name=name,
             redis_url=redis.url if redis else None,
+            min_replicas=args.replicas,
             workers=args.workers,
             pool_size=args.pool_size,
             concurrency=args.concurrency,
@@ -212,7 +243,9 @@ def measure(
         for node in nodes:
             node.start()
             started.append(node)
-        roots = tuple(n.root_pid for n in nodes) + ((redis.process.pid,) if redis else ())
+        roots = tuple(n.root_pid for n in nodes) + tuple(
+            r.process.pid for r in ([redis] if redis else []) + replicas
+        )
         for root in roots:
             sb.settle(root)
         quiet = sb.wait_for_quiet((*roots, sink.process.pid), args.wait_idle)
@@ -246,10 +279,16 @@ def measure(
     if redis:
         leftovers += [f"{n.label}: {n.leftovers().split(', ', 1)[1]}" for n in nodes[1:]]
         redis.stop()
+    for replica in replicas:
+        replica.stop()
     latencies = [run for run in runs if run.p50_ms is not None]
     return Outcome(
         setup=setup,
-        appendfsync=appendfsync if redis else "-",
+        appendfsync=(
+            (f"{appendfsync} +{len(replicas)} replica" if replicas else appendfsync)
+            if redis
+            else "-"
+        ),
         nodes=count,
         messages=args.messages,
         accepted=accepted,
@@ -370,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Redis AOF fsync policies to run (comma-separated)",
     )
     parser.add_argument("--workers", type=int, default=1, help="gateway workers per node")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="Redis replicas, and store.min_replicas: accept only once they have the message",
+    )
     parser.add_argument("--client", choices=("smtp-source", "python"), default="smtp-source")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--pool-size", type=int, default=20, help="relay pool_size per node")
@@ -409,6 +454,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
         ",".join(args.appendfsync),
         "--workers",
         str(args.workers),
+        *(["--replicas", str(args.replicas)] if args.replicas else []),
         "--client",
         args.client,
     ]

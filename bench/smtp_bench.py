@@ -279,8 +279,9 @@ def listening_sockets(port: int) -> int:
     return count
 
 
-def wait_listening(port: int, sockets: int, process: subprocess.Popen[bytes], what: str,
-                   timeout: float = 30.0) -> None:
+def wait_listening(
+    port: int, sockets: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while listening_sockets(port) < sockets:
         if process.poll() is not None:
@@ -378,8 +379,17 @@ class Sink:
         self._changed = threading.Condition()
         self._log = open(workdir / "smtp-sink.log", "wb")
         self.process = subprocess.Popen(
-            [str(SBIN / "smtp-sink"), "-c", "-4", "-u", "nobody", "-m", "512",
-             f"127.0.0.1:{self.port}", "1000"],
+            [
+                str(SBIN / "smtp-sink"),
+                "-c",
+                "-4",
+                "-u",
+                "nobody",
+                "-m",
+                "512",
+                f"127.0.0.1:{self.port}",
+                "1000",
+            ],
             stdout=subprocess.PIPE,
             stderr=self._log,
             start_new_session=True,
@@ -446,8 +456,17 @@ class Server(Protocol):
 class GatewayServer:
     """``gateway serve`` with one plain loopback listener, relaying to the sink."""
 
-    def __init__(self, workdir: Path, sink_port: int, *, workers: int, pool_size: int,
-                 concurrency: int, source: Path | None = None, pipeline: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        sink_port: int,
+        *,
+        workers: int,
+        pool_size: int,
+        concurrency: int,
+        source: Path | None = None,
+        pipeline: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.source = source
         self.workers = workers
@@ -458,7 +477,7 @@ class GatewayServer:
             f"""\
 [gateway]
 hostname = "{HELO_NAME}"
-data_dir = "{workdir / 'data'}"
+data_dir = "{workdir / "data"}"
 workers = {workers}
 log_level = "warning"
 
@@ -528,7 +547,10 @@ pool_size = {pool_size}
         ``SqliteStore.counts()`` of the sources under test), and errors it logged."""
         done = subprocess.run(
             [sys.executable, "-c", _SPOOL_COUNTS, str(self.workdir / "data" / "spool")],
-            capture_output=True, text=True, env=self._env(), timeout=60,
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            timeout=60,
         )
         found = done.stdout.strip() or done.stderr.strip().splitlines()[-1:]
         problems = self._log.read_text(errors="replace").count(" ERROR ")
@@ -544,8 +566,9 @@ def pipeline_config(workdir: Path) -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_dir = workdir / "dkim"
     (key_dir / "example.com").mkdir(parents=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     (key_dir / "example.com" / "bench.pem").write_bytes(pem)
     return f"""
 [tracking]
@@ -598,7 +621,9 @@ class PostfixServer:
         self.process: subprocess.Popen[bytes] | None = None
         daemon_dir = subprocess.run(
             [str(SBIN / "postconf"), "-dh", "daemon_directory"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         self.master = Path(daemon_dir) / "master"
         self._write_config(sink_port)
@@ -615,7 +640,7 @@ class PostfixServer:
             f"""\
 compatibility_level = 3.6
 queue_directory = {self.queue_dir}
-data_directory = {self.workdir / 'data'}
+data_directory = {self.workdir / "data"}
 meta_directory = /etc/postfix
 myhostname = {HELO_NAME}
 mydomain = localhost
@@ -630,7 +655,7 @@ inet_protocols = ipv4
 smtpd_peername_lookup = no
 smtp_dns_support_level = disabled
 biff = no
-maillog_file = {self.workdir / 'maillog'}
+maillog_file = {self.workdir / "maillog"}
 maillog_file_prefixes = {self.workdir}
 """
         )
@@ -708,8 +733,21 @@ class ClientRun:
 def run_smtp_source(port: int, args: argparse.Namespace) -> ClientRun:
     """Postfix's ``smtp-source``: ``--sessions`` connections, each reused (``-d``)."""
     command = [
-        str(SBIN / "smtp-source"), "-c", "-d", "-s", str(args.sessions), "-l", str(args.size),
-        "-m", str(args.messages), "-M", HELO_NAME, "-f", SENDER, "-t", RECIPIENT,
+        str(SBIN / "smtp-source"),
+        "-c",
+        "-d",
+        "-s",
+        str(args.sessions),
+        "-l",
+        str(args.size),
+        "-m",
+        str(args.messages),
+        "-M",
+        HELO_NAME,
+        "-f",
+        SENDER,
+        "-t",
+        RECIPIENT,
         f"127.0.0.1:{port}",
     ]
     started = time.monotonic()
@@ -728,21 +766,35 @@ def run_smtp_source(port: int, args: argparse.Namespace) -> ClientRun:
     return ClientRun(accepted, args.messages - accepted, started, elapsed, errors=errors)
 
 
-def run_python_client(port: int, args: argparse.Namespace, *,
-                      pipelined: bool = False) -> ClientRun:
+def run_python_client(port: int, args: argparse.Namespace, *, pipelined: bool = False) -> ClientRun:
     """One of the asyncio clients below, in a child process."""
     command = [
-        sys.executable, str(Path(__file__).resolve()), "client", "--port", str(port),
-        "--size", str(args.size), "--sessions", str(args.sessions),
-        "--messages", str(args.messages), "--timeout", str(args.phase_timeout),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "client",
+        "--port",
+        str(port),
+        "--size",
+        str(args.size),
+        "--sessions",
+        str(args.sessions),
+        "--messages",
+        str(args.messages),
+        "--timeout",
+        str(args.phase_timeout),
         *(["--html"] if args.pipeline else []),
         *(["--pipelined"] if pipelined else []),
     ]
     try:
         done = subprocess.run(command, capture_output=True, timeout=args.phase_timeout + 30)
     except subprocess.TimeoutExpired:
-        return ClientRun(0, args.messages, time.monotonic(), args.phase_timeout,
-                         errors=["python client did not finish"])
+        return ClientRun(
+            0,
+            args.messages,
+            time.monotonic(),
+            args.phase_timeout,
+            errors=["python client did not finish"],
+        )
     if done.returncode:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
         return ClientRun(0, args.messages, time.monotonic(), 0.0, errors=tail)
@@ -798,8 +850,9 @@ def make_body(size: int) -> bytes:
     return line * whole + tail
 
 
-async def python_client(port: int, size: int, sessions: int, messages: int,
-                        limit: float, html: bool = False) -> ClientRun:
+async def python_client(
+    port: int, size: int, sessions: int, messages: int, limit: float, html: bool = False
+) -> ClientRun:
     """``sessions`` aiosmtplib connections send ``messages`` messages in all; the latency of
     each is DATA sent → final 250 received."""
     import aiosmtplib
@@ -820,9 +873,13 @@ async def python_client(port: int, size: int, sessions: int, messages: int,
             next_index += 1
             try:
                 if client is None or not client.is_connected:
-                    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port,
-                                             local_hostname=HELO_NAME, timeout=30,
-                                             start_tls=False)
+                    client = aiosmtplib.SMTP(
+                        hostname="127.0.0.1",
+                        port=port,
+                        local_hostname=HELO_NAME,
+                        timeout=30,
+                        start_tls=False,
+                    )
                     await client.connect()
                 await client.mail(SENDER)
                 await client.rcpt(RECIPIENT)
@@ -858,8 +915,9 @@ async def python_client(port: int, size: int, sessions: int, messages: int,
     )
 
 
-async def pipelined_client(port: int, size: int, sessions: int, messages: int,
-                           limit: float, html: bool = False) -> ClientRun:
+async def pipelined_client(
+    port: int, size: int, sessions: int, messages: int, limit: float, html: bool = False
+) -> ClientRun:
     """A lean client on bare asyncio streams: like smtp-source, but it can send any content.
     Each session says EHLO once, then per message writes MAIL, RCPT and DATA together
     (RFC 2920 PIPELINING), reads their three replies, sends the content, reads the final one.
@@ -950,9 +1008,21 @@ class Profiler:
         self.outputs = [out_dir / f"{run_name}-{pid}.txt" for pid in workers]
         self.processes = [
             subprocess.Popen(
-                [spy, "record", "--pid", str(pid), "--rate", "200", "--gil",
-                 "--format", "raw", "--output", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "200",
+                    "--gil",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             for pid, out in zip(workers, self.outputs, strict=True)
         ]
@@ -997,8 +1067,9 @@ def summarize_stacks(paths: list[Path], top: int) -> str:
         return "  profile: no samples"
     lines = [f"  profile: {total} samples in {', '.join(str(p) for p in paths)}"]
     for title, table in (("self", own), ("inclusive", inclusive)):
-        ranked = [kv for kv in sorted(table.items(), key=lambda kv: -kv[1])
-                  if not _PLUMBING.search(kv[0])]
+        ranked = [
+            kv for kv in sorted(table.items(), key=lambda kv: -kv[1]) if not _PLUMBING.search(kv[0])
+        ]
         lines.append(f"  top {title}:")
         lines += [f"    {n / total:6.1%}  {frame}" for frame, n in ranked[:top]]
     return "\n".join(lines)
@@ -1044,8 +1115,9 @@ class Result:
         return self.run.failed == 0 and self.deliver_seconds is not None
 
 
-def measure(server: Server, sink: Sink, client: str, args: argparse.Namespace,
-            run_name: str) -> Result:
+def measure(
+    server: Server, sink: Sink, client: str, args: argparse.Namespace, run_name: str
+) -> Result:
     """Start ``server``, load it with ``client``, wait for every message at the sink, stop it."""
     profiler: Profiler | None = None
     try:
@@ -1054,8 +1126,7 @@ def measure(server: Server, sink: Sink, client: str, args: argparse.Namespace,
         roots = (server.root_pid, sink.process.pid)
         quiet = wait_for_quiet(roots, args.wait_idle) if args.wait_idle > 0 else 0.0
         if quiet >= 0.15:
-            print(f"  (machine still busy: {quiet:.2f} cores used by other processes)",
-                  flush=True)
+            print(f"  (machine still busy: {quiet:.2f} cores used by other processes)", flush=True)
         if args.profile is not None and isinstance(server, GatewayServer):
             profiler = Profiler(args.profile, run_name, server.root_pid)
         background = Background(*roots)
@@ -1109,27 +1180,37 @@ def measure(server: Server, sink: Sink, client: str, args: argparse.Namespace,
 def describe(result: Result, messages: int) -> str:
     run = result.run
     lines = [f"== {result.target} with {result.client} =="]
-    lines.append(f"  accepted   {run.accepted}/{messages} in {run.elapsed:.2f} s"
-                 f" = {result.accept_rate:.0f} msg/s")
+    lines.append(
+        f"  accepted   {run.accepted}/{messages} in {run.elapsed:.2f} s"
+        f" = {result.accept_rate:.0f} msg/s"
+    )
     if result.deliver_seconds is None:
         lines.append(f"  delivered  {result.delivered} (NOT ALL within the time limit)")
     else:
-        lines.append(f"  delivered  {result.delivered} in {result.deliver_seconds:.2f} s"
-                     f" = {result.deliver_rate:.0f} msg/s")
+        lines.append(
+            f"  delivered  {result.delivered} in {result.deliver_seconds:.2f} s"
+            f" = {result.deliver_rate:.0f} msg/s"
+        )
     if run.p50_ms is not None:
         lines.append(f"  latency    DATA→250 p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms")
     per_msg = result.cpu_ms_per_message
-    breakdown = ", ".join(f"{name} {seconds:.2f}" for name, seconds in
-                          sorted(result.cpu_by_name.items(), key=lambda kv: -kv[1]))
+    breakdown = ", ".join(
+        f"{name} {seconds:.2f}"
+        for name, seconds in sorted(result.cpu_by_name.items(), key=lambda kv: -kv[1])
+    )
     lines.append(f"  server CPU {result.server_cpu:.2f} s = {per_msg:.2f} ms/msg  [{breakdown}]")
-    lines.append(f"  client CPU {result.client_cpu:.2f} s; other processes on the machine used"
-                 f" {result.background_cores:.2f} cores on average")
+    lines.append(
+        f"  client CPU {result.client_cpu:.2f} s; other processes on the machine used"
+        f" {result.background_cores:.2f} cores on average"
+    )
     hwm = sorted(result.hwm_mb, key=lambda x: -x[1])
     hwm_text = ", ".join(f"{name} {mb:.0f}" for name, mb in hwm[:6])
     more = f" (+{len(hwm) - 6} more)" if len(hwm) > 6 else ""
-    lines.append(f"  memory     peak ΣRSS {result.peak_rss_mb:.0f} MB, peak ΣPSS"
-                 f" {result.peak_pss_mb:.0f} MB, up to {result.peak_processes} processes;"
-                 f" VmHWM MB: {hwm_text}{more}")
+    lines.append(
+        f"  memory     peak ΣRSS {result.peak_rss_mb:.0f} MB, peak ΣPSS"
+        f" {result.peak_pss_mb:.0f} MB, up to {result.peak_processes} processes;"
+        f" VmHWM MB: {hwm_text}{more}"
+    )
     lines.append(f"  after      {result.leftovers}")
     for error in run.errors:
         lines.append(f"  error      {error}")
@@ -1140,8 +1221,10 @@ def describe(result: Result, messages: int) -> str:
 
 def table(results: list[Result]) -> str:
     """One row per run."""
-    header = ("| target | client | accepted msg/s | delivered msg/s | p50 ms | p99 ms |"
-              " server CPU s | CPU ms/msg | peak ΣPSS MB | peak ΣRSS MB | other load (cores) |")
+    header = (
+        "| target | client | accepted msg/s | delivered msg/s | p50 ms | p99 ms |"
+        " server CPU s | CPU ms/msg | peak ΣPSS MB | peak ΣRSS MB | other load (cores) |"
+    )
     rows = [header, "|" + "---|" * 11]
     for r in results:
         deliver = f"{r.deliver_rate:.0f}" if r.deliver_rate else "incomplete"
@@ -1188,8 +1271,11 @@ def summaries(results: list[Result]) -> list[Summary]:
 
 def summary_table(results: list[Result]) -> str:
     """Median (min-max) over the repeats of each (target, client)."""
-    rows = ["| target | client | runs | accepted msg/s | delivered msg/s | p50 ms | p99 ms |"
-            " CPU ms/msg | other load (cores) |", "|" + "---|" * 9]
+    rows = [
+        "| target | client | runs | accepted msg/s | delivered msg/s | p50 ms | p99 ms |"
+        " CPU ms/msg | other load (cores) |",
+        "|" + "---|" * 9,
+    ]
     for s in summaries(results):
         p50 = [r.run.p50_ms for r in s.runs if r.run.p50_ms is not None]
         p99 = [r.run.p99_ms for r in s.runs if r.run.p99_ms is not None]
@@ -1248,42 +1334,90 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=5120, help="body bytes per message")
     parser.add_argument("--sessions", type=int, default=20, help="concurrent SMTP sessions")
     parser.add_argument("--messages", type=int, default=5000, help="messages per run")
-    parser.add_argument("--workers", type=parse_workers, default=[2],
-                        help="gateway.workers; a comma list runs each (e.g. 1,2)")
+    parser.add_argument(
+        "--workers",
+        type=parse_workers,
+        default=[2],
+        help="gateway.workers; a comma list runs each (e.g. 1,2)",
+    )
     parser.add_argument("--target", choices=("gateway", "postfix", "both"), default="both")
-    parser.add_argument("--clients", type=parse_clients, default=list(DEFAULT_CLIENTS),
-                        help="comma list of load clients: smtp-source,python")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run the whole plan this many times, interleaved; medians shown")
+    parser.add_argument(
+        "--clients",
+        type=parse_clients,
+        default=list(DEFAULT_CLIENTS),
+        help="comma list of load clients: smtp-source,python",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the whole plan this many times, interleaved; medians shown",
+    )
     parser.add_argument("--pool-size", type=int, default=20, help="gateway relay pool_size")
-    parser.add_argument("--concurrency", type=int, default=100,
-                        help="gateway delivery.concurrency")
-    parser.add_argument("--phase-timeout", type=float, default=120.0,
-                        help="seconds allowed to load, and again to deliver, per run")
+    parser.add_argument("--concurrency", type=int, default=100, help="gateway delivery.concurrency")
+    parser.add_argument(
+        "--phase-timeout",
+        type=float,
+        default=120.0,
+        help="seconds allowed to load, and again to deliver, per run",
+    )
     sources = parser.add_mutually_exclusive_group()
-    sources.add_argument("--gateway-rev", default=None, metavar="REV",
-                         help="measure this git revision of the repository (exported with"
-                              " git archive) instead of the work tree")
-    sources.add_argument("--gateway-src", type=Path, default=None, metavar="DIR",
-                         help="measure the gateway package found in DIR (put on PYTHONPATH)")
-    parser.add_argument("--wait-idle", type=float, default=30.0,
-                        help="before each run, wait up to this many seconds for the rest of"
-                             " the machine to go quiet (0: don't wait)")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="py-spy record each gateway worker into DIR (perturbs the figures)")
+    sources.add_argument(
+        "--gateway-rev",
+        default=None,
+        metavar="REV",
+        help="measure this git revision of the repository (exported with"
+        " git archive) instead of the work tree",
+    )
+    sources.add_argument(
+        "--gateway-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="measure the gateway package found in DIR (put on PYTHONPATH)",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="before each run, wait up to this many seconds for the rest of"
+        " the machine to go quiet (0: don't wait)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy record each gateway worker into DIR (perturbs the figures)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--pipeline", action="store_true",
-                        help="the full default plugin pipeline (click, open, unsubscribe, DKIM"
-                             " RSA-2048) on a SIZE-byte HTML newsletter with 10 links; gateway"
-                             " and the python client only")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="the full default plugin pipeline (click, open, unsubscribe, DKIM"
+        " RSA-2048) on a SIZE-byte HTML newsletter with 10 links; gateway"
+        " and the python client only",
+    )
     return parser
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
-    parts = [".venv/bin/python", "bench/smtp_bench.py", "--size", str(args.size),
-             "--sessions", str(args.sessions), "--messages", str(args.messages),
-             "--workers", ",".join(map(str, args.workers)), "--target", args.target,
-             "--clients", ",".join(args.clients)]
+    parts = [
+        ".venv/bin/python",
+        "bench/smtp_bench.py",
+        "--size",
+        str(args.size),
+        "--sessions",
+        str(args.sessions),
+        "--messages",
+        str(args.messages),
+        "--workers",
+        ",".join(map(str, args.workers)),
+        "--target",
+        args.target,
+        "--clients",
+        ",".join(args.clients),
+    ]
     if args.repeat != 1:
         parts += ["--repeat", str(args.repeat)]
     if args.wait_idle != 30.0:
@@ -1311,7 +1445,8 @@ def describe_source(args: argparse.Namespace) -> str:
         return f"{args.gateway_src} (via PYTHONPATH)"
     done = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     commit = done.stdout.strip() if done.returncode == 0 else "not a git checkout"
     return f"work tree {REPO} ({commit})"
@@ -1320,7 +1455,8 @@ def describe_source(args: argparse.Namespace) -> str:
 def resolve_rev(rev: str) -> str:
     done = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if done.returncode:
         raise SystemExit(f"--gateway-rev: {done.stderr.strip()}")
@@ -1332,7 +1468,8 @@ def export_rev(rev: str, directory: Path) -> Path:
     directory.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", "--format=tar", resolve_rev(rev)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(directory, filter="data")
@@ -1363,8 +1500,11 @@ def bench(args: argparse.Namespace) -> int:
     print(f"# {reproduce_command(args)}")
     print(f"# gateway sources: {describe_source(args)}")
     print(f"# {machine_summary()}")
-    print(f"# {args.messages} messages of {args.size} body bytes over {args.sessions} sessions"
-          f" per run; work directory {workdir}", flush=True)
+    print(
+        f"# {args.messages} messages of {args.size} body bytes over {args.sessions} sessions"
+        f" per run; work directory {workdir}",
+        flush=True,
+    )
     try:
         if args.gateway_rev is not None:
             args.gateway_src = export_rev(args.gateway_rev, workdir / "gateway-src")
@@ -1374,9 +1514,15 @@ def bench(args: argparse.Namespace) -> int:
                 rundir = workdir / f"{number}-{target}{workers or ''}-{client}"
                 rundir.mkdir()
                 server: Server = (
-                    GatewayServer(rundir, sink.port, workers=workers, pool_size=args.pool_size,
-                                  concurrency=args.concurrency, source=args.gateway_src,
-                                  pipeline=args.pipeline)
+                    GatewayServer(
+                        rundir,
+                        sink.port,
+                        workers=workers,
+                        pool_size=args.pool_size,
+                        concurrency=args.concurrency,
+                        source=args.gateway_src,
+                        pipeline=args.pipeline,
+                    )
                     if target == "gateway"
                     else PostfixServer(rundir, sink.port)
                 )
@@ -1419,8 +1565,10 @@ def machine_summary() -> str:
             libraries.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             libraries.append(f"{name} missing")
-    return (f"{os.cpu_count()} x {model}; Python {sys.version.split()[0]}; Postfix {postfix};"
-            f" {', '.join(libraries)}")
+    return (
+        f"{os.cpu_count()} x {model}; Python {sys.version.split()[0]}; Postfix {postfix};"
+        f" {', '.join(libraries)}"
+    )
 
 
 def client_main(argv: list[str]) -> int:
