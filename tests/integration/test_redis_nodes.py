@@ -505,3 +505,36 @@ def test_an_idempotent_send_retried_on_both_nodes_queues_once(
     finally:
         for node in nodes:
             node.close()
+
+
+# --- min_replicas over SMTP ------------------------------------------------------------------
+
+
+def test_without_a_confirming_replica_smtp_mail_is_refused_with_451(
+    tmp_path: Path,
+    sink: Sink,
+    gateway_factory: Callable[..., GatewayThread],
+    redis_server: RedisServer,
+    redis_prefix: str,
+) -> None:
+    """``store.min_replicas = 1`` on a Redis without replicas: the client hears 451 and keeps
+    the message (it would retry); with the replica requirement off, the same mail is taken."""
+    strict = gateway_factory(
+        make_config(
+            tmp_path / "strict",
+            RELAY_TO_SINK + STORE + 'min_replicas = 1\nreplica_timeout = "0.1s"\n',
+            port=sink.port,
+            url=redis_server.url,
+            prefix=redis_prefix,
+        )
+    )
+    with smtplib.SMTP("127.0.0.1", strict.port("dev"), timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail(SENDER, ["user1@example.org"], body(1))
+    assert refused.value.smtp_code == 451 and b"4.3.0" in refused.value.smtp_error
+    relaxed = gateway_factory(node_config(tmp_path, "relaxed", sink, redis_server, redis_prefix))
+    with smtplib.SMTP("127.0.0.1", relaxed.port("dev"), timeout=10) as client:
+        client.sendmail(SENDER, ["user2@example.org"], body(2))
+    # The refused message had reached the master all the same: it is delivered too, so a
+    # client retry would make it twice (at-least-once, docs/redis.md), and nothing is lost.
+    wait_until(lambda: set(received(sink)) == {1, 2}, timeout=20, what="both delivered")
