@@ -40,6 +40,6 @@ python3 -m venv .venv
     -e tests/example_plugin 2>&1 \
     | grep -v "^WARNING: Location" || true
 .venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff format --check gateway plugins tests bench
 .venv/bin/mypy
 .venv/bin/pytest "$@"
