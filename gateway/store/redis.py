@@ -501,7 +501,7 @@ class RedisStore(Store):
     async def purge(self, before: float, *, batch: int = 500) -> int:
         with self._errors():
             tenants = [
-                _s(key)[len(self._p) + 3 :]
+                _s(key).removeprefix(self._p + "tt:")
                 async for key in self._redis.scan_iter(match=self._p + "tt:*", count=500)
             ]
         total = 0

@@ -193,35 +193,48 @@ end
 return count
 """
 
-DELETE = """
+_FORGET = """
+local function forget_delivery(P, id, st)
+  redis.call('DEL', P .. 'd:' .. id, P .. 'd:' .. id .. ':a')
+  if st then redis.call('SREM', P .. 's:' .. st, id) end
+  redis.call('ZREM', P .. 'due', id)
+  redis.call('ZREM', P .. 'leases', id)
+end
+
+local function forget_message(P, mid, tenant)
+  redis.call('DEL', P .. 'm:' .. mid, P .. 'md:' .. mid, P .. 'ev:' .. mid)
+  if tenant then
+    redis.call('ZREM', P .. 'tm:' .. tenant, mid)
+    redis.call('ZREM', P .. 'tt:' .. tenant, mid)
+  end
+end
+"""
+
+DELETE = (
+    _FORGET
+    + """
 local P = ARGV[1]
 local count = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
-  local key = P .. 'd:' .. id
-  local fields = redis.call('HMGET', key, 'mid', 'st')
+  local fields = redis.call('HMGET', P .. 'd:' .. id, 'mid', 'st')
   local mid, st = fields[1], fields[2]
   if mid then
-    redis.call('DEL', key, key .. ':a')
-    redis.call('SREM', P .. 's:' .. st, id)
-    redis.call('ZREM', P .. 'due', id)
-    redis.call('ZREM', P .. 'leases', id)
+    forget_delivery(P, id, st)
     redis.call('LREM', P .. 'md:' .. mid, 0, id)
     if redis.call('LLEN', P .. 'md:' .. mid) == 0 then
-      local tenant = redis.call('HGET', P .. 'm:' .. mid, 'ten')
-      redis.call('DEL', P .. 'm:' .. mid, P .. 'md:' .. mid, P .. 'ev:' .. mid)
-      if tenant then
-        redis.call('ZREM', P .. 'tm:' .. tenant, mid)
-        redis.call('ZREM', P .. 'tt:' .. tenant, mid)
-      end
+      forget_message(P, mid, redis.call('HGET', P .. 'm:' .. mid, 'ten'))
     end
     count = count + 1
   end
 end
 return count
 """
+)
 
-PURGE = """
+PURGE = (
+    _FORGET
+    + """
 local P, tenant, before = ARGV[1], ARGV[2], ARGV[3]
 local offset, batch = tonumber(ARGV[4]), tonumber(ARGV[5])
 local final = {delivered = true, bounced = true, expired = true, skipped = true}
@@ -236,20 +249,14 @@ for _, mid in ipairs(mids) do
     if states[i] and not final[states[i]] then done = false break end
   end
   if done then
-    for i, id in ipairs(ids) do
-      redis.call('DEL', P .. 'd:' .. id, P .. 'd:' .. id .. ':a')
-      if states[i] then redis.call('SREM', P .. 's:' .. states[i], id) end
-      redis.call('ZREM', P .. 'due', id)
-      redis.call('ZREM', P .. 'leases', id)
-    end
-    redis.call('DEL', P .. 'm:' .. mid, P .. 'md:' .. mid, P .. 'ev:' .. mid)
-    redis.call('ZREM', P .. 'tm:' .. tenant, mid)
-    redis.call('ZREM', by_time, mid)
+    for i, id in ipairs(ids) do forget_delivery(P, id, states[i]) end
+    forget_message(P, mid, tenant)
     purged = purged + 1
   end
 end
 return {purged, #mids}
 """
+)
 
 PURGE_IDEMPOTENCY = """
 local now = tonumber(ARGV[1])

@@ -179,9 +179,13 @@ def insert_idempotency(
         raise IdempotencyConflict(f"idempotency key {claim.key!r} part {claim.part}") from None
 
 
+MESSAGE_TABLES = ("message_meta", "message_tags", "events")
+"""What the API keeps per message beside the spool's own rows, keyed by ``message_id``."""
+
+
 def delete_orphans(conn: sqlite3.Connection) -> None:
     """Drop metadata and events of messages that no longer exist (after ``delete``)."""
-    for table in ("message_meta", "message_tags", "events"):
+    for table in MESSAGE_TABLES:
         conn.execute(
             f"DELETE FROM {table} WHERE NOT EXISTS"
             f" (SELECT 1 FROM messages m WHERE m.id = {table}.message_id)"
@@ -208,7 +212,7 @@ def purge_messages(conn: sqlite3.Connection, before: float, batch: int) -> int:
         f" (SELECT id FROM deliveries WHERE message_id IN ({chosen}))",
         ids,
     )
-    for table in ("deliveries", "message_meta", "message_tags", "events"):
+    for table in ("deliveries", *MESSAGE_TABLES):
         conn.execute(f"DELETE FROM {table} WHERE message_id IN ({chosen})", ids)
     conn.execute(f"DELETE FROM messages WHERE id IN ({chosen})", ids)
     return len(ids)

@@ -60,10 +60,12 @@ def body(n: int) -> bytes:
     ).encode()
 
 
-def node_config(tmp_path: Path, name: str, sink: Sink, server: RedisServer, prefix: str) -> Any:
+def node_config(
+    tmp_path: Path, name: str, sink: Sink, server: RedisServer, prefix: str, extra: str = ""
+) -> Any:
     return make_config(
         tmp_path / name,
-        RELAY_TO_SINK + STORE,
+        RELAY_TO_SINK + STORE + extra,
         port=sink.port,
         url=server.url,
         prefix=prefix,
@@ -520,12 +522,13 @@ def test_without_a_confirming_replica_smtp_mail_is_refused_with_451(
     """``store.min_replicas = 1`` on a Redis without replicas: the client hears 451 and keeps
     the message (it would retry); with the replica requirement off, the same mail is taken."""
     strict = gateway_factory(
-        make_config(
-            tmp_path / "strict",
-            RELAY_TO_SINK + STORE + 'min_replicas = 1\nreplica_timeout = "0.1s"\n',
-            port=sink.port,
-            url=redis_server.url,
-            prefix=redis_prefix,
+        node_config(
+            tmp_path,
+            "strict",
+            sink,
+            redis_server,
+            redis_prefix,
+            'min_replicas = 1\nreplica_timeout = "0.1s"\n',
         )
     )
     with smtplib.SMTP("127.0.0.1", strict.port("dev"), timeout=10) as client:

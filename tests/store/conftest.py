@@ -5,8 +5,11 @@ prefix), as several processes or nodes would."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,20 @@ def message(
         raw=f"From: <{mail_from}>\r\nSubject: {n}\r\n\r\nbody {n}\r\n".encode(),
         created_at=at,
     )
+
+
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], what: str, within: float = 10.0
+) -> None:
+    """Poll ``predicate`` (plain or async) from a test's event loop until it holds; fail after
+    ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 class Backend:

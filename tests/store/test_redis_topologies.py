@@ -21,7 +21,7 @@ from gateway.store.base import DeliveryUpdate, StoreError, Suppression
 from gateway.store.redis import RedisStore
 from gateway.store.redis_client import Persistence
 from tests.redistopology import ClusterSetup, SentinelSetup, sentinel_setup
-from tests.store.conftest import HOUR, LEASE, T0, message
+from tests.store.conftest import HOUR, LEASE, T0, message, until
 
 T = TypeVar("T")
 
@@ -251,11 +251,11 @@ async def test_with_min_replicas_a_planned_failover_loses_no_accepted_message(
         sender = asyncio.create_task(keep_sending())
         try:
             old = setup.master()
-            await eventually_true(lambda: len(accepted) >= 20, 10, "sends before the failover")
+            await until(lambda: len(accepted) >= 20, "sends before the failover", 10)
             new = await asyncio.to_thread(setup.failover)
             assert new.port != old.port
             count = len(accepted)
-            await eventually_true(lambda: len(accepted) >= count + 20, 30, "sends afterwards")
+            await until(lambda: len(accepted) >= count + 20, "sends afterwards", 30)
         finally:
             done.set()
             await sender
@@ -270,11 +270,3 @@ async def test_with_min_replicas_a_planned_failover_loses_no_accepted_message(
             f"{len(missing)} of {len(accepted)} accepted messages lost"
             f" ({refused} refused during the failover): {missing[:10]}"
         )
-
-
-async def eventually_true(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll a plain predicate from async code; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
-        await asyncio.sleep(0.02)

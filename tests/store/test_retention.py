@@ -14,16 +14,9 @@ from gateway.message import DeliveryStatus
 from gateway.retention import purge_forever
 from gateway.store.base import DeliveryUpdate
 from gateway.store.sqlite import SqliteStore
-from tests.store.conftest import HOUR, T0, message
+from tests.store.conftest import HOUR, T0, message, until
 
 DAY = 24 * HOUR
-
-
-async def wait_for(predicate, what: str, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def test_the_loop_purges_old_final_messages_and_survives_errors(
@@ -54,14 +47,14 @@ async def test_the_loop_purges_old_final_messages_and_survives_errors(
                 async def first_gone() -> bool:
                     return await store.get_message("msg-1") is None
 
-                await wait_for(first_gone, "the 40-day-old message to be purged")
+                await until(first_gone, "the 40-day-old message to be purged")
                 assert await store.get_message("msg-2") is not None, "younger than 30 days"
                 clock.advance(25 * DAY)  # msg-2 is now 35 days old
 
                 async def second_gone() -> bool:
                     return await store.get_message("msg-2") is None
 
-                await wait_for(second_gone, "the second message to age out")
+                await until(second_gone, "the second message to age out")
             finally:
                 loop.cancel()
                 await asyncio.gather(loop, return_exceptions=True)
@@ -78,7 +71,7 @@ async def test_the_loop_purges_old_final_messages_and_survives_errors(
             return caplog.text.count("purging old messages failed") >= 2
 
         try:
-            await wait_for(failed_twice, "two logged failures")
+            await until(failed_twice, "two logged failures")
             assert not loop.done()
         finally:
             loop.cancel()
