@@ -13,10 +13,12 @@ RUN groupadd --system gateway \
  && useradd --system --gid gateway --home-dir /var/lib/gateway --create-home gateway
 
 WORKDIR /opt/gateway
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.txt ./
 COPY gateway ./gateway
 COPY plugins ./plugins
-RUN pip install --no-cache-dir . \
+# Every dependency from the lock, checked against its hashes; then the gateway without resolving.
+RUN pip install --no-cache-dir --require-hashes -r requirements.txt \
+ && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && mkdir -p /etc/gateway \
  && cp /opt/gateway/README.md /etc/gateway/README.md
 COPY gateway.toml.example /etc/gateway/gateway.toml.example

@@ -35,10 +35,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
-    -e tests/example_plugin 2>&1 \
-    | grep -v "^WARNING: Location" || true
+bash scripts/install.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check gateway plugins tests bench
 .venv/bin/mypy

@@ -151,7 +151,7 @@ def connect(target: RedisTarget) -> Any:
             ssl=target.tls,
             **common,
         )
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         list(target.nodes),
         sentinel_kwargs={"password": target.sentinel_password, "ssl": target.tls},
         ssl=target.tls,
