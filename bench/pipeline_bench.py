@@ -33,12 +33,12 @@ import dkim  # noqa: E402
 from aiosmtpd.smtp import SMTP  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils  # noqa: E402
+from gateway_plugins.dkim import Settings, Signer  # noqa: E402
 
 from gateway.config import parse_config  # noqa: E402
 from gateway.message import DeliveryStatus, Message, new_message_id  # noqa: E402
 from gateway.server import Gateway  # noqa: E402
 from gateway.store.base import DeliveryFilter  # noqa: E402
-from plugins.dkim import Settings, Signer  # noqa: E402
 
 
 def html_message(links: int = 10, size: int = 5000) -> bytes:

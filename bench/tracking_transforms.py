@@ -10,9 +10,10 @@ import types
 from email import policy
 from email.message import EmailMessage
 
-import plugins.click_tracking as ct
-import plugins.list_unsubscribe as lu
-import plugins.open_pixel as op
+import gateway_plugins.click_tracking as ct
+import gateway_plugins.list_unsubscribe as lu
+import gateway_plugins.open_pixel as op
+
 from gateway.clock import FakeClock
 from gateway.config import parse_config
 from gateway.message import Delivery, DeliveryStatus, Message

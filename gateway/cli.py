@@ -315,8 +315,9 @@ def cmd_domains(args: argparse.Namespace) -> int:
     if "warming" not in config.plugins:
         print("sending identities need the warming plugin: add [plugins.warming]", file=sys.stderr)
         return 1
+    from gateway_plugins.warming import build
+
     from gateway.clock import SystemClock
-    from plugins.warming import build
 
     async def work(store: Any) -> int:
         warming = build(config, store, SystemClock())

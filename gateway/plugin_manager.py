@@ -29,14 +29,14 @@ hookimpl = pluggy.HookimplMarker("gateway")
 ENTRY_POINT_GROUP = "gateway"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "plugins.suppression",
-    "plugins.click_tracking",
-    "plugins.open_pixel",
-    "plugins.list_unsubscribe",
-    "plugins.rate_limit",
-    "plugins.warming",
-    "plugins.dkim",
-    "plugins.domain_verification",
+    "gateway_plugins.suppression",
+    "gateway_plugins.click_tracking",
+    "gateway_plugins.open_pixel",
+    "gateway_plugins.list_unsubscribe",
+    "gateway_plugins.rate_limit",
+    "gateway_plugins.warming",
+    "gateway_plugins.dkim",
+    "gateway_plugins.domain_verification",
 )
 """Built-in plugin modules in call order. (pluggy calls the latest registration first, so they
 are registered in reverse; third-party plugins, registered after them, run before them unless

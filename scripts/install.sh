@@ -17,3 +17,7 @@ python3 -m venv .venv
         "${pip[@]}" --no-deps --no-build-isolation -e tests/example_plugin
     fi
 } 2>&1 | { grep -v "^WARNING: Location" || true; }
+# mypy cannot follow setuptools' editable import hook, so it finds plugins/ under its installed
+# name through this link (pyproject.toml: mypy_path).
+mkdir -p .venv/mypy-path
+ln -sfn ../../plugins .venv/mypy-path/gateway_plugins

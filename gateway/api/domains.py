@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from gateway_plugins.warming import Identity, IdentitySummary, Warming, WarmingStatus
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath
 
@@ -19,7 +20,6 @@ from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
 from gateway.config import is_domain_name
 from gateway.reputation import Health
-from plugins.warming import Identity, IdentitySummary, Warming, WarmingStatus
 
 
 class DomainList(msgspec.Struct, kw_only=True):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import dkim
 import pytest
+from gateway_plugins.dkim import Settings, Signer
 
 from gateway.cli import main
 from gateway.config import parse_config, plugin_settings
 from gateway.dkim_keys import list_keys
-from plugins.dkim import Settings, Signer
 from tests.dnsserver import DnsServer
 
 VERIFIER = Path(__file__).with_name("dkim_verify_dns.pl")

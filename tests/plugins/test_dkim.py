@@ -15,11 +15,11 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from gateway_plugins.dkim import Settings, Signer, dns_txt_record, relaxed_body, split_message
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError
 from gateway.server import Gateway
-from plugins.dkim import Settings, Signer, dns_txt_record, relaxed_body, split_message
 from tests.api.conftest import API_CONFIG, KEYS, _key_tables
 from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
 

@@ -3,7 +3,6 @@ mailbox provider makes suppresses the recipient; a GET (what scanners do) only s
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -159,10 +158,6 @@ def test_http_api_tag_marks_bulk(tracked_factory: Factory) -> None:
     assert parse(t.received("bob@example.org").data)["List-Unsubscribe-Post"] is None
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("plugins.suppression") is None,
-    reason="needs the suppression plugin (plugins/suppression.py)",
-)
 def test_after_one_click_the_next_message_is_skipped_as_unsubscribed(
     tracked_factory: Factory,
 ) -> None:

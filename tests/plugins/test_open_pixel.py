@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from gateway_plugins.open_pixel import GIF
 
-from plugins.open_pixel import GIF
 from tests.conftest import GatewayThread, Sink
 from tests.plugins.tracking_env import (
     ALL_PLUGINS,

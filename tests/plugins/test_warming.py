@@ -8,6 +8,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 
 import pytest
+from gateway_plugins.warming import PRESETS, Schedule
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError
@@ -15,7 +16,6 @@ from gateway.events import Event, publish
 from gateway.message import Defer, Delivery, DeliveryStatus, Message
 from gateway.plugin_manager import call_all, call_first
 from gateway.store.base import DeliveryFilter
-from plugins.warming import PRESETS, Schedule
 from tests.api.conftest import API_CONFIG, Api, _key_tables
 from tests.conftest import GatewayThread, Sink, make_config, wait_until
 

@@ -1,0 +1,1 @@
+"""The HTTP API (litestar): ``create_app(gateway)`` and the controllers it mounts."""

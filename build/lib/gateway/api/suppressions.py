@@ -1,0 +1,193 @@
+"""``/v1/suppressions``: a tenant's list of recipients it must not send to.
+
+Sends over HTTP skip suppressed recipients (reported per recipient as ``suppressed``).
+Entries carry a reason — ``bounce``, ``complaint``, ``unsubscribe`` or ``manual`` — and the
+time they were added. Listing and export need ``read``; changes need ``admin``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from typing import Annotated, Any, get_args
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from gateway.api.auth import requires
+from gateway.api.context import ApiContext
+from gateway.api.mime import check_address, check_header_text
+from gateway.api.problems import Problem, decode_json
+from gateway.store.base import Suppression, SuppressionReason
+
+MAX_ENTRIES = 10_000
+MAX_IMPORT = 100_000
+_REASONS: tuple[str, ...] = get_args(SuppressionReason)
+
+
+class SuppressionIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: str
+    reason: SuppressionReason = "manual"
+    detail: str = ""
+
+
+class SuppressionAdd(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    entries: Annotated[list[SuppressionIn], msgspec.Meta(min_length=1, max_length=MAX_ENTRIES)]
+
+
+class SuppressionView(msgspec.Struct, kw_only=True):
+    email: str
+    reason: SuppressionReason
+    created_at: dt.datetime
+    detail: str
+
+
+class SuppressionList(msgspec.Struct, kw_only=True):
+    data: list[SuppressionView]
+    next_cursor: str | None
+
+
+class Changed(msgspec.Struct, kw_only=True):
+    count: int
+
+
+def _view(entry: Suppression) -> SuppressionView:
+    return SuppressionView(
+        email=entry.address,
+        reason=entry.reason,
+        created_at=dt.datetime.fromtimestamp(entry.created_at, dt.UTC),
+        detail=entry.detail,
+    )
+
+
+def _parse_csv(text: str, tenant: str, now: float) -> list[Suppression]:
+    """Entries from CSV with a header row; errors name the line (``line 3.reason``)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "email" not in reader.fieldnames:
+        raise Problem.invalid("body", "the first line must be a header with an 'email' column")
+    entries: list[Suppression] = []
+    for row in reader:
+        line = reader.line_num
+        reason = (row.get("reason") or "manual").strip()
+        if reason not in _REASONS:
+            raise Problem.invalid(f"line {line}.reason", f"one of {', '.join(_REASONS)}")
+        entries.append(
+            Suppression(
+                tenant=tenant,
+                address=check_address(row.get("email") or "", f"line {line}.email").email,
+                reason=reason,  # type: ignore[arg-type]
+                created_at=now,
+                detail=check_header_text(
+                    row.get("detail") or "", f"line {line}.detail", max_length=500
+                ),
+            )
+        )
+        if len(entries) > MAX_IMPORT:
+            raise Problem.invalid("body", f"at most {MAX_IMPORT} entries per import")
+    return entries
+
+
+class SuppressionsController(Controller):
+    path = "/v1/suppressions"
+    tags = ["suppressions"]
+
+    @get("/", guards=[requires("read")], summary="List suppressed recipients by address")
+    async def index(
+        self,
+        request: Request[Any, Any, Any],
+        reason: FromQuery[SuppressionReason | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> SuppressionList:
+        api = ApiContext.of(request)
+        entries = await api.store.list_suppressions(
+            request.state.api_key.tenant, reason=reason, after=cursor, limit=limit
+        )
+        return SuppressionList(
+            data=[_view(e) for e in entries],
+            next_cursor=entries[-1].address if len(entries) == limit else None,
+        )
+
+    @post("/", guards=[requires("admin")], status_code=200, summary="Add or update entries")
+    async def add(self, request: Request[Any, Any, Any]) -> Changed:
+        api = ApiContext.of(request)
+        data = decode_json(await request.body(), SuppressionAdd)
+        tenant, now = request.state.api_key.tenant, api.clock.now()
+        entries = [
+            Suppression(
+                tenant=tenant,
+                address=check_address(e.email, f"entries[{i}].email").email,
+                reason=e.reason,
+                created_at=now,
+                detail=check_header_text(e.detail, f"entries[{i}].detail", max_length=500),
+            )
+            for i, e in enumerate(data.entries)
+        ]
+        return Changed(count=await api.store.add_suppressions(entries))
+
+    @delete("/{email:str}", guards=[requires("admin")], status_code=204, summary="Remove an entry")
+    async def remove(self, request: Request[Any, Any, Any], email: FromPath[str]) -> None:
+        api = ApiContext.of(request)
+        if not await api.store.remove_suppression(request.state.api_key.tenant, email):
+            raise Problem(
+                404, "not-found", "Not found", f"{email} is not suppressed", field="email"
+            )
+
+    @post(
+        "/import",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Import entries from CSV",
+        description="`text/csv` with a header row: `email` (required), `reason` and `detail` "
+        "(optional; reason defaults to manual).",
+    )
+    async def import_csv(self, request: Request[Any, Any, Any]) -> Changed:
+        api = ApiContext.of(request)
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "text/csv":
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send text/csv",
+                field="Content-Type",
+            )
+        try:
+            text = (await request.body()).decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise Problem.invalid("body", "the CSV must be UTF-8") from None
+        tenant, now = request.state.api_key.tenant, api.clock.now()
+        try:
+            entries = _parse_csv(text, tenant, now)
+        except csv.Error as e:
+            raise Problem.invalid("body", f"not valid CSV: {e}") from None
+        return Changed(count=await api.store.add_suppressions(entries) if entries else 0)
+
+    @get(
+        "/export",
+        guards=[requires("read")],
+        summary="Export every entry as CSV",
+        media_type="text/csv",
+    )
+    async def export_csv(self, request: Request[Any, Any, Any]) -> Response[str]:
+        api = ApiContext.of(request)
+        tenant = request.state.api_key.tenant
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(["email", "reason", "created_at", "detail"])
+        after: str | None = None
+        while True:
+            page = await api.store.list_suppressions(tenant, after=after, limit=1000)
+            for e in page:
+                created = dt.datetime.fromtimestamp(e.created_at, dt.UTC).isoformat()
+                writer.writerow([e.address, e.reason, created, e.detail])
+            if len(page) < 1000:
+                break
+            after = page[-1].address
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="suppressions.csv"'},
+        )

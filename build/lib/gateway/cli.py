@@ -1,0 +1,496 @@
+"""The ``gateway`` command: serve, check-config, queue, outbox, providers, hash-password,
+api-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import CaptureProviderSection, Config, ConfigError, load_config, summarize
+from gateway.durations import format_duration, parse_duration
+from gateway.message import DeliveryStatus
+from gateway.passwords import hash_password
+from gateway.providers.capture import read_outbox
+from gateway.store.base import DeliveryFilter, Store
+
+DEFAULT_CONFIG_NAME = "gateway.toml"
+
+
+def config_path(given: str | None) -> str | None:
+    """``--config``, else ``$GATEWAY_CONFIG``, else ``./gateway.toml`` if present, else defaults."""
+    if given:
+        return given
+    if os.environ.get("GATEWAY_CONFIG"):
+        return os.environ["GATEWAY_CONFIG"]
+    return DEFAULT_CONFIG_NAME if Path(DEFAULT_CONFIG_NAME).is_file() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _when(timestamp: float) -> str:
+    if not timestamp:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from gateway.ops.logging import configure_logging
+    from gateway.server import serve
+
+    configure_logging(config.gateway.log_level, config.gateway.log_format)
+
+    source = config_path(args.config) or "built-in defaults"
+    print(f"gateway {__version__}: configuration from {source}", file=sys.stderr)
+    print(summarize(config), file=sys.stderr)
+    return serve(config, config_path(args.config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or config_path(args.config)
+    config = load_config(path)
+    print(f"{path or 'built-in defaults'}: OK")
+    print(summarize(config))
+    return 0
+
+
+def _filter(args: argparse.Namespace, limit: int | None = None) -> DeliveryFilter:
+    statuses = [DeliveryStatus(s) for s in args.status] if getattr(args, "status", None) else None
+    return DeliveryFilter(
+        message_id=getattr(args, "message_id", None),
+        statuses=statuses,
+        recipient=getattr(args, "recipient", None),
+        domain=getattr(args, "domain", None),
+        limit=limit if limit is not None else getattr(args, "limit", 100),
+    )
+
+
+async def _with_store(config: Config, work):  # type: ignore[no-untyped-def]
+    from gateway.server import operator_store
+
+    store = operator_store(config)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(store: Store) -> int:
+        deliveries = await store.list_deliveries(_filter(args))
+        if not deliveries:
+            print("no deliveries match")
+            return 0
+        print(
+            f"{'MESSAGE':<22} {'DELIVERY':>8} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<19} "
+            "RECIPIENT / LAST ERROR"
+        )
+        for d in deliveries:
+            next_at = _when(d.next_attempt_at) if not d.status.is_terminal else "-"
+            print(
+                f"{d.message_id:<22} {d.shard}:{d.id:<6} {d.status.value:<9} {d.attempts:>5} "
+                f"{next_at:<19} {d.recipient}"
+            )
+            if d.last_error:
+                print(f"{'':>69}{d.last_error[:200]}")
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def work(store: Store) -> int:
+        message = await store.get_message(args.message_id)
+        if message is None:
+            print(f"no message {args.message_id}", file=sys.stderr)
+            return 1
+        print(f"message    {message.id}")
+        print(f"tenant     {message.tenant}")
+        print(f"source     {message.source}")
+        print(f"from       <{message.mail_from}>")
+        print(f"received   {_when(message.created_at)} UTC")
+        print(f"size       {len(message.raw)} bytes")
+        deliveries = await store.list_deliveries(
+            DeliveryFilter(message_id=message.id, limit=10_000)
+        )
+        for d in deliveries:
+            print(f"\n  to <{d.recipient}>: {d.status.value}, {d.attempts} attempt(s)")
+            if not d.status.is_terminal:
+                print(
+                    f"    next attempt {_when(d.next_attempt_at)} UTC, "
+                    f"expires {_when(d.expires_at)} UTC"
+                )
+            if d.last_error:
+                print(f"    last error: {d.last_error}")
+            for a in await store.attempts(d):
+                print(f"    {_when(a.at)}  {a.provider:<10} {a.outcome:<9} {a.detail}")
+        if args.raw:
+            print()
+            sys.stdout.flush()
+            sys.stdout.buffer.write(message.raw)
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def _require_selection(args: argparse.Namespace) -> None:
+    if not (args.message_id or args.status or args.recipient or args.domain or args.all):
+        raise SystemExit(
+            "name a message id, or filter with --status/--recipient/--domain, or pass --all"
+        )
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    _require_selection(args)
+    config = _load(args)
+    import time
+
+    async def work(store: Store) -> int:
+        count = await store.retry_now(_filter(args, limit=1_000_000), time.time())
+        print(f"{count} deliveries will be retried now")
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_queue_delete(args: argparse.Namespace) -> int:
+    _require_selection(args)
+    config = _load(args)
+
+    async def work(store: Store) -> int:
+        count = await store.delete(_filter(args, limit=1_000_000))
+        print(f"{count} deliveries deleted")
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_queue_purge(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        older_than = (
+            parse_duration(args.older_than) if args.older_than else config.store.retention_seconds
+        )
+    except ValueError as e:
+        raise SystemExit(f"--older-than: {e}") from None
+    if older_than is None:
+        raise SystemExit("store.retention is 'forever': give --older-than (e.g. 30d)")
+    from gateway.clock import SystemClock
+    from gateway.retention import purge_old_messages
+
+    async def work(store: Store) -> int:
+        count = await purge_old_messages(store, SystemClock(), older_than)
+        print(
+            f"{count} messages removed (accepted over {format_duration(older_than)} ago,"
+            " every delivery final)"
+        )
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from gateway.plugin_manager import describe_plugins, make_plugin_manager
+
+    pm = make_plugin_manager(extra=config.gateway.plugins, tables=config.plugins)
+    rows = describe_plugins(pm)
+    if not rows:
+        print("no plugins loaded")
+    for name, version, hooks in rows:
+        print(f"{name} ({version})")
+        for hook in hooks:
+            print(f"    {hook}")
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    config = _load(args)
+    directories = [
+        Path(p.directory) if p.directory else config.data_dir / "outbox"
+        for p in config.providers.values()
+        if isinstance(p, CaptureProviderSection)
+    ]
+    shown = 0
+    for directory in directories:
+        for envelope in read_outbox(directory)[: args.limit]:
+            shown += 1
+            print(
+                f"{_when(envelope.captured_at)}  {envelope.message_id}  "
+                f"<{envelope.mail_from}> → <{envelope.recipient}>  {envelope.subject!r}"
+            )
+            print(f"    {envelope.file} ({envelope.size} bytes)")
+    if not shown:
+        print("the outbox is empty")
+    return 0
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    """Breaker state and counters per provider, from the running workers' status files."""
+    from gateway.routing import read_status
+
+    config = _load(args)
+    workers = read_status(config)
+    if not workers:
+        print("no worker status yet (is the gateway running with this config?)", file=sys.stderr)
+    columns = ("sent", "failed", "rejected", "timeouts", "limited", "opened")
+    print(f"{'provider':16} {'type':8} {'state':24} " + " ".join(f"{c:>8}" for c in columns))
+    for name, section in config.providers.items():
+        states, totals, errors = [], dict.fromkeys(columns, 0), []
+        for worker in workers:
+            seen = worker.get("providers", {}).get(name)
+            if seen is None:
+                continue
+            states.append(str(seen.get("state", "?")))
+            for column in columns:
+                totals[column] += int(seen.get(column, 0))
+            if seen.get("last_error"):
+                errors.append(str(seen["last_error"]))
+        kind = type(section).__struct_config__.tag
+        state = ",".join(states) if states else "unknown"
+        print(f"{name:16} {kind!s:8} {state:24} " + " ".join(f"{totals[c]:>8}" for c in columns))
+        if errors:
+            print(f"{'':16} last error: {errors[-1]}")
+    for worker in workers:
+        print(f"worker pid {worker.get('pid')}: status written {worker['age']:.0f}s ago")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass("Password: ")
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    from gateway.tenants import generate_api_key, hash_api_key
+
+    key = generate_api_key()
+    scopes = ", ".join(f'"{s}"' for s in dict.fromkeys(args.scope or ["send", "read"]))
+    print(
+        f"API key (shown once; give it to the service, keep it secret):\n\n  {key}\n",
+        file=sys.stderr,
+    )
+    print("Add to gateway.toml:\n", file=sys.stderr)
+    print(
+        f'[[tenants.{args.tenant}.api_keys]]\nname = "{args.name}"\n'
+        f'key_hash = "{hash_api_key(key)}"\nscopes = [{scopes}]'
+    )
+    return 0
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.2f}%"
+
+
+def cmd_domains(args: argparse.Namespace) -> int:
+    """``gateway domains list | warming NAME | health NAME | resume NAME``."""
+    config = _load(args)
+    if "warming" not in config.plugins:
+        print("sending identities need the warming plugin: add [plugins.warming]", file=sys.stderr)
+        return 1
+    from gateway_plugins.warming import build
+
+    from gateway.clock import SystemClock
+
+    async def work(store: Any) -> int:
+        warming = build(config, store, SystemClock())
+        if args.domains_command == "list":
+            print(
+                f"{'KIND':<6} {'NAME':<30} {'PHASE':<11} {'DAY':>3} {'CAP':>8} {'SENT':>8} "
+                f"{'DEFERRED':>8} {'SCORE':>5} {'TIER':<9} PAUSED"
+            )
+            for each in await warming.known():
+                s = await warming.summary(each)
+                cap = "-" if s.cap_today is None else str(s.cap_today)
+                score = "-" if s.score is None else str(s.score)
+                print(
+                    f"{s.kind:<6} {s.name:<30} {s.phase:<11} {s.day:>3} {cap:>8} "
+                    f"{s.sent_today:>8} {s.deferred_today:>8} {score:>5} {s.tier:<9} "
+                    + (f"yes: {s.pause_reason}" if s.paused else "no")
+                )
+            return 0
+        identity = await warming.lookup(args.name) or (
+            warming.domain_identity(args.name) if "." in args.name else None
+        )
+        if identity is None:
+            print(f"no sending domain or IP {args.name!r}", file=sys.stderr)
+            return 1
+        if args.domains_command == "warming":
+            w = await warming.status(identity)
+            print(f"{w.kind} {w.name}: {w.phase}")
+            if w.schedule:
+                print(f"schedule      {w.schedule}, day {w.day} of {w.days}, started {w.start}")
+            cap = "none" if w.cap_today is None else str(w.cap_today)
+            print(f"cap today     {cap}")
+            print(f"sent today    {w.sent_today}")
+            print(f"deferred      {w.deferred_today}")
+            print(f"cap tomorrow  {'none' if w.cap_tomorrow is None else w.cap_tomorrow}")
+            print(f"caps reset    {_when(w.resets_at)} UTC")
+            for isp, usage in w.by_isp.items():
+                print(f"  {isp:<10} {usage.sent} of {usage.cap}")
+            return 0
+        if args.domains_command == "health":
+            h = await warming.health(identity)
+            c = h.counts
+            print(f"{h.kind} {h.name}: score {'-' if h.score is None else h.score}, {h.tier}")
+            print(
+                f"last {h.window_days} days: {c.delivered} delivered, {c.bounced} bounced, "
+                f"{c.deferred} deferred, {c.complained} complaints, {c.engaged} engaged"
+            )
+            print(
+                f"rates         bounce {_percent(h.bounce_rate)}, complaint "
+                f"{_percent(h.complaint_rate)}, delivery {_percent(h.delivery_rate)}, "
+                f"engagement {_percent(h.engagement_rate)}"
+            )
+            print(f"paused        {'yes: ' + h.pause_reason if h.paused else 'no'}")
+            return 0
+        resumed = await warming.resume(identity)
+        print(f"{identity.kind} {identity.name}: " + ("resumed" if resumed else "was not paused"))
+        return 0
+
+    result: int = asyncio.run(_with_store(config, work))
+    return result
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Self-hosted ESP gateway.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument(
+        "-c", "--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate a config file and summarize it")
+    check.add_argument("file", nargs="?")
+    check.set_defaults(func=cmd_check_config)
+
+    queue = commands.add_parser("queue", help="inspect and act on the delivery queue")
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True)
+
+    def filters(p: argparse.ArgumentParser, *, message_optional: bool = True) -> None:
+        p.add_argument("message_id", nargs="?" if message_optional else None)
+        p.add_argument("--status", action="append", choices=[s.value for s in DeliveryStatus])
+        p.add_argument("--recipient")
+        p.add_argument("--domain")
+
+    listing = queue_commands.add_parser("list", help="list deliveries, newest message first")
+    filters(listing)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(func=cmd_queue_list)
+
+    show = queue_commands.add_parser("show", help="one message: deliveries and every attempt")
+    show.add_argument("message_id")
+    show.add_argument("--raw", action="store_true", help="also print the stored message")
+    show.set_defaults(func=cmd_queue_show)
+
+    for name, func, text in (
+        ("retry", cmd_queue_retry, "make matching deliveries due now (bounced/expired too)"),
+        ("delete", cmd_queue_delete, "remove matching deliveries for good"),
+    ):
+        sub = queue_commands.add_parser(name, help=text)
+        filters(sub)
+        sub.add_argument("--all", action="store_true", help="every delivery")
+        sub.set_defaults(func=func)
+
+    purge = queue_commands.add_parser(
+        "purge", help="remove old messages whose deliveries are all final (store.retention)"
+    )
+    purge.add_argument(
+        "--older-than", metavar="DURATION", help="instead of store.retention, e.g. 7d"
+    )
+    purge.set_defaults(func=cmd_queue_purge)
+
+    plugins = commands.add_parser(
+        "plugins", help="list loaded plugins and their hooks, in call order"
+    )
+    plugins.set_defaults(func=cmd_plugins)
+
+    outbox = commands.add_parser("outbox", help="list mail captured by the capture provider")
+    outbox.add_argument("--limit", type=int, default=50)
+    outbox.set_defaults(func=cmd_outbox)
+
+    providers = commands.add_parser(
+        "providers", help="providers: circuit breaker state and counters of each worker"
+    )
+    providers.set_defaults(func=cmd_providers)
+
+    hashing = commands.add_parser("hash-password", help="hash an SMTP password for the config")
+    hashing.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    hashing.set_defaults(func=cmd_hash_password)
+
+    domains = commands.add_parser(
+        "domains", help="sending domains and IPs: warming, health, pauses (warming plugin)"
+    )
+    domains_commands = domains.add_subparsers(dest="domains_command", required=True)
+    domains_commands.add_parser("list", help="every identity: day, cap, sent, score, pause")
+    for name, text in (
+        ("warming", "warming day, today's cap, sent and deferred"),
+        ("health", "rates, health score and tier, pause reason"),
+        ("resume", "lift a pause (auto-pauses stay until an operator resumes)"),
+    ):
+        domains_commands.add_parser(name, help=text).add_argument("name", help="domain or IP")
+    domains.set_defaults(func=cmd_domains)
+
+    api_key = commands.add_parser(
+        "api-key", help="make an HTTP API key and print its config block (the key goes to stderr)"
+    )
+    api_key.add_argument("--tenant", default="default", help="tenant that owns the key")
+    api_key.add_argument("--name", required=True, help="a name for the key, e.g. the service")
+    api_key.add_argument(
+        "--scope",
+        action="append",
+        choices=["send", "read", "admin"],
+        help="repeat for several (default: send and read)",
+    )
+    api_key.set_defaults(func=cmd_api_key)
+
+    from gateway.ops.commands import add_commands as add_ops_commands
+
+    add_ops_commands(commands)
+    from gateway.dnsauth.commands import add_commands as add_dns_commands
+
+    add_dns_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    return result

@@ -1,0 +1,355 @@
+"""Checking a sending domain's DNS: each record found / missing / wrong / could not check,
+with the value seen and the value expected; the domain's verdict; the readiness report.
+
+A domain is ``verified`` only when SPF, DKIM (every signing selector) and DMARC pass. A lookup
+that timed out or failed (SERVFAIL) makes a record ``could_not_check``, never ``missing``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+from collections.abc import Sequence
+from typing import Literal
+
+import dns.reversename
+import msgspec
+
+from gateway.config import Config
+from gateway.dkim_keys import DkimKey
+from gateway.dnsauth import dmarc, spf
+from gateway.dnsauth.lookup import Answer, Lookup
+from gateway.dnsauth.records import (
+    DnsRecord,
+    domain_section,
+    expected_records,
+    sending_ips,
+)
+
+RecordStatus = Literal["found", "missing", "wrong", "could_not_check"]
+DomainStatus = Literal["verified", "unverified", "could_not_check"]
+CheckStatus = Literal["pass", "fail", "could_not_check", "not_applicable"]
+
+SPF_PROBE = "0.0.0.0"
+"""An address no record authorizes: evaluating it walks every term of an SPF record, so each
+include is reached and every lookup counted."""
+
+
+class RecordCheck(msgspec.Struct, kw_only=True):
+    purpose: str
+    name: str
+    type: str
+    expected: str
+    status: RecordStatus
+    seen: list[str] = msgspec.field(default_factory=list)
+    detail: str = ""
+    required: bool = False
+    selector: str = ""
+
+
+class ReadinessCheck(msgspec.Struct, kw_only=True):
+    name: str
+    status: CheckStatus
+    detail: str = ""
+
+
+class DomainReport(msgspec.Struct, kw_only=True):
+    domain: str
+    status: DomainStatus
+    checked_at: float
+    records: list[RecordCheck]
+    readiness: list[ReadinessCheck] = msgspec.field(default_factory=list)
+
+
+def _could_not(record: DnsRecord, answer: Answer) -> RecordCheck:
+    return _check(record, "could_not_check", detail=f"could not check: {answer.error}")
+
+
+def _check(
+    record: DnsRecord, status: RecordStatus, seen: Sequence[str] = (), detail: str = ""
+) -> RecordCheck:
+    return RecordCheck(
+        purpose=record.purpose,
+        name=record.name,
+        type=record.type,
+        expected=record.value,
+        status=status,
+        seen=list(seen),
+        detail=detail,
+        required=record.required,
+        selector=record.selector,
+    )
+
+
+async def check_spf(lookup: Lookup, config: Config, domain: str, record: DnsRecord) -> RecordCheck:
+    answer = await lookup.txt(record.name)
+    if answer.status == "error":
+        return _could_not(record, answer)
+    seen = spf.spf_records(answer)
+    if not seen:
+        return _check(record, "missing", list(answer.values), "no v=spf1 TXT record")
+    probe = await spf.evaluate(lookup, record.name, SPF_PROBE)
+    if probe.result == "temperror":
+        return _check(record, "could_not_check", seen, f"could not check: {probe.reason}")
+    if probe.result == "permerror":
+        return _check(record, "wrong", seen, f"permerror: {probe.reason}")
+    problems = []
+    section = domain_section(config, domain)
+    included = {d.lower() for d in probe.includes}
+    problems += [
+        f"include:{d} is not reached" for d in section.spf_include if d.lower() not in included
+    ]
+    for address in sending_ips(config, section):
+        ip = str(ipaddress.ip_network(address, strict=False).network_address)
+        result = await spf.evaluate(lookup, record.name, ip)
+        if result.result == "temperror":
+            return _check(record, "could_not_check", seen, f"could not check: {result.reason}")
+        if result.result != "pass":
+            problems.append(f"{address} gets {result.result}, not pass")
+    detail = f"{probe.lookups} of {spf.LOOKUP_LIMIT} DNS lookups"
+    if problems:
+        return _check(record, "wrong", seen, "; ".join([*problems, detail]))
+    return _check(record, "found", seen, detail)
+
+
+def _tags(text: str) -> dict[str, str]:
+    tags = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags[name.strip().lower()] = "".join(value.split())
+    return tags
+
+
+async def check_dkim(lookup: Lookup, record: DnsRecord) -> RecordCheck:
+    answer = await lookup.txt(record.name)
+    if answer.status == "error":
+        return _could_not(record, answer)
+    if answer.absent or not answer.values:
+        return _check(record, "missing", detail=f"no TXT record at {record.name}")
+    expected = _tags(record.value)
+    for value in answer.values:
+        tags = _tags(value)
+        if tags.get("v", "DKIM1") != "DKIM1":
+            continue
+        if tags.get("k", "rsa") != expected["k"]:
+            return _check(
+                record, "wrong", answer.values, f"k={tags.get('k')}, ours is {expected['k']}"
+            )
+        if not tags.get("p"):
+            return _check(record, "wrong", answer.values, "p= is empty: the key is revoked")
+        try:
+            published = base64.b64decode(tags["p"], validate=True)
+        except ValueError:
+            return _check(record, "wrong", answer.values, "p= is not valid base64")
+        if published != base64.b64decode(expected["p"]):
+            return _check(
+                record, "wrong", answer.values, "a different public key than our private key's"
+            )
+        return _check(record, "found", answer.values)
+    return _check(record, "wrong", answer.values, "no v=DKIM1 record")
+
+
+async def check_dmarc(
+    lookup: Lookup, config: Config, domain: str, record: DnsRecord
+) -> RecordCheck:
+    names = [record.name]
+    org = dmarc.organizational_domain(domain)
+    if org != domain:
+        names.append(f"_dmarc.{org}")
+    for name in names:
+        answer = await lookup.txt(name)
+        if answer.status == "error":
+            return _could_not(record, answer)
+        found = [v for v in answer.values if v.replace(" ", "").upper().startswith("V=DMARC1")]
+        if not found:
+            continue
+        where = "" if name == record.name else f" (the organizational domain's, at {name})"
+        if len(found) > 1:
+            return _check(record, "wrong", found, f"{len(found)} DMARC records{where}")
+        try:
+            parsed = dmarc.parse_dmarc(found[0])
+        except dmarc.DmarcError as e:
+            return _check(record, "wrong", found, f"malformed{where}: {e}")
+        section = domain_section(config, domain)
+        return_path = section.return_path or domain
+        if not dmarc.aligned(return_path, domain, parsed.aspf):
+            return _check(
+                record,
+                "wrong",
+                found,
+                f"aspf={parsed.aspf}: the Return-Path domain {return_path} does not align "
+                f"with {domain}",
+            )
+        notes = [f"p={parsed.policy}{where}; SPF and DKIM align with {domain}"]
+        if parsed.policy == "none":
+            notes.append("p=none only monitors: move to quarantine/reject once reports are clean")
+        if not parsed.rua:
+            notes.append("no rua=: you will get no aggregate reports")
+        return _check(record, "found", found, "; ".join(notes))
+    return _check(record, "missing", detail=f"no v=DMARC1 TXT record at {record.name}")
+
+
+async def check_plain(lookup: Lookup, record: DnsRecord) -> RecordCheck:
+    """MX, CNAME and the MTA-STS / TLS-RPT TXT records: compared as values."""
+    answer = await lookup.query(record.name, record.type)
+    if answer.status == "error":
+        return _could_not(record, answer)
+    if answer.absent:
+        return _check(record, "missing", detail=f"no {record.type} record at {record.name}")
+    if record.type == "TXT":
+        prefix = record.value.split(";")[0]
+        relevant = [v for v in answer.values if v.replace(" ", "").startswith(prefix)]
+        if not relevant:
+            return _check(record, "missing", answer.values, f"no {prefix} record")
+        if _tags(relevant[0]) != _tags(record.value):
+            return _check(record, "wrong", relevant, "differs from the expected value")
+        return _check(record, "found", relevant)
+    if record.type == "MX":
+        hosts = {v.split()[-1].lower() for v in answer.values}
+        ok = record.value.split()[-1].lower().rstrip(".") in hosts
+    else:
+        ok = record.value.lower().rstrip(".") in {v.lower() for v in answer.values}
+    return _check(record, "found" if ok else "wrong", answer.values)
+
+
+async def check_record(
+    lookup: Lookup, config: Config, domain: str, record: DnsRecord
+) -> RecordCheck:
+    if record.purpose == "spf" or (record.purpose == "return_path" and record.type == "TXT"):
+        return await check_spf(lookup, config, domain, record)
+    if record.purpose == "dkim":
+        return await check_dkim(lookup, record)
+    if record.purpose == "dmarc":
+        return await check_dmarc(lookup, config, domain, record)
+    return await check_plain(lookup, record)
+
+
+def domain_status(checks: Sequence[RecordCheck], keys_signing: bool) -> DomainStatus:
+    required = [c for c in checks if c.required]
+    if not keys_signing or any(c.status in ("missing", "wrong") for c in required):
+        return "unverified"
+    if any(c.status == "could_not_check" for c in required):
+        return "could_not_check"
+    return "verified"
+
+
+async def verify_domain(
+    lookup: Lookup, config: Config, domain: str, keys: Sequence[DkimKey], now: float
+) -> DomainReport:
+    """Check every record ``domain`` should publish, concurrently, and the readiness list."""
+    domain = domain.lower().rstrip(".")
+    records = expected_records(config, domain, keys)
+    checks = list(await asyncio.gather(*(check_record(lookup, config, domain, r) for r in records)))
+    signing = any(k.domain == domain and k.state == "signing" for k in keys)
+    if not signing:
+        checks.insert(
+            1,
+            RecordCheck(
+                purpose="dkim",
+                name=f"<selector>._domainkey.{domain}",
+                type="TXT",
+                expected="",
+                status="missing",
+                detail=f"no DKIM key signs for {domain}: run `gateway dkim keygen {domain} "
+                "--selector NAME`",
+                required=True,
+            ),
+        )
+    report = DomainReport(
+        domain=domain,
+        status=domain_status(checks, signing),
+        checked_at=now,
+        records=checks,
+    )
+    report.readiness = await readiness(lookup, config, domain, checks)
+    return report
+
+
+def _from_checks(checks: Sequence[RecordCheck], purpose: str) -> CheckStatus:
+    relevant = [c for c in checks if c.purpose == purpose and c.required]
+    if not relevant or any(c.status in ("missing", "wrong") for c in relevant):
+        return "fail"
+    if any(c.status == "could_not_check" for c in relevant):
+        return "could_not_check"
+    return "pass"
+
+
+def _plugin_enabled(config: Config, name: str) -> bool:
+    table = config.plugins.get(name)
+    return table is not None and table.get("enabled", True) is not False
+
+
+async def readiness(
+    lookup: Lookup, config: Config, domain: str, checks: Sequence[RecordCheck]
+) -> list[ReadinessCheck]:
+    """Gmail's and Yahoo's bulk-sender requirements (2024), one line each."""
+    spf_status = _from_checks(checks, "spf")
+    dkim_status = _from_checks(checks, "dkim")
+    dmarc_status = _from_checks(checks, "dmarc")
+    dmarc_check = next(c for c in checks if c.purpose == "dmarc")
+    signing = _plugin_enabled(config, "dkim")
+    report = [
+        ReadinessCheck(name="spf_pass", status=spf_status),
+        ReadinessCheck(
+            name="dkim_pass",
+            status=dkim_status if signing or dkim_status != "pass" else "fail",
+            detail="" if signing else "[plugins.dkim] is not enabled: mail is not signed",
+        ),
+        ReadinessCheck(name="dmarc_published", status=dmarc_status, detail=dmarc_check.detail),
+        ReadinessCheck(
+            name="alignment",
+            status=dmarc_status
+            if dmarc_status != "fail" or dmarc_check.status != "wrong"
+            else "fail",
+            detail="From, DKIM d= and Return-Path share the domain"
+            if dmarc_status == "pass"
+            else dmarc_check.detail,
+        ),
+    ]
+    unsubscribe = _plugin_enabled(config, "list_unsubscribe")
+    report.append(
+        ReadinessCheck(
+            name="one_click_unsubscribe",
+            status="pass" if unsubscribe else "fail",
+            detail="List-Unsubscribe + List-Unsubscribe-Post on bulk mail (RFC 8058)"
+            if unsubscribe
+            else "enable [plugins.list_unsubscribe] for bulk mail",
+        )
+    )
+    section = domain_section(config, domain)
+    dedicated = [ip for ip, s in config.ips.items() if not section.pool or s.pool == section.pool]
+    report.append(await check_ptr(lookup, dedicated))
+    return report
+
+
+async def check_ptr(lookup: Lookup, addresses: Sequence[str]) -> ReadinessCheck:
+    """Forward-confirmed reverse DNS for each dedicated IP."""
+    ips = [a for a in addresses if ipaddress.ip_network(a, strict=False).num_addresses == 1]
+    if not ips:
+        return ReadinessCheck(name="ptr", status="not_applicable", detail="no dedicated IPs")
+    problems, unknown = [], []
+    for ip in ips:
+        address = str(ipaddress.ip_network(ip, strict=False).network_address)
+        answer = await lookup.query(dns.reversename.from_address(address).to_text(), "PTR")
+        if answer.status == "error":
+            unknown.append(answer.error)
+            continue
+        if not answer.values:
+            problems.append(f"{address} has no PTR record")
+            continue
+        host = answer.values[0]
+        rdtype = "A" if ipaddress.ip_address(address).version == 4 else "AAAA"
+        forward = await lookup.query(host, rdtype)
+        if forward.status == "error":
+            unknown.append(forward.error)
+        elif address not in forward.values:
+            problems.append(f"{address} → {host}, which does not resolve back to it")
+    if problems:
+        return ReadinessCheck(name="ptr", status="fail", detail="; ".join(problems))
+    if unknown:
+        return ReadinessCheck(
+            name="ptr", status="could_not_check", detail="could not check: " + "; ".join(unknown)
+        )
+    return ReadinessCheck(name="ptr", status="pass", detail=f"{len(ips)} IP(s) forward-confirmed")

@@ -1,0 +1,81 @@
+"""Normalized events: what happened to a delivery after (or instead of) the send itself.
+
+Every source speaks this one vocabulary — delivery results from the dispatcher, provider
+webhooks, inbound DSN/ARF reports, tracking hits — so the consumers (suppression, warming and
+reputation, metrics, the sender's own webhooks) are written once. :func:`publish` records the
+event in the message's timeline and hands it to every ``gateway_event`` implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.plugin_manager import HookError, call_all, has_impls
+from gateway.store.base import MessageEvent
+
+log = logging.getLogger("gateway.events")
+
+EventKind = Literal[
+    "delivered",
+    "deferred",
+    "bounced",
+    "complained",
+    "opened",
+    "clicked",
+    "unsubscribed",
+    "rejected",
+]
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True):
+    """One normalized event about one recipient of one message."""
+
+    type: EventKind
+    tenant: str
+    recipient: str
+    at: float
+    message_id: str = ""
+    """Empty when a report could not be tied to a message we sent."""
+    delivery_id: int = 0
+    provider: str = ""
+    """The provider (route) the event came from or is about."""
+    bounce: Literal["hard", "soft", ""] = ""
+    """For ``bounced``: permanent (``hard``) or temporary (``soft``)."""
+    sending_domain: str = ""
+    """The From domain of the message, for per-domain reputation and warming."""
+    source_ip: str = ""
+    """The dedicated IP the message left from, when known."""
+    event_id: str = ""
+    """Unique id (the provider's event id where it has one), for de-duplication."""
+    detail: str = ""
+    """Provider reply, bounce diagnostic, clicked URL, classification…"""
+    data: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+async def publish(gateway: Any, event: Event, *, record: bool = True) -> None:
+    """Record ``event`` in its message's timeline (when ``record``) and notify every
+    ``gateway_event`` implementation. Observers that fail are logged, never raised.
+
+    The dispatcher publishes delivery results with ``record=False``: its delivery records
+    already make those timeline entries.
+    """
+    if record and event.message_id:
+        await gateway.store.record_event(
+            MessageEvent(
+                message_id=event.message_id,
+                at=event.at,
+                type=event.type if event.type != "rejected" else "bounced",
+                recipient=event.recipient,
+                provider=event.provider,
+                detail=event.detail,
+            )
+        )
+    if not has_impls(gateway.pm, "gateway_event"):
+        return
+    try:
+        await call_all(gateway.pm, "gateway_event", gateway=gateway, event=event)
+    except HookError as e:
+        log.error("event observer failed for %s %s: %s", event.type, event.message_id, e)

@@ -1,0 +1,184 @@
+"""Accepting a submission: content checks, trace headers, and the durable write.
+
+SMTP and HTTP both end here, so a message is checked and stored the same way whichever door
+it came through. ``accept`` returns only after the spool write is durable; its caller may then
+say ``250`` / ``202``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+
+from gateway.clock import Clock
+from gateway.message import Message, Reject, Source, new_message_id
+from gateway.store.base import IdempotencyClaim, MessageMeta, Store
+
+_HEADER_NAME = re.compile(rb"[!-9;-~]+:")
+_SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:")
+
+
+class Submission(msgspec.Struct, kw_only=True):
+    """What a client handed over, before it is a stored ``Message``."""
+
+    tenant: str
+    mail_from: str
+    recipients: Sequence[str]
+    raw: bytes
+    source: Source = "smtp"
+    smtp_utf8: bool = False
+    client_address: str = ""
+    client_name: str = ""
+    protocol: str = "ESMTP"
+    """RFC 3848 ``with`` keyword: ``SMTP`` (HELO), ``ESMTP``, ``ESMTPS`` (TLS),
+    ``ESMTPA``/``ESMTPSA`` (AUTH), or ``HTTP``."""
+    meta: MessageMeta | None = None
+    """Tags, metadata and tracking switches (HTTP API); stored with the message."""
+
+
+def content_problem(raw: bytes) -> Reject | None:
+    """Why ``raw`` cannot be accepted as an RFC 5322 message, or ``None``.
+
+    Bare CR or LF is refused, not repaired: it is the raw material of SMTP smuggling
+    (a downstream server that ends DATA on ``<LF>.<LF>`` would see a second message), and a
+    client that sends it is broken in a way its operator should hear about.
+    """
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        position = _first_bare_newline(raw)
+        return Reject(
+            550,
+            "5.6.0",
+            f"Message refused: bare CR or LF at byte {position}; lines must end with CRLF",
+        )
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return Reject(550, "5.6.0", f"Message refused: NUL byte at byte {nul}")
+    head, separator, _ = raw.partition(b"\r\n\r\n")
+    if not separator and not raw.endswith(b"\r\n"):
+        head = raw
+    has_from = False
+    for number, line in enumerate(head.split(b"\r\n"), start=1):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if number == 1:
+                return Reject(
+                    550, "5.6.0", "Message refused: header section starts with a continuation line"
+                )
+            continue
+        if _HEADER_NAME.match(line) is None:
+            return Reject(
+                550,
+                "5.6.0",
+                f"Message refused: malformed header on line {number} (expected 'Name: value')",
+            )
+        if line[:5].lower() == b"from:":
+            has_from = True
+    if not has_from:
+        return Reject(550, "5.6.0", "Message refused: it has no From header")
+    return None
+
+
+def _first_bare_newline(raw: bytes) -> int:
+    match = re.search(rb"\r(?!\n)|(?<!\r)\n", raw)
+    return match.start() if match else -1
+
+
+def safe_header_text(value: str) -> str:
+    """A client-supplied name made safe to put inside a trace header."""
+    cleaned = _SAFE_HELO.sub("", value)[:255]
+    return cleaned or "unknown"
+
+
+class Rejected(Exception):
+    """A policy (``gateway_accept_message``) refused the submission; nothing was stored."""
+
+    def __init__(self, verdict: Reject) -> None:
+        super().__init__(verdict.text)
+        self.verdict = verdict
+
+
+async def _no_policy(submission: Submission) -> Reject | None:
+    return None
+
+
+class Ingress:
+    """Turns submissions into stored messages."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        hostname: str,
+        lifetime: float,
+        on_enqueued: Callable[[], None] = lambda: None,
+        policy: Callable[[Submission], Awaitable[Reject | None]] = _no_policy,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.hostname = hostname
+        self.lifetime = lifetime
+        self.on_enqueued = on_enqueued
+        self.policy = policy
+        self.observers: list[Callable[[Message, Sequence[str]], None]] = []
+        """Called with each accepted message and its recipients, after the durable write
+        (metrics)."""
+
+    def stamp(self, submission: Submission, message_id: str, now: float) -> bytes:
+        """Prepend a Received header, and a Message-ID when the client sent none."""
+        date = email.utils.formatdate(now, localtime=False)
+        helo = safe_header_text(submission.client_name)
+        address = safe_header_text(submission.client_address)
+        received = (
+            f"Received: from {helo} ([{address}])\r\n\tby {self.hostname} "
+            f"with {submission.protocol} id {message_id};\r\n\t{date}\r\n"
+        ).encode()
+        head = submission.raw.split(b"\r\n\r\n", 1)[0]
+        if _MESSAGE_ID.search(head) is None:
+            received += f"Message-ID: <{message_id}@{self.hostname}>\r\n".encode()
+        return received + submission.raw
+
+    async def accept(
+        self,
+        submission: Submission,
+        *,
+        not_before: float | None = None,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> Message:
+        """Store the submission; durable when this returns. Raises ``StoreError`` if not
+        (``IdempotencyConflict`` if ``idempotency`` names a key already used), and
+        ``Rejected`` when the ``gateway_accept_message`` policy refuses it."""
+        verdict = await self.policy(submission)
+        if verdict is not None:
+            raise Rejected(verdict)
+        now = self.clock.now()
+        message_id = new_message_id()
+        message = Message(
+            id=message_id,
+            tenant=submission.tenant,
+            mail_from=submission.mail_from,
+            raw=self.stamp(submission, message_id, now),
+            created_at=now,
+            source=submission.source,
+            smtp_utf8=submission.smtp_utf8,
+        )
+        # A scheduled message gets its whole lifetime from the time it is due.
+        starts = now if not_before is None else max(now, not_before)
+        await self.store.enqueue(
+            message,
+            submission.recipients,
+            expires_at=starts + self.lifetime,
+            not_before=not_before,
+            meta=submission.meta,
+            idempotency=idempotency,
+        )
+        self.on_enqueued()
+        for observe in self.observers:
+            observe(message, submission.recipients)
+        return message

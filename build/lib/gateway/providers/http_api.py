@@ -1,0 +1,187 @@
+"""What the ESP API providers (SES, SendGrid, Mailgun, Postmark) share: one pooled httpx
+client per provider, and the mapping of transport failures and HTTP statuses to
+``SendResult``.
+
+The classification every API provider starts from:
+
+* 2xx → handed over (``sent``); the provider's message id is recorded.
+* 408, 429 and 5xx, connection errors and timeouts → temporary (``soft_fail``): retry, or fail
+  over to the next route. A timeout or a dropped connection *after* the request went out
+  (read timeout, no response) leaves the outcome unknown: ``SendResult.unknown``, which
+  routing never fails over at once (docs/routing.md).
+* 401 and 403 → temporary too: a wrong or revoked key is the gateway's problem, not the
+  recipient's, and must not bounce every message — the circuit breaker and failover take the
+  provider out of rotation until it is fixed.
+* any other 4xx → permanent (``hard_fail``): the API refused this message for good.
+
+Each provider refines this from the error body (e.g. Postmark's ``ErrorCode``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from gateway.message import SendResult
+from gateway.providers.base import OutboundMessage, Provider, ProviderCheckFailed
+
+log = logging.getLogger("gateway.providers")
+
+GATEWAY_MESSAGE_ID = "gw_message_id"
+"""Name under which our message id travels in a provider's custom data (tags, custom args,
+user variables, metadata), so webhook events can be tied back to the delivery."""
+GATEWAY_DELIVERY_ID = "gw_delivery_id"
+RESERVED_KEYS = frozenset({GATEWAY_MESSAGE_ID, GATEWAY_DELIVERY_ID})
+
+
+class ApiError(Exception):
+    """A request to the provider's API did not get a usable answer."""
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
+        """The request was sent and no response came: the API may have taken it."""
+
+
+class HttpApiProvider(Provider):
+    """Base of the providers that talk to an ESP's HTTP API."""
+
+    reports_delivery = True
+    """A ``sent`` result means the API took the message, not that it reached the mailbox:
+    delivery, bounces and complaints arrive later through the provider's webhook."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        timeout: float,
+        max_connections: int,
+        headers: dict[str, str] | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._headers = headers or {}
+        self._auth = auth
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=httpx.Timeout(self._timeout),
+                limits=httpx.Limits(
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=self._max_connections,
+                ),
+                headers={"User-Agent": "esp-gateway", **self._headers},
+                auth=self._auth,
+                follow_redirects=False,
+            )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._client
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call; transport failures become :class:`ApiError` naming what failed."""
+        await self.start()
+        try:
+            return await self.client.request(method, path, **kwargs)
+        except httpx.TimeoutException as e:
+            raise ApiError(
+                f"{self.name}: timed out after {self._timeout:g}s ({type(e).__name__})",
+                maybe_sent=isinstance(e, httpx.ReadTimeout),
+            ) from e
+        except httpx.HTTPError as e:
+            raise ApiError(
+                f"{self.name}: {type(e).__name__}: {e}",
+                maybe_sent=isinstance(e, httpx.RemoteProtocolError),
+            ) from e
+
+    async def send_request(
+        self, message: OutboundMessage, method: str, path: str, **kwargs: Any
+    ) -> SendResult:
+        """Make the send call and classify it; providers override :meth:`classify`."""
+        try:
+            response = await self.request(method, path, **kwargs)
+        except ApiError as e:
+            return SendResult.unknown(str(e)) if e.maybe_sent else SendResult.soft_fail(str(e))
+        result = self.classify(response)
+        log.debug(
+            "%s send message=%s delivery=%s → %s %s",
+            self.name,
+            message.message_id,
+            message.delivery_id,
+            response.status_code,
+            result.kind,
+        )
+        return result
+
+    def classify(self, response: httpx.Response) -> SendResult:
+        """Map the API's answer to a send to a ``SendResult`` (module docstring)."""
+        if response.is_success:
+            return SendResult.sent(
+                f"{self.name}: {response.status_code}", self.provider_message_id(response)
+            )
+        return classify_status(self.name, response.status_code, error_text(response))
+
+    def provider_message_id(self, response: httpx.Response) -> str:
+        """The provider's id of the message just accepted (from the body or a header)."""
+        return ""
+
+    async def check_get(self, path: str, what: str, **kwargs: Any) -> str:
+        """``check()`` helper: a GET that must answer 2xx with these credentials."""
+        try:
+            response = await self.request("GET", path, **kwargs)
+        except ApiError as e:
+            raise ProviderCheckFailed(str(e)) from None
+        if response.status_code in (401, 403):
+            raise ProviderCheckFailed(
+                f"{self.name}: credentials refused ({response.status_code}): {error_text(response)}"
+            )
+        if not response.is_success:
+            raise ProviderCheckFailed(
+                f"{self.name}: {what} answered {response.status_code}: {error_text(response)}"
+            )
+        return f"{self.name}: {what} accepted the credentials"
+
+
+def classify_status(name: str, status: int, text: str) -> SendResult:
+    detail = f"{name}: HTTP {status}: {text}" if text else f"{name}: HTTP {status}"
+    if status in (401, 403, 408, 429) or status >= 500 or status < 400:
+        return SendResult.soft_fail(detail)
+    return SendResult.hard_fail(detail)
+
+
+def error_text(response: httpx.Response, limit: int = 300) -> str:
+    """A short, single-line excerpt of an error body for logs and delivery records."""
+    text = response.text.strip().replace("\r", " ").replace("\n", " ")
+    return text[:limit]
+
+
+def tracking_fields(message: OutboundMessage) -> dict[str, str]:
+    """Our ids, as custom data every provider echoes back in its webhook events."""
+    return {
+        GATEWAY_MESSAGE_ID: message.message_id,
+        GATEWAY_DELIVERY_ID: str(message.delivery_id),
+    }
+
+
+def custom_data(message: OutboundMessage) -> dict[str, str]:
+    """The sender's metadata plus our ids; ours win over a sender key of the same name."""
+    data = {k: v for k, v in message.metadata.items() if k not in RESERVED_KEYS}
+    data.update(tracking_fields(message))
+    return data

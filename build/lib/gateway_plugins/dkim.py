@@ -1,0 +1,281 @@
+"""DKIM signing (RFC 6376; ed25519 per RFC 8463) of every outgoing message, after all transforms.
+
+Semantics are dkimpy's: its message parser, canonicalization, header selection, folding and
+signature layout are reused as they are. Only the public-key operation is done differently —
+with ``cryptography`` (OpenSSL) on keys loaded once at start-up, instead of dkimpy's
+pure-Python RSA (about 140 signatures/s on one core against thousands with OpenSSL).
+
+Keys live in ``<key_dir>/<domain>/<selector>.pem`` (PKCS#8 or PKCS#1 PEM, RSA or ed25519; the
+type is read from the key). ``<selector>.rsa.pem`` and ``<selector>.ed25519.pem`` are accepted
+too, the suffix then has to match the key. A message is signed for the domain of its ``From``
+address, or for the nearest parent domain that has keys (``news.example.com`` → ``example.com``,
+which still aligns for DMARC's relaxed mode), with every configured selector that domain has a
+key for: an RSA and an ed25519 selector side by side give dual signatures.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+import dkim
+import msgspec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+    Relaxed,
+    correct_empty_body,
+    strip_trailing_lines,
+)
+
+from gateway.config import ConfigError, plugin_settings
+from gateway.message import Delivery, Message
+from gateway.plugin_manager import hookimpl
+
+NAME = "dkim"
+DEFAULT_ENABLED = False
+"""Off unless ``[plugins.dkim]`` exists: there is nothing to sign with before keys are made."""
+
+log = logging.getLogger("gateway.plugins.dkim")
+
+HEADER_NAME = b"DKIM-Signature"
+SIGN_HEADERS = [*(h.decode() for h in dkim.DKIM.SHOULD), "list-unsubscribe-post"]
+"""RFC 6376's recommended set, as dkimpy signs by default, plus List-Unsubscribe-Post, which
+RFC 8058 requires to be signed along with List-Unsubscribe."""
+_FORBIDDEN = {h.decode() for h in dkim.DKIM.SHOULD_NOT}
+_MIN_RSA_BITS = 1024
+
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    key_dir: str = "dns/keys"
+    """Where ``<domain>/<selector>.pem`` keys are; relative to the working directory."""
+    selectors: list[str] = msgspec.field(default_factory=list)
+    """Selectors that sign, in order (e.g. ``["rsa2025", "ed2025"]`` for dual signing); a
+    domain signs with those it has keys for. Empty: every key of the domain signs. Naming
+    them lets a retired selector's key stay on disk (and in DNS) without signing."""
+    canonicalization: str = "relaxed/relaxed"
+    """``c=``: header/body, each ``relaxed`` or ``simple``."""
+    headers: list[str] = msgspec.field(default_factory=lambda: list(SIGN_HEADERS))
+    """Header fields signed when present (every instance)."""
+    oversign: list[str] = msgspec.field(default_factory=lambda: ["from"])
+    """Header fields signed once more than they occur, so none can be added in transit."""
+
+
+class SigningKey(msgspec.Struct, frozen=True):
+    domain: str
+    selector: str
+    key: Any
+    """An RSA or ed25519 private key from ``cryptography``."""
+
+    @property
+    def algorithm(self) -> bytes:
+        return (
+            b"ed25519-sha256"
+            if isinstance(self.key, ed25519.Ed25519PrivateKey)
+            else (b"rsa-sha256")
+        )
+
+
+def dns_txt_record(key: Any) -> str:
+    """The TXT record to publish at ``<selector>._domainkey.<domain>`` for a private key."""
+    public = key.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def load_keys(key_dir: Path, selectors: list[str]) -> dict[str, list[SigningKey]]:
+    """Domain → its signing keys in ``selectors`` order (or file-name order when empty)."""
+    found: dict[str, list[SigningKey]] = {}
+    for domain_dir in sorted(p for p in key_dir.iterdir() if p.is_dir()):
+        domain = domain_dir.name.lower().rstrip(".")
+        keys = {}
+        for path in sorted(domain_dir.glob("*.pem")):
+            selector, key = _read_key(path)
+            if selector in keys:
+                raise ConfigError(
+                    f"plugins.{NAME}.key_dir: two keys for {selector} in {domain_dir}"
+                )
+            keys[selector] = SigningKey(domain, selector, key)
+        chosen = [keys[s] for s in selectors if s in keys] if selectors else list(keys.values())
+        if chosen:
+            found[domain] = chosen
+    return found
+
+
+def _read_key(path: Path) -> tuple[str, PrivateKey]:
+    name = path.name.removesuffix(".pem")
+    selector, dot, kind = name.rpartition(".")
+    if not dot or kind not in ("rsa", "ed25519"):
+        selector, kind = name, ""
+    where = f"plugins.{NAME}.key_dir: {path}"
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: cannot load the private key: {e}") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        if kind == "ed25519" or key.key_size < _MIN_RSA_BITS:
+            raise ConfigError(f"{where}: expected an ed25519 key or RSA of at least 1024 bits")
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        if kind == "rsa":
+            raise ConfigError(f"{where}: the file name says rsa but the key is ed25519")
+    else:
+        raise ConfigError(f"{where}: DKIM keys are RSA or ed25519, not {type(key).__name__}")
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", selector):
+        raise ConfigError(f"{where}: {selector!r} is not a valid selector")
+    return selector, key
+
+
+class Signer:
+    """Everything loaded once: keys by domain, the canonicalization and the header policy."""
+
+    def __init__(self, settings: Settings) -> None:
+        try:
+            self.policy = CanonicalizationPolicy.from_c_value(settings.canonicalization.encode())
+        except InvalidCanonicalizationPolicyError:
+            raise ConfigError(
+                f"plugins.{NAME}.canonicalization: give header/body, each relaxed or simple"
+            ) from None
+        self.c_value = self.policy.to_c_value()
+        names = [h.lower() for h in (*settings.headers, *settings.oversign)]
+        if "from" not in names:
+            raise ConfigError(f"plugins.{NAME}.headers: From must be signed (RFC 6376 5.4)")
+        bad = sorted(set(names) & _FORBIDDEN)
+        if bad:
+            raise ConfigError(f"plugins.{NAME}.headers: must not sign {', '.join(bad)}")
+        self.sign_headers = {h.lower().encode() for h in settings.headers} | {b"from"}
+        self.oversign = [h.lower().encode() for h in settings.oversign]
+        key_dir = Path(settings.key_dir)
+        if not key_dir.is_dir():
+            raise ConfigError(f"plugins.{NAME}.key_dir: {str(key_dir)!r} is not a directory")
+        self.keys = load_keys(key_dir, settings.selectors)
+        if not self.keys:
+            log.warning("no DKIM keys in %s: nothing will be signed", key_dir)
+
+    def keys_for(self, raw: bytes) -> list[SigningKey]:
+        domain = _from_domain(raw)
+        while domain:
+            keys = self.keys.get(domain)
+            if keys is not None:
+                return keys
+            domain = domain.partition(".")[2] if domain.count(".") > 1 else ""
+        return []
+
+    def sign(self, raw: bytes, keys: list[SigningKey], now: float) -> bytes:
+        """``DKIM-Signature`` header lines (CRLF-terminated) for ``raw``, one per key."""
+        headers, body = split_message(raw)
+        canonical_body = (
+            relaxed_body(body)
+            if self.policy.body_algorithm is Relaxed
+            else self.policy.canonicalize_body(body)
+        )
+        body_hash = base64.b64encode(hashlib.sha256(canonical_body).digest())
+        signed = [h for h in headers if h[0].lower() in self.sign_headers]
+        include = [name.lower() for name, _ in signed] + self.oversign
+        canonical = self.policy.canonicalize_headers(signed)  # only what the hash covers
+        timestamp = str(int(now)).encode()
+        return b"".join(
+            self._signature(canonical, include, body_hash, timestamp, key) for key in keys
+        )
+
+    def _signature(
+        self,
+        canonical: list[tuple[bytes, bytes]],
+        include: list[bytes],
+        body_hash: bytes,
+        timestamp: bytes,
+        key: SigningKey,
+    ) -> bytes:
+        # The same steps and layout as dkimpy's DomainSigner.gen_header.
+        fields = [
+            (b"v", b"1"),
+            (b"a", key.algorithm),
+            (b"c", self.c_value),
+            (b"d", key.domain.encode()),
+            (b"s", key.selector.encode()),
+            (b"t", timestamp),
+            (b"h", b" : ".join(include)),
+            (b"bh", body_hash),
+            # Forces b= onto its own line, so refolding after adding it moves nothing else.
+            (b"b", b"0" * 60),
+        ]
+        value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME))
+        value = dkim.RE_BTAG.sub(b"\\1", value)
+        hasher = hashlib.sha256()
+        dkim.hash_headers(hasher, self.policy, canonical, include, (HEADER_NAME, b" " + value), {})
+        digest = hasher.digest()
+        if isinstance(key.key, ed25519.Ed25519PrivateKey):
+            signature = key.key.sign(digest)  # RFC 8463: ed25519 over the SHA-256 hash
+        else:
+            signature = key.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        fields[-1] = (b"b", base64.b64encode(signature))
+        value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
+        return HEADER_NAME + b": " + dkim.fold(value, namelen=len(HEADER_NAME))
+
+
+def split_message(raw: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's ``rfc822_parse`` result, without splitting and re-joining every body line
+    when the message already has CRLF line ends (as everything from ingress does)."""
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        return dkim.rfc822_parse(raw)  # type: ignore[no-any-return]
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return dkim.rfc822_parse(raw)  # type: ignore[no-any-return]
+    headers, _ = dkim.rfc822_parse(raw[: end + 4])
+    return headers, raw[end + 4 :]
+
+
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_TO_COMPRESS = re.compile(rb"[\t ]{2,}|\t")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4, exactly as dkimpy computes it, but substituting only where something
+    changes: dkimpy rewrites every single space, a thousand substitutions per 5 KB of HTML."""
+    if b" \r\n" in body or b"\t" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"  " in body or b"\t" in body:
+        body = _WSP_TO_COMPRESS.sub(b" ", body)
+    return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
+
+
+_FROM = re.compile(rb"^From:[ \t]*((?:[^\r\n]|\r\n[ \t])*)\r\n", re.I | re.M)
+
+
+def _from_domain(raw: bytes) -> str:
+    head = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    match = _FROM.search(head)
+    if match is None:
+        return ""
+    value = match.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
+    addresses = [a for _, a in getaddresses([value]) if "@" in a]
+    if not addresses:
+        return ""
+    return addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
+
+
+@hookimpl
+def gateway_configure(gateway: Any, config: Any) -> None:
+    gateway.plugin_state[NAME] = Signer(plugin_settings(config, NAME, Settings))
+
+
+@hookimpl
+def gateway_sign(gateway: Any, message: Message, delivery: Delivery) -> bytes | None:
+    signer: Signer = gateway.plugin_state[NAME]
+    keys = signer.keys_for(message.raw)
+    if not keys:
+        return None
+    return signer.sign(message.raw, keys, gateway.clock.now())
