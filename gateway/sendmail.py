@@ -35,9 +35,10 @@ EX_DATAERR = 65
 EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
+# Never EX_TEMPFAIL (75): to a sendmail it means "queued, will retry", and PHP's mail() counts it
+# as success. Having no queue, a message the gateway did not take is EX_UNAVAILABLE.
 
 SYSTEM_CONFIG = Path("/etc/gateway/gateway.toml")
 SERVER_VARIABLE = "GATEWAY_SENDMAIL_SERVER"
@@ -280,14 +281,14 @@ def submit(prepared: Prepared, host: str, port: int, tls: str) -> str:
             else smtplib.SMTP(host, port, timeout=TIMEOUT)
         )
     except OSError as e:
-        raise Failure(EX_TEMPFAIL, f"cannot reach {where}: {e.strerror or e}") from None
+        raise Failure(EX_UNAVAILABLE, f"cannot reach {where}: {e.strerror or e}") from None
     with client:
         try:
             return _transaction(client, prepared, tls, context, where)
         except smtplib.SMTPServerDisconnected as e:
-            raise Failure(EX_TEMPFAIL, f"{where} closed the connection: {e}") from None
+            raise Failure(EX_UNAVAILABLE, f"{where} closed the connection: {e}") from None
         except OSError as e:
-            raise Failure(EX_TEMPFAIL, f"talking to {where}: {e.strerror or e}") from None
+            raise Failure(EX_UNAVAILABLE, f"talking to {where}: {e.strerror or e}") from None
 
 
 def _transaction(
@@ -329,7 +330,7 @@ def _refusal(code: int, reply: bytes, what: str, where: str) -> Failure:
     text = f"{where} refused the {what}: {code} {reply.decode(errors='replace')}"
     enhanced = reply[:5].decode(errors="replace")
     if 400 <= code < 500:
-        return Failure(EX_TEMPFAIL, text)
+        return Failure(EX_UNAVAILABLE, f"{text} (temporary: send again later)")
     if code == 552 or enhanced.startswith(("5.3.4", "5.6.")):
         return Failure(EX_DATAERR, text)
     if code == 530 or enhanced.startswith("5.7."):

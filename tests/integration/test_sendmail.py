@@ -19,7 +19,7 @@ from gateway.providers.capture import CapturedEnvelope, read_outbox
 from gateway.sendmail import (
     EX_DATAERR,
     EX_NOUSER,
-    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
     EX_USAGE,
     parse_arguments,
     prepare,
@@ -194,12 +194,13 @@ def test_no_recipient_is_a_usage_error_and_queues_nothing(gateway: Running) -> N
     assert gateway.stored_messages() == before
 
 
-def test_an_unreachable_gateway_is_a_temporary_failure(tmp_path: Path) -> None:
+def test_an_unreachable_gateway_is_unavailable_never_tempfail(tmp_path: Path) -> None:
+    # EX_TEMPFAIL (75) would tell PHP's mail() the message was queued: it returns true on it.
     port = free_port()  # nothing listens there
     result = sendmail(
         "-t", "-i", stdin=PHP_MESSAGE, config=tmp_path / "absent.toml", server=f"127.0.0.1:{port}"
     )
-    assert result.returncode == EX_TEMPFAIL
+    assert result.returncode == EX_UNAVAILABLE
     assert f"cannot reach the gateway at 127.0.0.1:{port}".encode() in result.stderr
 
 

@@ -3,6 +3,8 @@ one, through /healthz when HTTP is on and an SMTP NOOP when it is off (no contai
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +15,24 @@ from tests.conftest import wait_until
 from tests.ops.conftest import ServeProcess
 from tests.redisserver import free_port
 
+DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile"
+
+
+def healthcheck_command() -> list[str]:
+    """The Dockerfile's ``HEALTHCHECK ... CMD [...]``, exactly as the image runs it."""
+    [line] = [x for x in DOCKERFILE.read_text().splitlines() if x.startswith("HEALTHCHECK")]
+    command: list[str] = json.loads(line.split(" CMD ", 1)[1])
+    assert command[0] == "gateway"
+    return command
+
 
 def health(config_file: Path) -> subprocess.CompletedProcess[str]:
+    """The HEALTHCHECK command, with the config where the image's ``GATEWAY_CONFIG`` says."""
+    env = os.environ | {"GATEWAY_CONFIG": str(config_file)}
     return subprocess.run(
-        [sys.executable, "-m", "gateway", "health", "-c", str(config_file), "--timeout", "5"],
+        [sys.executable, "-m", "gateway", *healthcheck_command()[1:]],
         cwd=config_file.parent,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
