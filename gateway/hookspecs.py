@@ -199,7 +199,8 @@ def gateway_delivery_result(
 def gateway_event(gateway: Any, event: Event) -> None:
     """Observe a normalized event: delivered, deferred, bounced, complained, opened, clicked,
     unsubscribed, rejected — from delivery results, provider webhooks, inbound DSN/ARF
-    reports and tracking alike (see :mod:`gateway.events`).
+    reports and tracking alike, each exactly once (see :mod:`gateway.events` and
+    ``docs/events.md``).
 
     :param gateway: the gateway.
     :param event: the :class:`gateway.events.Event`.

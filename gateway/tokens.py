@@ -76,6 +76,8 @@ class TokenPayload(msgspec.Struct, array_like=True, omit_defaults=True, frozen=T
     recipient: str = ""
     url: str = ""
     list_id: str = ""
+    stream: str = ""
+    """The message's stream ("" for tokens made before streams: ``transactional``)."""
 
     @property
     def kind_name(self) -> Kind:

@@ -11,6 +11,8 @@
   base64, or none) undone and redone with :mod:`binascii` (C code).
 * :func:`message_meta` — the HTTP API's per-message ``tracking`` switches and ``tags``, looked
   up once per message and cached (SMTP mail has none, and costs nothing).
+* :func:`publish_tracked` — how an open, click or unsubscribe becomes an event: through
+  :func:`gateway.events.publish`, like every other event, never written to the store directly.
 
 HTML is handled as bytes. That is exact for every ASCII-compatible charset (UTF-8, Latin-n,
 Windows-125x …), which is what mail uses; a part in UTF-16 or UTF-32 is left alone.
@@ -25,6 +27,7 @@ import re
 from typing import Any, NamedTuple
 
 from gateway.config import ConfigError
+from gateway.events import DEFAULT_STREAM, Event, EventKind, publish
 from gateway.message import Delivery, Message
 from gateway.store.base import MessageMeta
 from gateway.tokens import Kind, TokenPayload, TokenSigner, kind_code
@@ -90,6 +93,47 @@ class Tracker:
         if len(self._meta) > _META_CACHE_SIZE:
             self._meta.popitem(last=False)
         return meta
+
+    async def message_of(self, gateway: Any, payload: TokenPayload) -> Message | None:
+        """The stored message a token was made for (``None`` once it is purged)."""
+        message: Message | None = await gateway.store.get_message(payload.message_id)
+        return message
+
+
+async def publish_tracked(
+    gateway: Any,
+    tracker: Tracker,
+    kind: EventKind,
+    payload: TokenPayload,
+    *,
+    detail: str = "",
+    url: str = "",
+    classification: str = "",
+    signals: tuple[str, ...] = (),
+) -> Event:
+    """Publish what a tracking link saw, with what the token and the stored message tell:
+    tenant, stream, recipient, sending domain, tags and metadata."""
+    message = await tracker.message_of(gateway, payload)
+    meta = await tracker.meta(gateway, message) if message is not None else None
+    sender = message.mail_from.rpartition("@")[2].lower() if message is not None else ""
+    event = Event(
+        type=kind,
+        tenant=payload.tenant,
+        recipient=await recipient_of(gateway, payload),
+        at=gateway.clock.now(),
+        message_id=payload.message_id,
+        delivery_id=payload.delivery_id,
+        stream=payload.stream or DEFAULT_STREAM,
+        sending_domain=sender,
+        detail=detail,
+        url=url,
+        classification=classification,
+        signals=signals,
+        tags=meta.tags if meta is not None else (),
+        metadata=dict(meta.metadata) if meta is not None else {},
+    )
+    await publish(gateway, event)
+    return event
 
 
 async def switched_off(tracker: Tracker, gateway: Any, message: Message, switch: str) -> bool:

@@ -35,8 +35,8 @@ from gateway.tracking import (
     decode_body,
     encode_body,
     longest_line,
+    publish_tracked,
     qp_segment,
-    recipient_of,
     switched_off,
     text_parts,
     with_encoding,
@@ -275,7 +275,6 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
     from litestar.response import Redirect
 
     from gateway.api.problems import Problem
-    from gateway.store.base import MessageEvent
     from gateway.tokens import TokenError
 
     tracker = _state(gateway).tracker
@@ -295,16 +294,7 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
         if not url.isascii() or not url.isprintable() or " " in url:  # never from our signer
             raise Problem(404, "invalid-link", "Invalid link", "link refused: bad-target")
         try:
-            recipient = await recipient_of(gateway, payload)
-            await gateway.store.record_event(
-                MessageEvent(
-                    message_id=payload.message_id,
-                    at=gateway.clock.now(),
-                    type="clicked",
-                    recipient=recipient,
-                    detail=url,
-                )
-            )
+            await publish_tracked(gateway, tracker, "clicked", payload, url=url)
         except Exception:  # the reader must still reach the link
             log.exception("recording a click on %s failed", payload.message_id)
         return Redirect(

@@ -32,7 +32,7 @@ import msgspec
 from gateway.config import ConfigError, plugin_settings
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
-from gateway.tracking import REFUSAL_STATUS, Tracker, headers_of
+from gateway.tracking import REFUSAL_STATUS, Tracker, headers_of, publish_tracked
 
 NAME = "list_unsubscribe"
 DEFAULT_ENABLED = False
@@ -142,7 +142,7 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
     from litestar import Request, Response, get, post
     from litestar.params import FromPath
 
-    from gateway.store.base import MessageEvent, Suppression
+    from gateway.store.base import Suppression
     from gateway.tokens import TokenError, TokenPayload
 
     tracker = _state(gateway).tracker
@@ -192,15 +192,7 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
             ]
         )
         try:
-            await gateway.store.record_event(
-                MessageEvent(
-                    message_id=payload.message_id,
-                    at=now,
-                    type="unsubscribed",
-                    recipient=payload.recipient,
-                    detail=detail,
-                )
-            )
+            await publish_tracked(gateway, tracker, "unsubscribed", payload, detail=detail)
         except Exception:  # the suppression is what matters; it is stored
             log.exception("recording an unsubscribe of %s failed", payload.message_id)
         log.info("unsubscribed tenant=%s rcpt=%s %s", payload.tenant, payload.recipient, detail)

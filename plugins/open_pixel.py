@@ -33,7 +33,7 @@ from gateway.tracking import (
     Tracker,
     decode_body,
     encode_body,
-    recipient_of,
+    publish_tracked,
     switched_off,
     text_parts,
 )
@@ -166,7 +166,6 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
     from litestar import Request, Response, get
     from litestar.params import FromPath
 
-    from gateway.store.base import MessageEvent
     from gateway.tokens import TokenError
 
     state = _state(gateway)
@@ -193,14 +192,8 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
             state.networks,
         )
         try:
-            await gateway.store.record_event(
-                MessageEvent(
-                    message_id=payload.message_id,
-                    at=now,
-                    type="opened",
-                    recipient=await recipient_of(gateway, payload),
-                    detail=kind,
-                )
+            await publish_tracked(
+                gateway, state.tracker, "opened", payload, detail=kind, classification=kind
             )
         except Exception:
             log.exception("recording an open of %s failed", payload.message_id)

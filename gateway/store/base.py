@@ -176,6 +176,8 @@ class MessageEvent(msgspec.Struct, kw_only=True, frozen=True):
     recipient: str = ""
     provider: str = ""
     detail: str = ""
+    classification: str = ""
+    """For opens and clicks: ``human``, ``machine``, ``scanner``, ``proxy:<which>``."""
 
 
 class DeliveryStats(msgspec.Struct, kw_only=True):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
-from gateway.store import sqlite_api, sqlite_webhooks
+from gateway.store import sqlite_api, sqlite_migrations, sqlite_webhooks
 from gateway.store.base import (
     Claimed,
     DeliveryFilter,
@@ -112,10 +112,15 @@ class _Writer:
     """One SQLite connection on its own thread, committing whatever work is waiting, together."""
 
     def __init__(
-        self, path: Path, max_batch: int = 512, schema: str = SCHEMA + sqlite_api.SHARD_SCHEMA
+        self,
+        path: Path,
+        max_batch: int = 512,
+        schema: str = SCHEMA + sqlite_api.SHARD_SCHEMA,
+        migrate: Callable[[sqlite3.Connection], None] = sqlite_migrations.migrate_shard,
     ) -> None:
         self.path = path
         self._schema = schema
+        self._migrate = migrate
         self._max_batch = max_batch
         self._work: queue.SimpleQueue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
@@ -155,6 +160,7 @@ class _Writer:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.executescript(self._schema)
+        self._migrate(conn)
         return conn
 
     def _run(self) -> None:
@@ -281,6 +287,7 @@ class SqliteStore(Store):
         self._tenants = _Writer(
             self.directory / "tenants.db",
             schema=sqlite_api.TENANT_SCHEMA + sqlite_webhooks.SCHEMA,
+            migrate=sqlite_migrations.migrate_tenants,
         )
         self._reader = sqlite_api.ShardReader(self.directory, self._shard_files)
         # Per-delivery suppression checks read tenants.db on their own thread and connection:

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL,
     recipient TEXT NOT NULL,
     provider TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    classification TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_message ON events(message_id);
 """
@@ -220,9 +221,17 @@ def purge_messages(conn: sqlite3.Connection, before: float, batch: int) -> int:
 
 def insert_event(conn: sqlite3.Connection, event: MessageEvent) -> None:
     conn.execute(
-        "INSERT INTO events (message_id, at, type, recipient, provider, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (event.message_id, event.at, event.type, event.recipient, event.provider, event.detail),
+        "INSERT INTO events (message_id, at, type, recipient, provider, detail, classification)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.message_id,
+            event.at,
+            event.type,
+            event.recipient,
+            event.provider,
+            event.detail,
+            event.classification,
+        ),
     )
 
 
@@ -525,8 +534,9 @@ def timeline(conn: sqlite3.Connection, message_id: str) -> list[MessageEvent]:
                 detail=last_error,
             )
         )
-    for at, kind, recipient, provider, detail in conn.execute(
-        "SELECT at, type, recipient, provider, detail FROM events WHERE message_id = ? ORDER BY id",
+    for at, kind, recipient, provider, detail, classification in conn.execute(
+        "SELECT at, type, recipient, provider, detail, classification FROM events"
+        " WHERE message_id = ? ORDER BY id",
         (message_id,),
     ):
         events.append(
@@ -537,6 +547,7 @@ def timeline(conn: sqlite3.Connection, message_id: str) -> list[MessageEvent]:
                 recipient=recipient,
                 provider=provider,
                 detail=detail,
+                classification=classification,
             )
         )
     return events

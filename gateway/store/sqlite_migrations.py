@@ -1,0 +1,39 @@
+"""Bring SQLite files made by an earlier version up to the current schema, in place.
+
+``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it is, so every column added since
+the first release is added here when it is missing (with the default older rows mean), and
+indexes over such columns are created only after it. Each step checks the file itself
+(``PRAGMA table_info``) rather than a version number, so running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SHARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("events", "classification", "TEXT NOT NULL DEFAULT ''"),
+)
+"""``(table, column, declaration)`` added to shard files that lack them."""
+
+SHARD_INDEXES = ""
+"""Indexes over migrated columns, created after the columns exist."""
+
+
+def columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def add_missing_columns(conn: sqlite3.Connection, wanted: tuple[tuple[str, str, str], ...]) -> None:
+    for table, column, declaration in wanted:
+        if column not in columns(conn, table):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def migrate_shard(conn: sqlite3.Connection) -> None:
+    add_missing_columns(conn, SHARD_COLUMNS)
+    if SHARD_INDEXES:
+        conn.executescript(SHARD_INDEXES)
+
+
+def migrate_tenants(conn: sqlite3.Connection) -> None:
+    """Nothing to change yet in ``tenants.db``."""
