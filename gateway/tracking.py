@@ -30,6 +30,7 @@ from gateway.config import ConfigError
 from gateway.events import DEFAULT_STREAM, Event, EventKind, publish
 from gateway.message import Delivery, Message
 from gateway.store.base import MessageMeta
+from gateway.streams import TRANSACTIONAL, settings_of
 from gateway.tokens import Kind, TokenPayload, TokenSigner, kind_code
 
 STATE_KEY = "tracking"
@@ -71,6 +72,7 @@ class Tracker:
             tenant=message.tenant,
             issued_at=int(now),
             expires_at=int(now + self.lifetime) if self.lifetime else 0,
+            stream="" if message.stream == TRANSACTIONAL else message.stream,
             **fields,
         )
 
@@ -138,9 +140,14 @@ async def publish_tracked(
 
 async def switched_off(tracker: Tracker, gateway: Any, message: Message, switch: str) -> bool:
     """True when an HTTP API sender turned ``switch`` (``opens``/``clicks``) off for this
-    message (``"tracking": {"clicks": false}``)."""
+    message (``"tracking": {"clicks": false}``), or else the message's stream does not track
+    it (``[tenants.<t>.streams.<s>] tracking``)."""
     meta = await tracker.meta(gateway, message)
-    return meta is not None and meta.tracking.get(switch) is False
+    chosen = meta.tracking.get(switch) if meta is not None else None
+    if chosen is not None:
+        return not chosen
+    stream = settings_of(gateway.config, message.tenant, message.stream)
+    return not bool(getattr(stream.tracking, switch))
 
 
 # --- finding body parts by offset -------------------------------------------------------------

@@ -8,6 +8,8 @@ A bulk message gets, per recipient::
 
 A message is *bulk* when any of these holds (checked in this order):
 
+0. its message stream adds List-Unsubscribe: every ``broadcast`` stream, and a transactional
+   stream with ``list_unsubscribe = true`` (``gateway/streams.py``);
 1. it has ``X-Gateway-Bulk: yes`` (or ``no``, which wins over everything below); the gateway
    removes this header before sending;
 2. ``all_bulk = true`` in ``[plugins.list_unsubscribe]``;
@@ -32,6 +34,7 @@ import msgspec
 from gateway.config import ConfigError, plugin_settings
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
+from gateway.streams import settings_of
 from gateway.tracking import REFUSAL_STATUS, Tracker, headers_of, publish_tracked
 
 NAME = "list_unsubscribe"
@@ -64,6 +67,8 @@ class ListUnsubscribe:
         self.bulk_tags = set(self.settings.bulk_tags)
 
     async def bulk(self, gateway: Any, headers: dict[bytes, bytes], message: Message) -> bool:
+        if settings_of(gateway.config, message.tenant, message.stream).adds_list_unsubscribe:
+            return True
         marked = headers.get(b"x-gateway-bulk")
         if marked is not None:
             return marked.lower() in _YES

@@ -126,6 +126,7 @@ class MessageQuery(msgspec.Struct, kw_only=True):
     status: DeliveryStatus | None = None
     """Messages with at least one delivery in this state."""
     tag: str | None = None
+    stream: str | None = None
     recipient: str | None = None
     since: float | None = None
     until: float | None = None
@@ -148,6 +149,7 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     meta: MessageMeta
     send_at: float | None = None
     """When it was scheduled for, if it was."""
+    stream: str = "transactional"
     deliveries: list[Delivery]
 
 
@@ -187,6 +189,10 @@ class DeliveryStats(msgspec.Struct, kw_only=True):
     by_tag: dict[str, dict[str, int]]
     by_day: dict[str, dict[str, int]]
     """``YYYY-MM-DD`` (UTC, day the message was accepted) → status → count."""
+    by_stream: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    engagement: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """``opened`` / ``clicked`` → classification (``human``, ``machine``, ``scanner``…) →
+    events recorded for those messages."""
 
 
 # --- operations: event webhooks to senders, and what health checks and metrics read ----------
@@ -246,11 +252,13 @@ class Store(abc.ABC):
         not_before: float | None = None,
         meta: MessageMeta | None = None,
         idempotency: IdempotencyClaim | None = None,
+        broadcast: bool = False,
     ) -> list[Delivery]:
         """Store ``message`` with one delivery per recipient; durable when it returns.
 
         ``meta`` and ``idempotency`` (HTTP API) are written in the same transaction; a claim
         whose key and part are already stored raises ``IdempotencyConflict`` and stores nothing.
+        ``broadcast`` puts the deliveries in the broadcast lane (see ``claim``).
         """
 
     @abc.abstractmethod
@@ -258,8 +266,12 @@ class Store(abc.ABC):
         """Return deliveries left in ``sending`` by a dead process to the queue; count them."""
 
     @abc.abstractmethod
-    async def claim(self, now: float, limit: int) -> list[Claimed]:
-        """Mark up to ``limit`` due deliveries ``sending`` and return them, oldest due first."""
+    async def claim(
+        self, now: float, limit: int, *, broadcast_limit: int | None = None
+    ) -> list[Claimed]:
+        """Mark up to ``limit`` due deliveries ``sending`` and return them: every due
+        transactional delivery first (oldest due first), then broadcast ones, at most
+        ``broadcast_limit`` of them (default: ``limit``)."""
 
     @abc.abstractmethod
     async def complete(self, updates: Sequence[DeliveryUpdate], now: float) -> None:
@@ -352,7 +364,11 @@ class Store(abc.ABC):
         """Store an event that delivery records cannot tell (opened, clicked, complained…)."""
 
     @abc.abstractmethod
-    async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats: ...
+    async def delivery_stats(
+        self, tenant: str, since: float, until: float, *, stream: str | None = None
+    ) -> DeliveryStats:
+        """Deliveries of ``tenant``'s messages accepted in ``[since, until)`` (of one
+        ``stream`` when given), and the opens and clicks recorded for them."""
 
     async def mark_delivery(
         self,

@@ -107,7 +107,7 @@ HEAD_BYTES = 16384
 _OUTCOME_EVENT = {"sent": "delivered", "soft_fail": "deferred", "hard_fail": "bounced"}
 DELIVERY_COLUMNS = (
     "id, message_id, recipient, status, attempts, next_attempt_at, expires_at, "
-    "last_error, provider, provider_message_id, updated_at"
+    "last_error, provider, provider_message_id, updated_at, lane"
 )
 """The ``deliveries`` columns, in the order ``row_to_delivery`` reads them."""
 
@@ -126,6 +126,7 @@ def row_to_delivery(row: Sequence[Any], shard: int = 0) -> Delivery:
         provider_message_id=row[9],
         updated_at=row[10],
         shard=shard,
+        broadcast=bool(row[11]),
     )
 
 
@@ -399,6 +400,9 @@ def _message_filters(query: MessageQuery) -> tuple[str, list[Any]]:
             "EXISTS (SELECT 1 FROM message_tags t WHERE t.tag = ? AND t.message_id = m.id)"
         )
         args.append(query.tag)
+    if query.stream is not None:
+        clauses.append("m.stream = ?")
+        args.append(query.stream)
     if query.status is not None:
         clauses.append(
             "EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.status = ?)"
@@ -415,7 +419,7 @@ def _message_filters(query: MessageQuery) -> tuple[str, list[Any]]:
 
 _RECORD_SELECT = (
     "SELECT m.id, m.tenant, m.source, m.mail_from, m.created_at, length(m.raw),"
-    f" substr(m.raw, 1, {HEAD_BYTES}), mm.tags, mm.metadata, mm.tracking, mm.send_at"
+    f" substr(m.raw, 1, {HEAD_BYTES}), mm.tags, mm.metadata, mm.tracking, mm.send_at, m.stream"
     " FROM messages m LEFT JOIN message_meta mm ON mm.message_id = m.id"
 )
 
@@ -457,6 +461,7 @@ def _row_to_record(row: tuple[Any, ...]) -> MessageRecord:
         head=head[: end + 2] if end >= 0 else head,
         meta=meta,
         send_at=row[10],
+        stream=row[11],
         deliveries=[],
     )
 
@@ -554,11 +559,15 @@ def timeline(conn: sqlite3.Connection, message_id: str) -> list[MessageEvent]:
 
 
 def delivery_stats(
-    conn: sqlite3.Connection, tenant: str, since: float, until: float
+    conn: sqlite3.Connection, tenant: str, since: float, until: float, stream: str | None = None
 ) -> list[tuple[str, str, str, int]]:
-    """Rows of (dimension, key, status, count): dimension is ``status``, ``day`` or ``tag``."""
+    """Rows of (dimension, key, status, count): dimension is ``status``, ``day``, ``tag``,
+    ``stream`` or ``engagement`` (key: event type, status: classification)."""
     period = "m.tenant = ? AND m.created_at >= ? AND m.created_at < ?"
-    args = (tenant, since, until)
+    args: tuple[Any, ...] = (tenant, since, until)
+    if stream is not None:
+        period += " AND m.stream = ?"
+        args += (stream,)
     rows: list[tuple[str, str, str, int]] = []
     for status, count in conn.execute(
         "SELECT d.status, COUNT(*) FROM deliveries d JOIN messages m ON m.id = d.message_id"
@@ -579,6 +588,19 @@ def delivery_stats(
         args,
     ):
         rows.append(("tag", tag, status, count))
+    for name, status, count in conn.execute(
+        "SELECT m.stream, d.status, COUNT(*) FROM deliveries d"
+        f" JOIN messages m ON m.id = d.message_id WHERE {period} GROUP BY 1, 2",
+        args,
+    ):
+        rows.append(("stream", name, status, count))
+    for kind, label, count in conn.execute(
+        "SELECT e.type, e.classification, COUNT(*) FROM events e"
+        f" JOIN messages m ON m.id = e.message_id WHERE {period}"
+        " AND e.type IN ('opened', 'clicked') GROUP BY 1, 2",
+        args,
+    ):
+        rows.append(("engagement", kind, label or "unclassified", count))
     return rows
 
 
@@ -589,7 +611,12 @@ def merge_stats(found: Iterable[list[tuple[str, str, str, int]]]) -> DeliverySta
             if dimension == "status":
                 stats.by_status[status] = stats.by_status.get(status, 0) + count
                 continue
-            table = stats.by_day if dimension == "day" else stats.by_tag
+            table = {
+                "day": stats.by_day,
+                "tag": stats.by_tag,
+                "stream": stats.by_stream,
+                "engagement": stats.engagement,
+            }[dimension]
             bucket = table.setdefault(key, {})
             bucket[status] = bucket.get(status, 0) + count
     return stats

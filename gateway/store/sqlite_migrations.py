@@ -12,10 +12,15 @@ import sqlite3
 
 SHARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("events", "classification", "TEXT NOT NULL DEFAULT ''"),
+    ("messages", "stream", "TEXT NOT NULL DEFAULT 'transactional'"),
+    ("deliveries", "lane", "INTEGER NOT NULL DEFAULT 0"),
 )
 """``(table, column, declaration)`` added to shard files that lack them."""
 
-SHARD_INDEXES = ""
+SHARD_INDEXES = """
+CREATE INDEX IF NOT EXISTS deliveries_lane_due ON deliveries(lane, next_attempt_at)
+    WHERE status IN ('queued', 'deferred');
+"""
 """Indexes over migrated columns, created after the columns exist."""
 
 
