@@ -19,9 +19,11 @@ A message is *bulk* when any of these holds (checked in this order):
 A message that already has its own ``List-Unsubscribe`` is left as the application made it.
 
 ``POST /t/u/<token>`` with the body ``List-Unsubscribe=One-Click`` — what a mailbox provider
-sends — adds the recipient to the tenant's suppression list (reason ``unsubscribe``, the
-``List-Id`` in the detail) with no page and no login. ``GET`` only shows a small page whose
-button makes that POST: link scanners fetch every URL, so a GET must never unsubscribe.
+sends — adds the recipient to the tenant's suppression list for the message's stream only
+(scope ``stream:<name>``, reason ``unsubscribe``, the ``List-Id`` in the detail) with no page
+and no login: an opt-out from a newsletter never stops receipts or password resets. ``GET``
+only shows a small page whose button makes that POST: link scanners fetch every URL, so a GET
+must never unsubscribe.
 """
 
 import logging
@@ -34,7 +36,7 @@ import msgspec
 from gateway.config import ConfigError, plugin_settings
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
-from gateway.streams import settings_of
+from gateway.streams import TRANSACTIONAL, settings_of
 from gateway.tracking import REFUSAL_STATUS, Tracker, headers_of, publish_tracked
 
 NAME = "list_unsubscribe"
@@ -147,7 +149,7 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
     from litestar import Request, Response, get, post
     from litestar.params import FromPath
 
-    from gateway.store.base import Suppression
+    from gateway.store.base import Suppression, stream_scope
     from gateway.tokens import TokenError, TokenPayload
 
     tracker = _state(gateway).tracker
@@ -193,6 +195,7 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
                     reason="unsubscribe",
                     created_at=now,
                     detail=detail,
+                    scope=stream_scope(payload.stream or TRANSACTIONAL),
                 )
             ]
         )
@@ -200,7 +203,13 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
             await publish_tracked(gateway, tracker, "unsubscribed", payload, detail=detail)
         except Exception:  # the suppression is what matters; it is stored
             log.exception("recording an unsubscribe of %s failed", payload.message_id)
-        log.info("unsubscribed tenant=%s rcpt=%s %s", payload.tenant, payload.recipient, detail)
+        log.info(
+            "unsubscribed tenant=%s stream=%s rcpt=%s %s",
+            payload.tenant,
+            payload.stream or TRANSACTIONAL,
+            payload.recipient,
+            detail,
+        )
         done = page("Unsubscribed", "<p>You will not receive these emails any more.</p>")
         return Response(done, media_type="text/html", headers=no_store)
 

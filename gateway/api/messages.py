@@ -40,6 +40,7 @@ from gateway.api.templates import RenderError, Template
 from gateway.ingress import Rejected, Submission, content_problem
 from gateway.message import DeliveryStatus
 from gateway.store.base import (
+    TENANT_SCOPE,
     IdempotencyClaim,
     IdempotencyConflict,
     IdempotencyEntry,
@@ -49,6 +50,7 @@ from gateway.store.base import (
     MessageRecord,
     StoreError,
     Suppression,
+    stream_scope,
 )
 from gateway.streams import TRANSACTIONAL, stream_section, take_header
 from gateway.tenants import ApiKey
@@ -119,6 +121,8 @@ class RecipientResult(msgspec.Struct, omit_defaults=True, kw_only=True):
     email: str
     status: RecipientState
     reason: str | None = None
+    scope: str | None = None
+    """For ``suppressed``: the entry's scope (``tenant`` or ``stream:<name>``)."""
 
 
 class SendResponse(msgspec.Struct, kw_only=True):
@@ -252,6 +256,12 @@ def _check_stream(api: ApiContext, key: ApiKey, name: str | None, field: str = "
     if stream_section(api.config, key.tenant, chosen) is None:
         raise Problem.invalid(field, f"this tenant has no message stream {chosen!r}")
     return chosen
+
+
+def _scopes(stream: str) -> tuple[str, ...]:
+    """The suppression scopes that stop a send in ``stream`` (plugins' extra scopes, such as
+    lists, are checked when the delivery is processed)."""
+    return (TENANT_SCOPE, stream_scope(stream))
 
 
 def _prepare(api: ApiContext, key: ApiKey, request: _Content) -> _Prepared:
@@ -408,7 +418,9 @@ class MessagesController(Controller):
             entries = await api.store.find_idempotency(key.tenant, idempotency, api.clock.now())
             _check_replay(entries, fingerprint)
             done = {e.part: e for e in entries}
-        suppressed = await api.store.suppressed(key.tenant, [a.email for a in addresses])
+        suppressed = await api.store.suppressed(
+            key.tenant, [a.email for a in addresses], _scopes(prepared.stream)
+        )
         sender = _BatchSender(
             api,
             key,
@@ -625,10 +637,15 @@ async def _submission(
     stream: str,
 ) -> tuple[Submission, float | None, SendResponse]:
     unique = list(dict.fromkeys(a.email for a in recipients))
-    suppressed = await api.store.suppressed(key.tenant, unique)
+    suppressed = await api.store.suppressed(key.tenant, unique, _scopes(stream))
     state: Literal["queued", "scheduled"] = "scheduled" if not_before is not None else "queued"
     results = [
-        RecipientResult(email=a, status="suppressed", reason=suppressed[a.lower()].reason)
+        RecipientResult(
+            email=a,
+            status="suppressed",
+            reason=suppressed[a.lower()].reason,
+            scope=suppressed[a.lower()].scope,
+        )
         if a.lower() in suppressed
         else RecipientResult(email=a, status=state)
         for a in unique

@@ -12,6 +12,7 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -109,14 +110,50 @@ def suppression_key(address: str) -> str:
     return address.strip().lower()
 
 
+TENANT_SCOPE = "tenant"
+"""A suppression for every message of the tenant: bounces, complaints, manual entries."""
+_SCOPE = re.compile(r"^(?:tenant|[a-z]{1,16}:[A-Za-z0-9][A-Za-z0-9_.:-]{0,127})$")
+
+
+def stream_scope(stream: str) -> str:
+    """The scope of an opt-out from one message stream (``stream:<name>``)."""
+    return f"stream:{stream}"
+
+
+def is_scope(value: str) -> bool:
+    """``tenant`` or ``<kind>:<name>``: ``stream:<name>`` today; the audience layer adds
+    ``list:<id>`` and ``topic:<id>`` without a store change."""
+    return bool(_SCOPE.match(value))
+
+
+def entry_key(address: str, scope: str) -> str:
+    """How entries sort and page: the folded address, then the scope (tenant-wide first).
+    Also the listing cursor (``after``)."""
+    key = suppression_key(address)
+    return key if scope == TENANT_SCOPE else f"{key} {scope}"
+
+
+def cursor_key(after: str) -> str:
+    """A listing cursor (an :func:`entry_key`, or a bare address) in :func:`entry_key` form."""
+    address, _, scope = after.strip().partition(" ")
+    return entry_key(address, scope or TENANT_SCOPE)
+
+
 class Suppression(msgspec.Struct, kw_only=True, frozen=True):
-    """A recipient a tenant must not send to, and why."""
+    """A recipient a tenant must not send to, in which scope, and why."""
 
     tenant: str
     address: str
     reason: SuppressionReason
     created_at: float
     detail: str = ""
+    scope: str = TENANT_SCOPE
+    """``tenant`` (every message) or ``stream:<name>`` (that stream's messages only)."""
+
+    @property
+    def key(self) -> str:
+        """Its :func:`entry_key`: the listing order and cursor."""
+        return entry_key(self.address, self.scope)
 
 
 class MessageQuery(msgspec.Struct, kw_only=True):
@@ -319,10 +356,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_suppressions(self, entries: Sequence[Suppression]) -> int:
-        """Insert or replace entries (one per tenant and address); count them."""
+        """Insert or replace entries (one per tenant, address and scope); count them."""
 
     @abc.abstractmethod
-    async def remove_suppression(self, tenant: str, address: str) -> bool: ...
+    async def remove_suppression(self, tenant: str, address: str, scope: str | None = None) -> bool:
+        """Remove the address's entry in ``scope`` (every scope when ``None``); whether any
+        was there."""
 
     @abc.abstractmethod
     async def list_suppressions(
@@ -330,23 +369,30 @@ class Store(abc.ABC):
         tenant: str,
         *,
         reason: SuppressionReason | None = None,
+        scope: str | None = None,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
-        """Entries ordered by address; ``after`` is the cursor (the last address seen)."""
+        """Entries ordered by :func:`entry_key`; ``after`` is the cursor (the last entry's
+        key)."""
 
     @abc.abstractmethod
-    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
-        """The entries for those of ``addresses`` that are suppressed, by
-        :func:`suppression_key`."""
+    async def suppressed(
+        self, tenant: str, addresses: Sequence[str], scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> dict[str, Suppression]:
+        """For those of ``addresses`` suppressed in any of ``scopes``, by
+        :func:`suppression_key`: the entry of the first of ``scopes`` that has one."""
 
-    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
-        """The entry for one recipient (matched by :func:`suppression_key`), or ``None``.
+    async def find_suppression(
+        self, tenant: str, address: str, scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> Suppression | None:
+        """The entry that stops mail to one recipient in any of ``scopes`` (the first of
+        ``scopes`` that has one), or ``None``.
 
         Called for every delivery, so engines override it with a cheap exact lookup that does
         not wait behind writes.
         """
-        return (await self.suppressed(tenant, [address])).get(suppression_key(address))
+        return (await self.suppressed(tenant, [address], scopes)).get(suppression_key(address))
 
     @abc.abstractmethod
     async def list_messages(self, query: MessageQuery) -> list[MessageRecord]: ...

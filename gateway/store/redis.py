@@ -34,6 +34,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
 from gateway.store import redis_lua, redis_webhooks
 from gateway.store.base import (
+    TENANT_SCOPE,
     Claimed,
     DeliveryFilter,
     DeliveryStats,
@@ -52,6 +53,8 @@ from gateway.store.base import (
     WebhookAttempt,
     WebhookEvent,
     WebhookStatus,
+    cursor_key,
+    entry_key,
     suppression_key,
 )
 from gateway.store.redis_client import (
@@ -575,12 +578,13 @@ class RedisStore(Store):
             args: list[Any] = []
             for e in entries[start : start + _BATCH]:
                 stored = msgspec.structs.replace(e, address=suppression_key(e.address))
-                args += [e.tenant, stored.address, _encode(stored)]
+                args += [e.tenant, stored.key, _encode(stored)]
             await self._run("ADD_SUPPRESSIONS", *args)
         return len(entries)
 
-    async def remove_suppression(self, tenant: str, address: str) -> bool:
-        removed = await self._run("REMOVE_SUPPRESSION", tenant, suppression_key(address))
+    async def remove_suppression(self, tenant: str, address: str, scope: str | None = None) -> bool:
+        field = entry_key(address, scope) if scope is not None else ""
+        removed = await self._run("REMOVE_SUPPRESSION", tenant, suppression_key(address), field)
         return int(removed) > 0
 
     async def list_suppressions(
@@ -588,11 +592,12 @@ class RedisStore(Store):
         tenant: str,
         *,
         reason: SuppressionReason | None = None,
+        scope: str | None = None,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
         found: list[Suppression] = []
-        cursor = "(" + suppression_key(after) if after is not None else "-"
+        cursor = "(" + cursor_key(after) if after is not None else "-"
         while len(found) < limit:
             with self._errors():
                 page = await self._redis.zrangebylex(
@@ -605,25 +610,33 @@ class RedisStore(Store):
                 if blob is None:
                     continue
                 entry = _SUPPRESSION.decode(blob)
-                if reason is None or entry.reason == reason:
+                if (reason is None or entry.reason == reason) and (
+                    scope is None or entry.scope == scope
+                ):
                     found.append(entry)
             cursor = "(" + _s(page[-1])
         return found[:limit]
 
-    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
+    async def suppressed(
+        self, tenant: str, addresses: Sequence[str], scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> dict[str, Suppression]:
         wanted = sorted({suppression_key(a) for a in addresses})
-        if not wanted:
+        if not wanted or not scopes:
             return {}
+        fields = [entry_key(a, scope) for a in wanted for scope in scopes]
         with self._errors():
-            blobs = await self._batch.execute("HMGET", self._p + "sup:" + tenant, *wanted)
-        return {a: _SUPPRESSION.decode(b) for a, b in zip(wanted, blobs, strict=True) if b}
+            blobs = await self._batch.execute("HMGET", self._p + "sup:" + tenant, *fields)
+        found: dict[str, Suppression] = {}
+        for blob in blobs:  # in the order of ``scopes`` per address: the first one wins
+            if blob:
+                entry = _SUPPRESSION.decode(blob)
+                found.setdefault(entry.address, entry)
+        return found
 
-    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
-        with self._errors():
-            blob = await self._batch.execute(
-                "HGET", self._p + "sup:" + tenant, suppression_key(address)
-            )
-        return _SUPPRESSION.decode(blob) if blob else None
+    async def find_suppression(
+        self, tenant: str, address: str, scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> Suppression | None:
+        return (await self.suppressed(tenant, [address], scopes)).get(suppression_key(address))
 
     # --- messages as the API shows them -------------------------------------------------------
 

@@ -18,7 +18,9 @@ lives in one slot and scripts may touch them all):
 ``P tt:<tenant>``   sorted set: a tenant's messages by creation time (stats)
 ``P ev:<id>``       list: recorded events of a message (msgpack)
 ``P idem:<t>:<k>``  hash: idempotency entries by part, and ``<part>:exp``
-``P sup:<tenant>``  hash: suppression entries by address; ``P supx:<tenant>`` orders them
+``P sup:<tenant>``  hash: suppression entries by ``entry_key`` (the address for tenant-wide
+                    entries, ``<address> <scope>`` for the others); ``P supx:<tenant>``
+                    orders them
 ``P c:<key>``       hash: a counter (``v``, ``exp``); ``P seen:<key>``: a first sighting
 
 Timestamps travel as the strings Python wrote (``repr(float)``) and are stored unchanged: Lua
@@ -315,9 +317,15 @@ return (#ARGV - 1) / 3
 """
 
 REMOVE_SUPPRESSION = """
-local P, tenant, address = ARGV[1], ARGV[2], ARGV[3]
-redis.call('ZREM', P .. 'supx:' .. tenant, address)
-return redis.call('HDEL', P .. 'sup:' .. tenant, address)
+local P, tenant, address, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fields = {field}
+if field == '' then
+  -- Every scope: the entry keys are the address alone, or the address, a space and a scope.
+  fields = redis.call('ZRANGEBYLEX', P .. 'supx:' .. tenant, '[' .. address, '(' .. address .. '!')
+  if #fields == 0 then return 0 end
+end
+redis.call('ZREM', P .. 'supx:' .. tenant, unpack(fields))
+return redis.call('HDEL', P .. 'sup:' .. tenant, unpack(fields))
 """
 
 ADD_TO_COUNTER = """

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
 from gateway.store import sqlite_api, sqlite_migrations, sqlite_webhooks
 from gateway.store.base import (
+    TENANT_SCOPE,
     Claimed,
     DeliveryFilter,
     DeliveryStats,
@@ -650,9 +651,9 @@ class SqliteStore(Store):
     async def add_suppressions(self, entries: Sequence[Suppression]) -> int:
         return await self._tenants.submit(lambda conn: sqlite_api.add_suppressions(conn, entries))
 
-    async def remove_suppression(self, tenant: str, address: str) -> bool:
+    async def remove_suppression(self, tenant: str, address: str, scope: str | None = None) -> bool:
         return await self._tenants.submit(
-            lambda conn: sqlite_api.remove_suppression(conn, tenant, address)
+            lambda conn: sqlite_api.remove_suppression(conn, tenant, address, scope)
         )
 
     async def list_suppressions(
@@ -660,21 +661,24 @@ class SqliteStore(Store):
         tenant: str,
         *,
         reason: SuppressionReason | None = None,
+        scope: str | None = None,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
         found = await self._suppression_reader.read(
-            lambda conn: sqlite_api.list_suppressions(conn, tenant, reason, after, limit)
+            lambda conn: sqlite_api.list_suppressions(conn, tenant, reason, scope, after, limit)
         )
         return found[0] if found else []
 
-    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
-        if not addresses:
+    async def suppressed(
+        self, tenant: str, addresses: Sequence[str], scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> dict[str, Suppression]:
+        if not addresses or not scopes:
             return {}
         # A read: through the reader, never the writer (whose BEGIN IMMEDIATE would take
         # tenants.db's write lock from every other worker for every API send).
         found = await self._suppression_reader.read(
-            lambda conn: sqlite_api.suppressed(conn, tenant, addresses)
+            lambda conn: sqlite_api.suppressed(conn, tenant, addresses, scopes)
         )
         return found[0] if found else {}
 
@@ -720,9 +724,11 @@ class SqliteStore(Store):
             lambda conn: sqlite_api.first_sighting(conn, key, expires_at, now)
         )
 
-    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
+    async def find_suppression(
+        self, tenant: str, address: str, scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> Suppression | None:
         found = await self._suppression_reader.read(
-            lambda conn: sqlite_api.find_suppression(conn, tenant, address)
+            lambda conn: sqlite_api.find_suppression(conn, tenant, address, scopes)
         )
         return found[0] if found else None
 

@@ -34,6 +34,7 @@ from gateway.store.base import (
     StoreError,
     Suppression,
     SuppressionReason,
+    cursor_key,
     suppression_key,
 )
 
@@ -83,10 +84,11 @@ TENANT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
     tenant TEXT NOT NULL,
     address TEXT NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'tenant',
     reason TEXT NOT NULL,
     created_at REAL NOT NULL,
     detail TEXT NOT NULL,
-    PRIMARY KEY (tenant, address)
+    PRIMARY KEY (tenant, address, scope)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
@@ -625,27 +627,38 @@ def merge_stats(found: Iterable[list[tuple[str, str, str, int]]]) -> DeliverySta
 # --- suppressions (tenants.db) ----------------------------------------------------------------
 
 
+_SUPPRESSION_COLUMNS = "tenant, address, reason, created_at, detail, scope"
+_ENTRY_KEY = "address || CASE scope WHEN 'tenant' THEN '' ELSE ' ' || scope END"
+"""SQL for :func:`gateway.store.base.entry_key`: the listing order and cursor."""
+
+
 def add_suppressions(conn: sqlite3.Connection, entries: Sequence[Suppression]) -> int:
     conn.executemany(
-        "INSERT OR REPLACE INTO suppressions (tenant, address, reason, created_at, detail)"
-        " VALUES (?, ?, ?, ?, ?)",
-        [(e.tenant, suppression_key(e.address), e.reason, e.created_at, e.detail) for e in entries],
+        f"INSERT OR REPLACE INTO suppressions ({_SUPPRESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (e.tenant, suppression_key(e.address), e.reason, e.created_at, e.detail, e.scope)
+            for e in entries
+        ],
     )
     return len(entries)
 
 
-def remove_suppression(conn: sqlite3.Connection, tenant: str, address: str) -> bool:
-    cursor = conn.execute(
-        "DELETE FROM suppressions WHERE tenant = ? AND address = ?",
-        (tenant, suppression_key(address)),
-    )
-    return cursor.rowcount > 0
+def remove_suppression(
+    conn: sqlite3.Connection, tenant: str, address: str, scope: str | None
+) -> bool:
+    sql, args = "DELETE FROM suppressions WHERE tenant = ? AND address = ?", [tenant]
+    args.append(suppression_key(address))
+    if scope is not None:
+        sql += " AND scope = ?"
+        args.append(scope)
+    return conn.execute(sql, args).rowcount > 0
 
 
 def list_suppressions(
     conn: sqlite3.Connection,
     tenant: str,
     reason: SuppressionReason | None,
+    scope: str | None,
     after: str | None,
     limit: int,
 ) -> list[Suppression]:
@@ -653,46 +666,68 @@ def list_suppressions(
     if reason is not None:
         clauses.append("reason = ?")
         args.append(reason)
+    if scope is not None:
+        clauses.append("scope = ?")
+        args.append(scope)
     if after is not None:
-        clauses.append("address > ?")
-        args.append(suppression_key(after))
+        clauses.append(f"{_ENTRY_KEY} > ?")
+        args.append(cursor_key(after))
     rows = conn.execute(
-        "SELECT tenant, address, reason, created_at, detail FROM suppressions"
-        f" WHERE {' AND '.join(clauses)} ORDER BY address LIMIT ?",
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions"
+        f" WHERE {' AND '.join(clauses)} ORDER BY {_ENTRY_KEY} LIMIT ?",
         [*args, limit],
     ).fetchall()
     return [_row_to_suppression(r) for r in rows]
 
 
+def _first_in_order(rows: Iterable[tuple[Any, ...]], scopes: Sequence[str]) -> dict[str, Any]:
+    """Address → the row whose scope comes first in ``scopes``."""
+    rank = {scope: i for i, scope in enumerate(scopes)}
+    best: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        held = best.get(row[1])
+        if held is None or rank[row[5]] < rank[held[5]]:
+            best[row[1]] = row
+    return best
+
+
 def suppressed(
-    conn: sqlite3.Connection, tenant: str, addresses: Sequence[str]
+    conn: sqlite3.Connection, tenant: str, addresses: Sequence[str], scopes: Sequence[str]
 ) -> dict[str, Suppression]:
     wanted = sorted({suppression_key(a) for a in addresses})
-    found: dict[str, Suppression] = {}
+    marks = ",".join("?" * len(scopes))
+    rows: list[tuple[Any, ...]] = []
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        for row in conn.execute(
-            "SELECT tenant, address, reason, created_at, detail FROM suppressions"
-            f" WHERE tenant = ? AND address IN ({','.join('?' * len(chunk))})",
-            [tenant, *chunk],
-        ):
-            found[row[1]] = _row_to_suppression(row)
-    return found
+        rows += conn.execute(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE tenant = ?"
+            f" AND address IN ({','.join('?' * len(chunk))}) AND scope IN ({marks})",
+            [tenant, *chunk, *scopes],
+        ).fetchall()
+    return {a: _row_to_suppression(r) for a, r in _first_in_order(rows, scopes).items()}
 
 
-def find_suppression(conn: sqlite3.Connection, tenant: str, address: str) -> Suppression | None:
-    """One primary-key lookup: the per-delivery check."""
-    row = conn.execute(
-        "SELECT tenant, address, reason, created_at, detail FROM suppressions"
-        " WHERE tenant = ? AND address = ?",
-        (tenant, suppression_key(address)),
-    ).fetchone()
-    return None if row is None else _row_to_suppression(row)
+def find_suppression(
+    conn: sqlite3.Connection, tenant: str, address: str, scopes: Sequence[str]
+) -> Suppression | None:
+    """Primary-key lookups, one per scope: the per-delivery check."""
+    rows = conn.execute(
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE tenant = ? AND address = ?"
+        f" AND scope IN ({','.join('?' * len(scopes))})",
+        [tenant, suppression_key(address), *scopes],
+    ).fetchall()
+    best = _first_in_order(rows, scopes)
+    return _row_to_suppression(next(iter(best.values()))) if best else None
 
 
 def _row_to_suppression(row: tuple[Any, ...]) -> Suppression:
     return Suppression(
-        tenant=row[0], address=row[1], reason=row[2], created_at=row[3], detail=row[4]
+        tenant=row[0],
+        address=row[1],
+        reason=row[2],
+        created_at=row[3],
+        detail=row[4],
+        scope=row[5],
     )
 
 

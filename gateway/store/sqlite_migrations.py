@@ -40,5 +40,36 @@ def migrate_shard(conn: sqlite3.Connection) -> None:
         conn.executescript(SHARD_INDEXES)
 
 
+_SCOPED_SUPPRESSIONS = """
+CREATE TABLE suppressions_scoped (
+    tenant TEXT NOT NULL,
+    address TEXT NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'tenant',
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (tenant, address, scope)
+) WITHOUT ROWID;
+INSERT INTO suppressions_scoped (tenant, address, scope, reason, created_at, detail)
+    SELECT tenant, address, 'tenant', reason, created_at, detail FROM suppressions;
+DROP TABLE suppressions;
+ALTER TABLE suppressions_scoped RENAME TO suppressions;
+"""
+
+
 def migrate_tenants(conn: sqlite3.Connection) -> None:
-    """Nothing to change yet in ``tenants.db``."""
+    """Suppressions gained a ``scope`` in their key: entries made before it are tenant-wide.
+    Several workers may open ``tenants.db`` at once, so the check is repeated under the write
+    lock and only one of them rebuilds the table."""
+    if "scope" in columns(conn, "suppressions"):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "scope" not in columns(conn, "suppressions"):
+            for statement in _SCOPED_SUPPRESSIONS.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

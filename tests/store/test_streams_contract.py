@@ -40,7 +40,7 @@ async def test_transactional_deliveries_are_claimed_before_older_broadcast_ones(
     )
     await store.enqueue(message(2, at=T0 - 1), ["reset@example.org"], expires_at=T0 + HOUR)
     first = await store.claim(T0, limit=5)
-    assert [c.delivery.recipient for c in first][0] == "reset@example.org"
+    assert first[0].delivery.recipient == "reset@example.org"
     assert len(first) == 5 and all(c.delivery.broadcast for c in first[1:])
     # A broadcast budget caps what is claimed from the broadcast lane, not the transactional.
     await store.enqueue(message(3), ["receipt@example.org"], expires_at=T0 + HOUR)
