@@ -36,6 +36,14 @@ from gateway.tokens import Kind, TokenPayload, TokenSigner, kind_code
 STATE_KEY = "tracking"
 _META_CACHE_SIZE = 1024
 
+SCANNER_AGENTS = re.compile(
+    r"python-requests|python-urllib|aiohttp|httpx|curl/|wget/|go-http-client|java/|okhttp"
+    r"|barracuda|mimecast|proofpoint|symantec|trend ?micro|forcepoint|zscaler|cisco|ironport"
+    r"|safelinks|\bbot\b|crawler|spider|scanner|headless",
+    re.I,
+)
+"""User agents of HTTP libraries and mail-security products (open and click classification)."""
+
 
 class Tracker:
     """Signs and verifies the tokens of one gateway and builds ``/t/...`` URLs."""

@@ -29,6 +29,7 @@ from gateway.durations import parse_duration
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
 from gateway.tracking import (
+    SCANNER_AGENTS,
     SOFT_BREAK,
     Tracker,
     decode_body,
@@ -57,12 +58,6 @@ PROXY_AGENTS: dict[str, str] = {
     "ggpht.com": "proxy:gmail",
     "YahooMailProxy": "proxy:yahoo",
 }
-SCANNER_AGENTS = re.compile(
-    r"python-requests|python-urllib|aiohttp|httpx|curl/|wget/|go-http-client|java/|okhttp"
-    r"|barracuda|mimecast|proofpoint|symantec|trend ?micro|forcepoint|zscaler|cisco|ironport"
-    r"|safelinks|\bbot\b|crawler|spider|scanner|headless",
-    re.I,
-)
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
