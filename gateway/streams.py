@@ -15,7 +15,9 @@ Postmark's message streams and SendGrid's IP pools do. A stream decides:
 A one-click unsubscribe from a message of a broadcast stream suppresses the recipient for that
 stream only (``docs/plugins/suppression.md``). How a message picks its stream: the HTTP API's
 ``stream`` field; for SMTP, an ``X-Gateway-Stream`` header (removed before sending), else the
-SMTP user's ``stream``, else the listener's, else ``transactional``.
+SMTP user's ``stream``, else the listener's, else ``transactional``. A stream the tenant does
+not have refuses the message (``550 5.7.1``, HTTP 422) rather than sending it in another
+stream with other unsubscribe and routing rules.
 """
 
 from __future__ import annotations

@@ -104,11 +104,6 @@ class Tracker:
             self._meta.popitem(last=False)
         return meta
 
-    async def message_of(self, gateway: Any, payload: TokenPayload) -> Message | None:
-        """The stored message a token was made for (``None`` once it is purged)."""
-        message: Message | None = await gateway.store.get_message(payload.message_id)
-        return message
-
 
 async def publish_tracked(
     gateway: Any,
@@ -123,7 +118,7 @@ async def publish_tracked(
 ) -> Event:
     """Publish what a tracking link saw, with what the token and the stored message tell:
     tenant, stream, recipient, sending domain, tags and metadata."""
-    message = await tracker.message_of(gateway, payload)
+    message: Message | None = await gateway.store.get_message(payload.message_id)  # None: purged
     meta = await tracker.meta(gateway, message) if message is not None else None
     sender = message.mail_from.rpartition("@")[2].lower() if message is not None else ""
     event = Event(

@@ -119,11 +119,17 @@ async def gateway_recipient_filter(
     gateway: Any, message: Message, delivery: Delivery
 ) -> Skip | None:
     scopes = await scopes_of(gateway, message, delivery)
-    entry = await gateway.store.find_suppression(message.tenant, delivery.recipient, scopes)
     state = gateway.plugin_state.get(NAME)
-    if entry is None or (state is not None and entry.reason in state.ignore):
-        return None
-    return Skip(skip_reason(entry))
+    ignore = state.ignore if state is not None else frozenset()
+    while scopes:
+        entry = await gateway.store.find_suppression(message.tenant, delivery.recipient, scopes)
+        if entry is None:
+            return None
+        if entry.reason not in ignore:
+            return Skip(skip_reason(entry))
+        # An ignored reason in one scope must not hide an entry in another.
+        scopes = [s for s in scopes if s != entry.scope]
+    return None
 
 
 @hookimpl

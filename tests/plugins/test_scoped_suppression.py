@@ -115,3 +115,30 @@ def test_plugins_add_scopes_with_gateway_suppression_scopes(
         ("newsletter", "skipped", "suppressed (list:vip)"),
         ("transactional", "delivered", ""),
     ]
+
+
+def test_an_ignored_reason_in_one_scope_does_not_hide_another_scope(
+    tracked_factory: Callable[..., Tracked],
+) -> None:
+    config = STREAMS.replace(
+        "[plugins.suppression]\n", '[plugins.suppression]\nignore_reasons = ["bounce"]\n'
+    )
+    t = tracked_factory(plugins=ALL_PLUGINS + config)
+    entries = [
+        Suppression(tenant="default", address="ann@example.org", reason="bounce", created_at=0.0),
+        Suppression(
+            tenant="default",
+            address="ann@example.org",
+            reason="unsubscribe",
+            created_at=0.0,
+            scope="stream:newsletter",
+        ),
+    ]
+    t.gw.call(t.gw.gateway.store.add_suppressions(entries))
+    t.send(mail("newsletter"), "ann@example.org")
+    t.send(mail(), "ann@example.org")
+    t.deliver()
+    assert outcomes(t) == [
+        ("newsletter", "skipped", "unsubscribed (stream:newsletter)"),
+        ("transactional", "delivered", ""),
+    ]
