@@ -149,6 +149,7 @@ WEBHOOK_EVENT_TYPES = (
     "clicked",
     "unsubscribed",
     "rejected",
+    "suppressed",
 )
 """Event types a sender's webhook endpoint may subscribe to (``gateway.events.EventKind``)."""
 

@@ -42,6 +42,7 @@ EventKind = Literal[
     "clicked",
     "unsubscribed",
     "rejected",
+    "suppressed",
 ]
 
 

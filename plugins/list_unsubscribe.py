@@ -37,6 +37,7 @@ from gateway.config import ConfigError, plugin_settings
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
 from gateway.streams import TRANSACTIONAL, settings_of
+from gateway.suppressions import publish_added
 from gateway.tracking import REFUSAL_STATUS, Tracker, headers_of, publish_tracked
 
 NAME = "list_unsubscribe"
@@ -187,20 +188,18 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
             )
         now = gateway.clock.now()
         detail = "one-click" + (f"; list-id {payload.list_id}" if payload.list_id else "")
-        await gateway.store.add_suppressions(
-            [
-                Suppression(
-                    tenant=payload.tenant,
-                    address=payload.recipient.strip(),
-                    reason="unsubscribe",
-                    created_at=now,
-                    detail=detail,
-                    scope=stream_scope(payload.stream or TRANSACTIONAL),
-                )
-            ]
+        entry = Suppression(
+            tenant=payload.tenant,
+            address=payload.recipient.strip(),
+            reason="unsubscribe",
+            created_at=now,
+            detail=detail,
+            scope=stream_scope(payload.stream or TRANSACTIONAL),
         )
+        await gateway.store.add_suppressions([entry])
         try:
-            await publish_tracked(gateway, tracker, "unsubscribed", payload, detail=detail)
+            cause = await publish_tracked(gateway, tracker, "unsubscribed", payload, detail=detail)
+            await publish_added(gateway, entry, cause=cause)
         except Exception:  # the suppression is what matters; it is stored
             log.exception("recording an unsubscribe of %s failed", payload.message_id)
         log.info(

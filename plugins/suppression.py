@@ -43,6 +43,7 @@ from gateway.store.base import (
     stream_scope,
     suppression_key,
 )
+from gateway.suppressions import add_and_publish
 
 NAME = "suppression"
 
@@ -201,4 +202,4 @@ async def _suppress(gateway: Any, event: Event, reason: SuppressionReason, detai
         created_at=gateway.clock.now(),
         detail=detail[:500],
     )
-    await gateway.store.add_suppressions([entry])
+    await add_and_publish(gateway, entry, cause=event)

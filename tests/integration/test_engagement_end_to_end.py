@@ -199,7 +199,7 @@ def test_broadcast_engagement_reaches_webhooks_metrics_and_health_then_scoped_un
         assert one_click.status_code == 200
 
     # The receiver: every event, signed per Standard Webhooks, verified by the reference library.
-    wanted = {"delivered": 12, "opened": 2, "clicked": 2, "unsubscribed": 2}
+    wanted = {"delivered": 12, "opened": 2, "clicked": 2, "unsubscribed": 2, "suppressed": 2}
 
     def by_type() -> dict[str, list[dict[str, object]]]:
         found: dict[str, list[dict[str, object]]] = {}

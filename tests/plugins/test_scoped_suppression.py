@@ -73,6 +73,11 @@ def test_unsubscribe_from_a_broadcast_stream_spares_transactional_mail_until_a_c
     gateway = t.gw.gateway
     complaint = Event(type="complained", tenant="default", recipient="ann@example.org", at=0.0)
     t.gw.call(publish(gateway, complaint))
+    added = [e for e in gateway.metrics.recent_events if e.type == "suppressed"]
+    assert [(e.data["reason"], e.data["scope"], e.stream) for e in added] == [
+        ("unsubscribe", "stream:newsletter", "newsletter"),
+        ("complaint", "tenant", "transactional"),
+    ]
     t.send(mail("newsletter"), "ann@example.org")
     t.send(mail(), "ann@example.org")
     t.deliver()

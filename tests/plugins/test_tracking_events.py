@@ -66,8 +66,16 @@ def test_open_click_and_unsubscribe_reach_webhooks_metrics_and_timeline_once(
 
     store = t.gw.gateway.store
     queued = t.gw.call(store.list_webhook_events("default", limit=50))
-    assert sorted(e.type for e in queued) == ["clicked", "delivered", "opened", "unsubscribed"]
+    assert sorted(e.type for e in queued) == [
+        "clicked",
+        "delivered",
+        "opened",
+        "suppressed",
+        "unsubscribed",
+    ]
     bodies = {e.type: json.loads(e.payload) for e in queued}
+    added = bodies["suppressed"]["data"]["data"]
+    assert added == {"reason": "unsubscribe", "scope": "stream:transactional"}
     for kind, body in bodies.items():
         assert body["type"] == f"email.{kind}"
         assert body["version"] == SCHEMA_VERSION
@@ -79,5 +87,5 @@ def test_open_click_and_unsubscribe_reach_webhooks_metrics_and_timeline_once(
     assert bodies["opened"]["data"]["classification"] == "human"
 
     text = t.gw.gateway.metrics.render().decode()
-    for kind in ("delivered", "opened", "clicked", "unsubscribed"):
+    for kind in ("delivered", "opened", "clicked", "unsubscribed", "suppressed"):
         assert metric(text, "gateway_events_total", tenant="default", type=kind) == 1, kind
