@@ -19,7 +19,6 @@ import base64
 import hashlib
 import logging
 import re
-from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from dkim.canonicalization import (
 )
 
 from gateway.config import ConfigError, plugin_settings
+from gateway.headers import from_domain
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
 
@@ -323,38 +323,6 @@ def relaxed_body(body: bytes) -> bytes:
     if b"  " in body or b"\t" in body:
         body = _WSP_TO_COMPRESS.sub(b" ", body)
     return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
-
-
-_FROM = re.compile(rb"^From:[ \t]*((?:[^\r\n]|\r\n[ \t])*)\r\n", re.I | re.M)
-
-
-def from_domain(raw: bytes) -> str:
-    """The domain of the first address in the From field ("" when there is none)."""
-    head = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    match = _FROM.search(head)
-    if match is None:
-        return ""
-    field = match.group(1)
-    domain = _FROM_DOMAINS.get(field)
-    if domain is None:
-        # Bulk mail repeats the same From: parse each distinct one once.
-        domain = _parse_from_domain(field)
-        if len(_FROM_DOMAINS) >= _FROM_DOMAINS_SIZE:
-            _FROM_DOMAINS.clear()
-        _FROM_DOMAINS[field] = domain
-    return domain
-
-
-def _parse_from_domain(field: bytes) -> str:
-    value = field.replace(b"\r\n", b"").decode("utf-8", "replace")
-    addresses = [a for _, a in getaddresses([value]) if "@" in a]
-    if not addresses:
-        return ""
-    return addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
-
-
-_FROM_DOMAINS: dict[bytes, str] = {}
-_FROM_DOMAINS_SIZE = 4096
 
 
 @hookimpl
