@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import logging
 import ssl
 import types
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Session
 
+import gateway.smtp_prepared
 from gateway.smtp import GatewaySMTP, SubmissionHandler
 from gateway.smtp_prepared import MIRRORED_INIT_SHA256
 
@@ -113,3 +115,22 @@ def test_refuses_what_aiosmtpd_refuses(loop: asyncio.AbstractEventLoop) -> None:
             stock(loop, handler, hostname="x", **bad)
         with pytest.raises(error):
             GatewaySMTP(handler, hostname="x", loop=loop, **bad)
+
+
+def test_command_lines_are_sanitized_only_when_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiosmtpd.smtp
+
+    assert aiosmtpd.smtp.sanitized_log is gateway.smtp_prepared._sanitized_log
+    masked: list[bytes] = []
+    real = aiosmtpd.smtp.sanitize
+    monkeypatch.setattr(aiosmtpd.smtp, "sanitize", lambda text: masked.append(text) or real(text))
+    log = logging.getLogger("mail.log")
+    line = b"AUTH PLAIN c2VjcmV0\r\n"
+    with caplog.at_level(logging.INFO, logger="mail.log"):
+        aiosmtpd.smtp.sanitized_log(log.debug, "readline: %r", line)
+        assert masked == [], "DEBUG is off: nothing to mask, nothing logged"
+        aiosmtpd.smtp.sanitized_log(log.info, ">> %r", line)
+    assert masked == [line]
+    assert "c2VjcmV0" not in caplog.text and "********" in caplog.text
