@@ -129,10 +129,15 @@ class Ingress:
         self.observers: list[Callable[[Message, Sequence[str]], None]] = []
         """Called with each accepted message and its recipients, after the durable write
         (metrics)."""
+        self._date: tuple[int, str] = (-1, "")
+        """The last Received date: it changes once a second, formatting it costs ~6 µs."""
 
     def stamp(self, submission: Submission, message_id: str, now: float) -> bytes:
         """Prepend a Received header, and a Message-ID when the client sent none."""
-        date = email.utils.formatdate(now, localtime=False)
+        second = int(now)
+        if self._date[0] != second:
+            self._date = (second, email.utils.formatdate(second, localtime=False))
+        date = self._date[1]
         helo = safe_header_text(submission.client_name)
         address = safe_header_text(submission.client_address)
         received = (
