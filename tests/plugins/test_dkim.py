@@ -15,7 +15,15 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from gateway_plugins.dkim import Settings, Signer, dns_txt_record, relaxed_body, split_message
+from gateway_plugins.dkim import (
+    Settings,
+    Signer,
+    dns_txt_record,
+    from_domain,
+    relaxed_body,
+    relaxed_header_value,
+    split_message,
+)
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError
@@ -288,3 +296,38 @@ def test_fast_relaxed_body_matches_dkimpy(body: bytes) -> None:
 )
 def test_message_split_matches_dkimpy(raw: bytes) -> None:
     assert split_message(raw) == dkim.rfc822_parse(raw)
+
+
+HEADER_VALUES = [
+    b" plain\r\n",
+    b"   leading and trailing   \r\n",
+    b" folded\r\n\tover\r\n   three lines\r\n",
+    b"\ttabs\tinside\t\r\n",
+    b" bare\nLF fold\r\n",
+    b"\r\n",
+]
+
+
+@pytest.mark.parametrize("value", HEADER_VALUES)
+def test_fast_relaxed_header_value_matches_dkimpy(value: bytes) -> None:
+    [(_, reference)] = dkim.canonicalization.Relaxed.canonicalize_headers([(b"X", value)])
+    assert relaxed_header_value(value) == reference
+
+
+TRICKY = [
+    # Repeated and oversigned fields, odd spacing and folds, a From with a display name.
+    b'From: "News, Inc." <news@example.com>\r\nTo: a@example.org\r\nTo:  b@example.org\r\n'
+    b"Subject:   spaced \t out\r\n  and folded\r\nsubject: second\r\n"
+    b"Message-ID: <t1@example.com>\r\nX-Other: not signed\r\n\r\nbody\r\n",
+    b"FROM:news@example.com\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n\r\n",
+    b"From: news@example.com\r\nReply-To: r@example.com\r\nList-Unsubscribe: <https://u.example>\r\n"
+    b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\n" + b"x" * 5000 + b"\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", TRICKY)
+def test_signatures_on_tricky_headers_verify_with_dkimpy(raw: bytes, keys: Keys) -> None:
+    signer = Signer(Settings(key_dir=str(keys.dir), selectors=["rsa2025", "ed2025"]))
+    assert from_domain(raw) == "example.com"
+    signed = signer.sign(raw, signer.keys_for(raw), time.time()) + raw
+    assert verify_with_dkimpy(signed, keys) == [True, True]
