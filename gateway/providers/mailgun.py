@@ -45,10 +45,7 @@ class MailgunProvider(HttpApiProvider):
         )
 
     def provider_message_id(self, response: httpx.Response) -> str:
-        try:
-            return str(response.json().get("id", "")).strip("<>")
-        except (ValueError, AttributeError):
-            return ""
+        return str(response.json().get("id") or "").strip("<>")
 
     async def check(self) -> str:
         path = f"/v4/domains/{self.section.domain}"

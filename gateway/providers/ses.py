@@ -101,10 +101,6 @@ class SesProvider(HttpApiProvider):
         )
 
     def classify(self, response: httpx.Response) -> SendResult:
-        if response.is_success:
-            return SendResult.sent(
-                f"{self.name}: {response.status_code}", self.provider_message_id(response)
-            )
         kind, text = error_of(response)
         detail = f"{self.name}: HTTP {response.status_code} {kind}: {text}"
         if kind in PERMANENT_ERRORS:
@@ -112,10 +108,7 @@ class SesProvider(HttpApiProvider):
         return SendResult.soft_fail(detail)
 
     def provider_message_id(self, response: httpx.Response) -> str:
-        try:
-            return str(response.json().get("MessageId", ""))
-        except (ValueError, AttributeError):
-            return ""
+        return str(response.json().get("MessageId") or "")
 
     async def check(self) -> str:
         body = b'{"PageSize": 1}'
