@@ -130,7 +130,9 @@ def make(kind: str, url: str) -> HttpApiProvider:
     if kind == "mailgun":
         return MailgunProvider(
             kind,
-            MailgunProviderSection(api_key="mg", domain="mg.example", base_url=url, timeout=TIMEOUT),
+            MailgunProviderSection(
+                api_key="mg", domain="mg.example", base_url=url, timeout=TIMEOUT
+            ),
         )
     return PostmarkProvider(
         kind, PostmarkProviderSection(server_token="pm", base_url=url, timeout=TIMEOUT)
