@@ -25,6 +25,7 @@ Each provider refines this from the error body (e.g. Postmark's ``ErrorCode``).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -38,7 +39,12 @@ GATEWAY_MESSAGE_ID = "gw_message_id"
 """Name under which our message id travels in a provider's custom data (tags, custom args,
 user variables, metadata), so webhook events can be tied back to the delivery."""
 GATEWAY_DELIVERY_ID = "gw_delivery_id"
-RESERVED_KEYS = frozenset({GATEWAY_MESSAGE_ID, GATEWAY_DELIVERY_ID})
+RESERVED_PREFIX = "gw_"
+"""The gateway's namespace in custom data. A sender key that could be read as ours on any
+provider — one that starts with ``gw`` and a separator once folded to lower case, where SES
+turns ``.`` or ``-`` into ``_`` — is renamed with :data:`SENDER_PREFIX`."""
+SENDER_PREFIX = "user_"
+_FOLD = re.compile(r"[^a-z0-9]")
 
 
 AFTER_WRITE = (httpx.ReadError, httpx.RemoteProtocolError)
@@ -62,6 +68,8 @@ class HttpApiProvider(Provider):
     reports_delivery = True
     """A ``sent`` result means the API took the message, not that it reached the mailbox:
     delivery, bounces and complaints arrive later through the provider's webhook."""
+    webhook: str = ""
+    """The ``/webhooks/<name>`` endpoint whose events report on this provider's sends."""
 
     def __init__(
         self,
@@ -211,8 +219,18 @@ def tracking_fields(message: OutboundMessage) -> dict[str, str]:
     }
 
 
+def in_reserved_namespace(key: str) -> bool:
+    """Whether ``key`` could be taken for one of the gateway's keys on some provider."""
+    return _FOLD.sub("_", key.lower()).startswith(RESERVED_PREFIX)
+
+
 def custom_data(message: OutboundMessage) -> dict[str, str]:
-    """The sender's metadata plus our ids; ours win over a sender key of the same name."""
-    data = {k: v for k, v in message.metadata.items() if k not in RESERVED_KEYS}
+    """The sender's metadata plus our ids. Sender keys in the gateway's namespace are renamed
+    (``gw.message.id`` → ``user_gw.message.id``), so no provider can echo a sender's value
+    where a webhook reads ours."""
+    data = {
+        (SENDER_PREFIX + key if in_reserved_namespace(key) else key): value
+        for key, value in message.metadata.items()
+    }
     data.update(tracking_fields(message))
     return data

@@ -21,6 +21,8 @@ MAX_TAGS = 3
 
 
 class MailgunProvider(HttpApiProvider):
+    webhook = "mailgun"
+
     def __init__(self, name: str, section: MailgunProviderSection) -> None:
         super().__init__(
             name,

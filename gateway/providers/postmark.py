@@ -30,6 +30,8 @@ inactive recipient (406), JSON/field errors (409-418) and an invalid recipient (
 
 
 class PostmarkProvider(HttpApiProvider):
+    webhook = "postmark"
+
     def __init__(self, name: str, section: PostmarkProviderSection) -> None:
         super().__init__(
             name,

@@ -25,6 +25,8 @@ MAX_CATEGORIES = 10
 
 
 class SendgridProvider(HttpApiProvider):
+    webhook = "sendgrid"
+
     def __init__(self, name: str, section: SendgridProviderSection) -> None:
         super().__init__(
             name,

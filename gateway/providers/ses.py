@@ -47,6 +47,8 @@ def tag_safe(value: str) -> str:
 
 
 class SesProvider(HttpApiProvider):
+    webhook = "ses"
+
     def __init__(self, name: str, section: SesProviderSection) -> None:
         super().__init__(
             name,
@@ -75,16 +77,19 @@ class SesProvider(HttpApiProvider):
         return dict(request.headers.items())
 
     def payload(self, message: OutboundMessage) -> dict[str, Any]:
-        tags = {**self.section.tags}
+        # Keyed by the name SES will see, so two keys that fold to one name become one tag and
+        # ours, applied last, win: a webhook never sees two values under our names.
+        tags: dict[str, str] = {}
+        for name, value in self.section.tags.items():
+            tags[tag_safe(name)] = tag_safe(value)
         for tag in message.tags:
             tags.setdefault(f"tag_{tag_safe(tag)}"[:256], "1")
-        tags.update(custom_data(message))
+        for name, value in custom_data(message).items():
+            tags[tag_safe(name)] = tag_safe(value)
         body: dict[str, Any] = {
             "Destination": {"ToAddresses": [message.recipient]},
             "Content": {"Raw": {"Data": base64.b64encode(message.raw).decode("ascii")}},
-            "EmailTags": [
-                {"Name": tag_safe(name), "Value": tag_safe(value)} for name, value in tags.items()
-            ],
+            "EmailTags": [{"Name": name, "Value": value} for name, value in tags.items()],
         }
         if self.section.configuration_set:
             body["ConfigurationSetName"] = self.section.configuration_set
