@@ -3,13 +3,14 @@
 
 :func:`report` takes normalized events whose ``tenant`` is not known yet and, for each:
 
-1. ties it to the stored message (its tenant comes from there, never from the payload) and
+1. de-duplicates it on its ``event_id`` with :meth:`Store.first_sighting`, shared by every
+   process and node, so a provider's retry or a replayed report counts once — even one about
+   a message this gateway does not know;
+2. ties it to the stored message (its tenant comes from there, never from the payload) and
    to the delivery: the event's recipient must be the delivery's, and when an API provider
    sent it, the event must come from that provider's webhook and carry the provider message
    id its API returned. An event that matches no message, or fits no delivery of it, is
    logged and dropped as ``unmatched`` — never applied to another delivery or tenant;
-2. de-duplicates it on its ``event_id`` with :meth:`Store.first_sighting`, shared by every
-   process and node, so a provider's retry or a replayed report counts once;
 3. updates the delivery: a hard bounce or a rejection turns a ``delivered`` delivery into
    ``bounced`` (:meth:`Store.mark_delivery`);
 4. publishes it (:func:`gateway.events.publish`): a timeline entry, then every
@@ -46,6 +47,13 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
     window = parse_duration(gateway.config.provider_webhooks.dedup_window)
     tenants: dict[str, str | None] = {}
     for event in events:
+        # De-duplicate first: an exact replay is a duplicate even when the message is unknown.
+        now = gateway.clock.now()
+        if event.event_id and not await store.first_sighting(
+            "event:" + event.event_id, expires_at=now + window, now=now
+        ):
+            outcome.duplicates += 1
+            continue
         if event.message_id not in tenants:
             message = await store.get_message(event.message_id) if event.message_id else None
             tenants[event.message_id] = message.tenant if message is not None else None
@@ -72,12 +80,6 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
                 event.delivery_id,
             )
             outcome.unmatched += 1
-            continue
-        now = gateway.clock.now()
-        if event.event_id and not await store.first_sighting(
-            "event:" + event.event_id, expires_at=now + window, now=now
-        ):
-            outcome.duplicates += 1
             continue
         event = msgspec.structs.replace(event, tenant=tenant)
         if event.delivery_id and (
