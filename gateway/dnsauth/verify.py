@@ -152,8 +152,15 @@ async def check_dkim(lookup: Lookup, record: DnsRecord) -> RecordCheck:
 
 
 async def check_dmarc(
-    lookup: Lookup, config: Config, domain: str, record: DnsRecord
+    lookup: Lookup,
+    config: Config,
+    domain: str,
+    record: DnsRecord,
+    dkim_domains: Sequence[str] = (),
 ) -> RecordCheck:
+    """The DMARC record at the domain (or its organizational domain) and whether DMARC can
+    pass: it does when SPF *or* DKIM aligns (RFC 7489 §4.2). ``dkim_domains`` are the
+    ``d=`` domains the gateway signs this domain's mail with."""
     names = [record.name]
     org = dmarc.organizational_domain(domain)
     if org != domain:
@@ -174,15 +181,24 @@ async def check_dmarc(
             return _check(record, "wrong", found, f"malformed{where}: {e}")
         section = domain_section(config, domain)
         return_path = section.return_path or domain
-        if not dmarc.aligned(return_path, domain, parsed.aspf):
+        spf_aligns = dmarc.aligned(return_path, domain, parsed.aspf)
+        dkim_aligned = [d for d in dkim_domains if dmarc.aligned(d, domain, parsed.adkim)]
+        spf_note = (
+            f"SPF aligns (Return-Path {return_path})"
+            if spf_aligns
+            else f"SPF does not align (aspf={parsed.aspf}: the Return-Path domain "
+            f"{return_path} is not {domain})"
+        )
+        dkim_note = (
+            f"DKIM aligns (d={dkim_aligned[0]})"
+            if dkim_aligned
+            else f"DKIM does not align (adkim={parsed.adkim}: no key signs with d={domain})"
+        )
+        if not spf_aligns and not dkim_aligned:
             return _check(
-                record,
-                "wrong",
-                found,
-                f"aspf={parsed.aspf}: the Return-Path domain {return_path} does not align "
-                f"with {domain}",
+                record, "wrong", found, f"neither aligns with {domain}: {spf_note}; {dkim_note}"
             )
-        notes = [f"p={parsed.policy}{where}; SPF and DKIM align with {domain}"]
+        notes = [f"p={parsed.policy}{where}; DMARC can pass: {spf_note}; {dkim_note}"]
         if parsed.policy == "none":
             notes.append("p=none only monitors: move to quarantine/reject once reports are clean")
         if not parsed.rua:
@@ -215,14 +231,18 @@ async def check_plain(lookup: Lookup, record: DnsRecord) -> RecordCheck:
 
 
 async def check_record(
-    lookup: Lookup, config: Config, domain: str, record: DnsRecord
+    lookup: Lookup,
+    config: Config,
+    domain: str,
+    record: DnsRecord,
+    dkim_domains: Sequence[str] = (),
 ) -> RecordCheck:
     if record.purpose == "spf" or (record.purpose == "return_path" and record.type == "TXT"):
         return await check_spf(lookup, config, domain, record)
     if record.purpose == "dkim":
         return await check_dkim(lookup, record)
     if record.purpose == "dmarc":
-        return await check_dmarc(lookup, config, domain, record)
+        return await check_dmarc(lookup, config, domain, record, dkim_domains)
     return await check_plain(lookup, record)
 
 
@@ -241,8 +261,13 @@ async def verify_domain(
     """Check every record ``domain`` should publish, concurrently, and the readiness list."""
     domain = domain.lower().rstrip(".")
     records = expected_records(config, domain, keys)
-    checks = list(await asyncio.gather(*(check_record(lookup, config, domain, r) for r in records)))
     signing = any(k.domain == domain and k.state == "signing" for k in keys)
+    dkim_domains = [k.domain for k in keys if k.state == "signing"]
+    checks = list(
+        await asyncio.gather(
+            *(check_record(lookup, config, domain, r, dkim_domains) for r in records)
+        )
+    )
     if not signing:
         checks.insert(
             1,
@@ -303,7 +328,7 @@ async def readiness(
             status=dmarc_status
             if dmarc_status != "fail" or dmarc_check.status != "wrong"
             else "fail",
-            detail="From, DKIM d= and Return-Path share the domain"
+            detail=dmarc_check.detail.partition("DMARC can pass: ")[2]
             if dmarc_status == "pass"
             else dmarc_check.detail,
         ),
