@@ -47,6 +47,27 @@ def configured_key_dir(config: Config) -> Path:
     return Path(str(config.plugins.get("dkim", {}).get("key_dir", DEFAULT_KEY_DIR)))
 
 
+def configured_selectors(config: Config) -> list[str]:
+    """``[plugins.dkim] selectors``: when set, only keys with these selectors sign."""
+    return [str(s) for s in config.plugins.get("dkim", {}).get("selectors", [])]
+
+
+def configured_keys(config: Config, domain: str | None = None) -> list[DkimKey]:
+    """The keys as the running configuration uses them: a key in the signing place whose
+    selector ``[plugins.dkim] selectors`` leaves out does not sign, so it counts as
+    ``published`` — ``dns check`` then checks exactly the keys that sign."""
+    selectors = configured_selectors(config)
+    keys = list_keys(configured_key_dir(config), domain)
+    if not selectors:
+        return keys
+    return [
+        msgspec.structs.replace(k, state="published")
+        if k.state == "signing" and k.selector not in selectors
+        else k
+        for k in keys
+    ]
+
+
 class DkimKeyError(Exception):
     """A key operation cannot be done; the message says why and what to do."""
 

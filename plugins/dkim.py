@@ -116,6 +116,27 @@ def load_keys(key_dir: Path, selectors: list[str]) -> dict[str, list[SigningKey]
     return found
 
 
+def _check_selectors(
+    key_dir: Path, selectors: list[str], keys: dict[str, list[SigningKey]]
+) -> None:
+    """A configured selector no key has, or a domain with keys none of which is configured,
+    would send unsigned mail while ``dns check`` looks fine: refuse to start instead."""
+    have = {k.selector for domain_keys in keys.values() for k in domain_keys}
+    missing = [s for s in selectors if s not in have]
+    if missing:
+        raise ConfigError(
+            f"plugins.{NAME}.selectors: no key for {', '.join(missing)} in {key_dir} "
+            "(make one with `gateway dkim keygen DOMAIN --selector NAME`, or remove it)"
+        )
+    for domain_dir in sorted(p for p in key_dir.iterdir() if p.is_dir()):
+        domain = domain_dir.name.lower().rstrip(".")
+        if any(domain_dir.glob("*.pem")) and domain not in keys:
+            raise ConfigError(
+                f"plugins.{NAME}.selectors: {domain} has signing keys but none of "
+                f"{', '.join(selectors)}: its mail would go out unsigned"
+            )
+
+
 def _read_key(path: Path) -> tuple[str, PrivateKey]:
     name = path.name.removesuffix(".pem")
     selector, dot, kind = name.rpartition(".")
@@ -162,6 +183,8 @@ class Signer:
         if not key_dir.is_dir():
             raise ConfigError(f"plugins.{NAME}.key_dir: {str(key_dir)!r} is not a directory")
         self.keys = load_keys(key_dir, settings.selectors)
+        if settings.selectors:
+            _check_selectors(key_dir, settings.selectors, self.keys)
         if not self.keys:
             log.warning("no DKIM keys in %s: nothing will be signed", key_dir)
 
