@@ -4,6 +4,7 @@ DNS server; rotation keeps the old record published while only the new selector 
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import time
@@ -211,3 +212,35 @@ def test_configured_selectors_decide_what_signs_and_what_dns_check_requires(
     config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["r1"]\n')
     with pytest.raises(ConfigError, match=r"acme\.test has signing keys but none of r1"):
         sign(config_file, MESSAGE)
+
+
+def test_a_key_still_configured_or_recently_used_is_not_retired(
+    config_file: Path, capsys: pytest.CaptureFixture[str], dns_server: Callable[..., DnsServer]
+) -> None:
+    run(config_file, capsys, "dkim", "keygen", "acme.test", "--selector", "old", "--bits", "1024")
+    key_dir = config_file.parent / "keys"
+    sign(config_file, MESSAGE)  # a running gateway loads "old" and marks it in use
+    code, _, err = run(
+        config_file, capsys, "dkim", "keygen", "acme.test", "--selector", "new", "--bits", "1024"
+    )
+    assert code == 0, err
+    code, _, err = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "old")
+    assert code == 2
+    assert "old of acme.test signed mail" in err and "SIGHUP" in err
+    assert [k.state for k in list_keys(key_dir, "acme.test") if k.selector == "old"] == [
+        "published"
+    ]
+
+    # Still named in [plugins.dkim] selectors: refused whatever its age.
+    mark = key_dir / "acme.test" / ".in-use" / "old"
+    eight_days_ago = time.time() - 8 * 86400
+    os.utime(mark, (eight_days_ago, eight_days_ago))
+    config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["new", "old"]\n')
+    code, _, err = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "old")
+    assert code == 2 and "still in [plugins.dkim] selectors" in err
+
+    # Out of the configuration and unused for longer than the grace period: retired.
+    config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["new"]\n')
+    code, out, err = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "old")
+    assert code == 0, err
+    assert "remove old._domainkey.acme.test TXT" in out
