@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -207,6 +208,35 @@ async def check_dmarc(
     return _check(record, "missing", detail=f"no v=DMARC1 TXT record at {record.name}")
 
 
+_STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
+
+
+async def check_mta_sts(lookup: Lookup, record: DnsRecord) -> RecordCheck:
+    """``_mta-sts`` TXT: exactly one ``v=STSv1`` record with a valid ``id`` (RFC 8461 §3.1).
+    Any valid id is right — senders only compare it with the one they cached; ours is a
+    suggestion that changes with the policy."""
+    answer = await lookup.txt(record.name)
+    if answer.status == "error":
+        return _could_not(record, answer)
+    found = [v for v in answer.values if v.replace(" ", "").startswith("v=STSv1")]
+    if not found:
+        return _check(record, "missing", answer.values, "no v=STSv1 record")
+    if len(found) > 1:
+        return _check(record, "wrong", found, f"{len(found)} v=STSv1 records: senders ignore all")
+    policy_id = _tags(found[0]).get("id", "")
+    if not _STS_ID.match(policy_id):
+        return _check(record, "wrong", found, f"id={policy_id!r}: 1-32 letters and digits")
+    expected = _tags(record.value)["id"]
+    if policy_id != expected:
+        return _check(
+            record,
+            "found",
+            found,
+            f"id={policy_id} (ours would be {expected}): change it whenever the policy changes",
+        )
+    return _check(record, "found", found)
+
+
 async def check_plain(lookup: Lookup, record: DnsRecord) -> RecordCheck:
     """MX, CNAME and the MTA-STS / TLS-RPT TXT records: compared as values."""
     answer = await lookup.query(record.name, record.type)
@@ -243,6 +273,8 @@ async def check_record(
         return await check_dkim(lookup, record)
     if record.purpose == "dmarc":
         return await check_dmarc(lookup, config, domain, record, dkim_domains)
+    if record.purpose == "mta_sts":
+        return await check_mta_sts(lookup, record)
     return await check_plain(lookup, record)
 
 
@@ -343,10 +375,34 @@ async def readiness(
             else "enable [plugins.list_unsubscribe] for bulk mail",
         )
     )
+    report.append(await check_from_mx(lookup, domain))
     section = domain_section(config, domain)
     dedicated = [ip for ip, s in config.ips.items() if not section.pool or s.pool == section.pool]
     report.append(await check_ptr(lookup, dedicated))
     return report
+
+
+async def check_from_mx(lookup: Lookup, domain: str) -> ReadinessCheck:
+    """The From domain must receive mail (replies, DSNs; receivers check it): a null MX
+    (RFC 7505 §4.4) or no domain at all fails."""
+    name = "from_domain_mx"
+    answer = await lookup.query(domain, "MX")
+    if answer.status == "error":
+        return ReadinessCheck(name=name, status="could_not_check", detail=answer.error)
+    if answer.status == "nxdomain":
+        return ReadinessCheck(name=name, status="fail", detail=f"{domain} does not exist")
+    if any(v.split()[-1] in ("", ".") or v.split() == ["0"] for v in answer.values):
+        return ReadinessCheck(
+            name=name,
+            status="fail",
+            detail=f"{domain} publishes a null MX (RFC 7505): it receives no mail, so it must "
+            "not be a From or Return-Path domain",
+        )
+    if not answer.values:
+        return ReadinessCheck(
+            name=name, status="pass", detail="no MX: mail goes to the domain's address records"
+        )
+    return ReadinessCheck(name=name, status="pass", detail=", ".join(answer.values))
 
 
 async def check_ptr(lookup: Lookup, addresses: Sequence[str]) -> ReadinessCheck:
