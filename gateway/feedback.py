@@ -99,9 +99,11 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
 
 async def _delivery_problem(gateway: Any, event: Event) -> str:
     """Why ``event`` does not fit a delivery of its message (``""``: it fits)."""
-    candidates = await gateway.store.list_deliveries(
-        DeliveryFilter(message_id=event.message_id, recipient=event.recipient, limit=1000)
-    )
+    candidates: list[Delivery] = []
+    for recipient in _spellings(event.recipient):
+        candidates += await gateway.store.list_deliveries(
+            DeliveryFilter(message_id=event.message_id, recipient=recipient, limit=1000)
+        )
     if event.delivery_id:
         candidates = [d for d in candidates if d.id == event.delivery_id]
     if not candidates:
@@ -126,3 +128,18 @@ def _provider_problem(gateway: Any, event: Event, delivery: Delivery) -> str:
     if stored and not (reported == stored or reported.startswith(stored + ".")):
         return f"provider message id {reported!r} is not {stored!r}"
     return ""
+
+
+def _spellings(address: str) -> list[str]:
+    """``address`` as stored and as a provider reports it: an internationalized domain goes
+    out as A-labels (:mod:`gateway.providers.capabilities`) and may come back either way."""
+    local, _, domain = address.rpartition("@")
+    forms = [address]
+    try:
+        if not domain.isascii():
+            forms.append(f"{local}@{domain.encode('idna').decode('ascii')}")
+        elif "xn--" in domain.lower():
+            forms.append(f"{local}@{domain.encode('ascii').decode('idna')}")
+    except UnicodeError:
+        pass
+    return list(dict.fromkeys(forms))

@@ -68,6 +68,8 @@ class HttpApiProvider(Provider):
     reports_delivery = True
     """A ``sent`` result means the API took the message, not that it reached the mailbox:
     delivery, bounces and complaints arrive later through the provider's webhook."""
+    smtputf8 = False
+    """No ESP API takes a non-ASCII local part (their address formats are ASCII)."""
     webhook: str = ""
     """The ``/webhooks/<name>`` endpoint whose events report on this provider's sends."""
 

@@ -22,6 +22,7 @@ MAX_TAGS = 3
 
 class MailgunProvider(HttpApiProvider):
     webhook = "mailgun"
+    max_size = 25_000_000  # Mailgun takes 25 MB
 
     def __init__(self, name: str, section: MailgunProviderSection) -> None:
         super().__init__(

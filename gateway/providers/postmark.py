@@ -31,6 +31,7 @@ inactive recipient (406), JSON/field errors (409-418) and an invalid recipient (
 
 class PostmarkProvider(HttpApiProvider):
     webhook = "postmark"
+    max_size = 10_000_000  # Postmark takes 10 MB
 
     def __init__(self, name: str, section: PostmarkProviderSection) -> None:
         super().__init__(

@@ -48,6 +48,7 @@ def tag_safe(value: str) -> str:
 
 class SesProvider(HttpApiProvider):
     webhook = "ses"
+    max_size = 30_000_000  # SES takes 40 MB after base64 (about 30 MB raw)
 
     def __init__(self, name: str, section: SesProviderSection) -> None:
         super().__init__(
