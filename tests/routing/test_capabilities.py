@@ -72,7 +72,7 @@ def destinations(ses: MockApi) -> list[str]:
 
 
 def test_an_uncarriable_recipient_fails_alone_and_idn_goes_out_as_a_labels(
-    tmp_path: Path, gateway_factory, ses: MockApi, sink: Sink
+    tmp_path: Path, sink: Sink, ses: MockApi, gateway_factory
 ) -> None:
     gw = start(tmp_path, gateway_factory, ses, sink, '["ses"]')
     assert run_once(gw) == 3
@@ -89,7 +89,7 @@ def test_an_uncarriable_recipient_fails_alone_and_idn_goes_out_as_a_labels(
 
 
 def test_routing_skips_a_provider_that_cannot_carry_the_delivery(
-    tmp_path: Path, gateway_factory, ses: MockApi, sink: Sink
+    tmp_path: Path, sink: Sink, ses: MockApi, gateway_factory
 ) -> None:
     gw = start(tmp_path, gateway_factory, ses, sink, '["ses", "relay"]')
     assert run_once(gw) == 3
