@@ -6,10 +6,10 @@
 1. de-duplicates it on its ``event_id`` with :meth:`Store.first_sighting`, shared by every
    process and node, so a provider's retry or a replayed report counts once — even one about
    a message this gateway does not know;
-2. ties it to the stored message (its tenant comes from there, never from the payload) and
-   to the delivery: the event's recipient must be the delivery's, and when an API provider
-   sent it, the event must come from that provider's webhook and carry the provider message
-   id its API returned. An event that matches no message, or fits no delivery of it, is
+2. ties it to the stored message (its tenant and stream come from there, never from the
+   payload) and to the delivery: the event's recipient must be the delivery's, and when an
+   API provider sent it, the event must come from that provider's webhook and carry the
+   provider message id its API returned. An event that matches no message, or fits no delivery of it, is
    logged and dropped as ``unmatched`` — never applied to another delivery or tenant;
 3. updates the delivery: a hard bounce or a rejection turns a ``delivered`` delivery into
    ``bounced`` (:meth:`Store.mark_delivery`);
@@ -45,7 +45,7 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
     outcome = Outcome()
     store = gateway.store
     window = parse_duration(gateway.config.provider_webhooks.dedup_window)
-    tenants: dict[str, str | None] = {}
+    owners: dict[str, tuple[str, str] | None] = {}
     for event in events:
         # De-duplicate first: an exact replay is a duplicate even when the message is unknown.
         now = gateway.clock.now()
@@ -54,11 +54,13 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
         ):
             outcome.duplicates += 1
             continue
-        if event.message_id not in tenants:
+        if event.message_id not in owners:
             message = await store.get_message(event.message_id) if event.message_id else None
-            tenants[event.message_id] = message.tenant if message is not None else None
-        tenant = tenants[event.message_id]
-        if tenant is None:
+            owners[event.message_id] = (
+                (message.tenant, message.stream) if message is not None else None
+            )
+        owner = owners[event.message_id]
+        if owner is None:
             log.info(
                 "%s %s event for %s matches no stored message (%r)",
                 event.provider,
@@ -81,7 +83,7 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
             )
             outcome.unmatched += 1
             continue
-        event = msgspec.structs.replace(event, tenant=tenant)
+        event = msgspec.structs.replace(event, tenant=owner[0], stream=owner[1])
         if event.delivery_id and (
             (event.type == "bounced" and event.bounce == "hard") or event.type == "rejected"
         ):
