@@ -9,8 +9,9 @@
 2. ties it to the stored message (its tenant and stream come from there, never from the
    payload) and to the delivery: the event's recipient must be the delivery's, and when an
    API provider sent it, the event must come from that provider's webhook and carry the
-   provider message id its API returned. An event that matches no message, or fits no delivery of it, is
-   logged and dropped as ``unmatched`` — never applied to another delivery or tenant;
+   provider message id its API returned. An event that matches no message, or fits no
+   delivery of it, is logged and dropped as ``unmatched`` — never applied to another delivery
+   or tenant;
 3. updates the delivery: a hard bounce or a rejection turns a ``delivered`` delivery into
    ``bounced`` (:meth:`Store.mark_delivery`);
 4. publishes it (:func:`gateway.events.publish`): a timeline entry, then every
