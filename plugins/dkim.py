@@ -15,10 +15,13 @@ key for: an RSA and an ed25519 selector side by side give dual signatures.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from dkim.canonicalization import (
 )
 
 from gateway.config import ConfigError, plugin_settings
+from gateway.dkim_keys import in_use_mark
 from gateway.headers import from_domain
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
@@ -51,6 +55,8 @@ SIGN_HEADERS = [*(h.decode() for h in dkim.DKIM.SHOULD), "list-unsubscribe-post"
 RFC 8058 requires to be signed along with List-Unsubscribe."""
 _FORBIDDEN = {h.decode() for h in dkim.DKIM.SHOULD_NOT}
 _MIN_RSA_BITS = 1024
+MARK_INTERVAL = 300.0
+"""Seconds between refreshes of the keys' in-use marks while signing."""
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -116,6 +122,27 @@ def load_keys(key_dir: Path, selectors: list[str]) -> dict[str, list[SigningKey]
     return found
 
 
+def _check_selectors(
+    key_dir: Path, selectors: list[str], keys: dict[str, list[SigningKey]]
+) -> None:
+    """A configured selector no key has, or a domain with keys none of which is configured,
+    would send unsigned mail while ``dns check`` looks fine: refuse to start instead."""
+    have = {k.selector for domain_keys in keys.values() for k in domain_keys}
+    missing = [s for s in selectors if s not in have]
+    if missing:
+        raise ConfigError(
+            f"plugins.{NAME}.selectors: no key for {', '.join(missing)} in {key_dir} "
+            "(make one with `gateway dkim keygen DOMAIN --selector NAME`, or remove it)"
+        )
+    for domain_dir in sorted(p for p in key_dir.iterdir() if p.is_dir()):
+        domain = domain_dir.name.lower().rstrip(".")
+        if any(domain_dir.glob("*.pem")) and domain not in keys:
+            raise ConfigError(
+                f"plugins.{NAME}.selectors: {domain} has signing keys but none of "
+                f"{', '.join(selectors)}: its mail would go out unsigned"
+            )
+
+
 def _read_key(path: Path) -> tuple[str, PrivateKey]:
     name = path.name.removesuffix(".pem")
     selector, dot, kind = name.rpartition(".")
@@ -161,10 +188,29 @@ class Signer:
         key_dir = Path(settings.key_dir)
         if not key_dir.is_dir():
             raise ConfigError(f"plugins.{NAME}.key_dir: {str(key_dir)!r} is not a directory")
+        self.key_dir = key_dir
         self.keys = load_keys(key_dir, settings.selectors)
         self._fixed: dict[SigningKey, bytes] = {}
+        if settings.selectors:
+            _check_selectors(key_dir, settings.selectors, self.keys)
         if not self.keys:
             log.warning("no DKIM keys in %s: nothing will be signed", key_dir)
+        self.marked_at = 0.0
+        self.mark_in_use(time.time())
+
+    def mark_in_use(self, now: float) -> None:
+        """Refresh each loaded key's in-use mark (``gateway dkim retire`` reads it). Blocking
+        file I/O: called at load and then from a thread."""
+        for keys in self.keys.values():
+            for key in keys:
+                mark = in_use_mark(self.key_dir, key.domain, key.selector)
+                try:
+                    mark.parent.mkdir(mode=0o700, exist_ok=True)
+                    mark.touch()
+                    os.utime(mark, (now, now))
+                except OSError as e:  # a read-only key dir must not stop signing
+                    log.warning("cannot mark DKIM key %s as in use: %s", mark, e)
+        self.marked_at = now
 
     def keys_for(self, raw: bytes) -> list[SigningKey]:
         domain = from_domain(raw)
@@ -343,9 +389,29 @@ def gateway_configure(gateway: Any, config: Any) -> None:
 
 
 @hookimpl
-def gateway_sign(gateway: Any, message: Message, delivery: Delivery) -> bytes | None:
+async def gateway_reload(gateway: Any) -> None:
+    """SIGHUP: re-read the keys on disk (a rotation takes effect); a key set that does not
+    load is logged and the running one kept."""
+    try:
+        signer = await asyncio.to_thread(Signer, plugin_settings(gateway.config, NAME, Settings))
+    except ConfigError as e:
+        log.error("reload: DKIM keys not reloaded, still signing with the previous ones: %s", e)
+        return
+    gateway.plugin_state[NAME] = signer
+    log.info(
+        "reload: DKIM signs with %s",
+        ", ".join(f"{k.selector}@{k.domain}" for ks in signer.keys.values() for k in ks) or "none",
+    )
+
+
+@hookimpl
+async def gateway_sign(gateway: Any, message: Message, delivery: Delivery) -> bytes | None:
     signer: Signer = gateway.plugin_state[NAME]
     keys = signer.keys_for(message.raw)
     if not keys:
         return None
-    return signer.sign(message.raw, keys, gateway.clock.now())
+    now = gateway.clock.now()
+    if now - signer.marked_at >= MARK_INTERVAL:
+        signer.marked_at = now
+        await asyncio.to_thread(signer.mark_in_use, now)
+    return signer.sign(message.raw, keys, now)

@@ -27,6 +27,8 @@ from gateway_plugins.dkim import (
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError
+from gateway.dkim_keys import keygen
+from gateway.ops.reload import reload_from
 from gateway.server import Gateway
 from tests.api.conftest import API_CONFIG, KEYS, _key_tables
 from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
@@ -331,3 +333,34 @@ def test_signatures_on_tricky_headers_verify_with_dkimpy(raw: bytes, keys: Keys)
     assert from_domain(raw) == "example.com"
     signed = signer.sign(raw, signer.keys_for(raw), time.time()) + raw
     assert verify_with_dkimpy(signed, keys) == [True, True]
+
+
+def test_sighup_reloads_the_keys_so_a_rotation_signs_without_a_restart(
+    tmp_path, sink: Sink, gateway_factory, keys: Keys
+) -> None:
+    toml = f'[gateway]\nhostname = "gw.test"\ndata_dir = "{tmp_path / "data"}"\n' + RELAY.format(
+        port=sink.port, key_dir=keys.dir, selectors="[]"
+    )
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(toml)
+    gw = gateway_factory(
+        make_config(tmp_path, RELAY, port=sink.port, key_dir=keys.dir, selectors="[]"),
+        clock=FakeClock(time.time()),
+        deliver=False,
+    )
+
+    def send_one() -> list[bytes]:
+        with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+            client.sendmail("bounce@example.com", ["user@example.org"], BODY)
+        gw.call(gw.gateway.dispatcher.run_once())
+        return sorted(s[b"s"] for s in signatures(sink.messages[-1].data))
+
+    assert send_one() == [b"ed2025", b"rsa2025"]
+    new, superseded = keygen(keys.dir, "example.com", "rsa2026", "rsa", 1024)
+    assert [k.selector for k in superseded] == ["rsa2025"]
+    assert send_one() == [b"ed2025", b"rsa2025"]  # loaded at start-up: unchanged until reload
+    # What SIGHUP runs; the DKIM plugin's gateway_reload re-reads the keys.
+    assert gw.call(reload_from(gw.gateway, str(config_file)))
+    assert send_one() == [b"ed2025", b"rsa2026"]
+    keys.records[new.record_name] = new.record
+    assert all(verify_with_dkimpy(sink.messages[-1].data, keys))
