@@ -38,7 +38,7 @@ import msgspec
 
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.clock import Clock
-from gateway.config import Config, ProviderLimitSection, RouteSection
+from gateway.config import BreakerSection, Config, ProviderLimitSection, RouteSection
 from gateway.message import Defer, Delivery, Message, SendResult
 from gateway.mx_lookup import DnsResolver, LookupFailed
 from gateway.providers.base import OutboundMessage, Provider
@@ -177,6 +177,22 @@ class _Route:
         return list(providers)
 
 
+def per_worker_breaker(settings: BreakerSection, workers: int) -> BreakerSection:
+    """``[routing.breaker]`` as one of ``workers`` worker processes applies it.
+
+    Each worker keeps its own breakers, so the counts are divided among the workers (rounded
+    down, at least 1): the node as a whole sends a failing provider no more than ``failures``
+    failed sends (and no more than ``min_sends`` sends before the error rate is judged).
+    """
+    if workers <= 1:
+        return settings
+    return msgspec.structs.replace(
+        settings,
+        failures=max(1, settings.failures // workers),
+        min_sends=max(1, settings.min_sends // workers),
+    )
+
+
 class _Counts:
     __slots__ = ("failed", "limited", "rejected", "sent", "timeouts")
 
@@ -217,8 +233,9 @@ class Router:
             if limit.per_second or limit.per_day
         }
         self._timeout = routing.send_timeout_seconds
+        breaker = per_worker_breaker(routing.breaker, config.gateway.workers)
         self.breakers = {
-            name: CircuitBreaker(name, routing.breaker, clock, on_change=self._breaker_changed)
+            name: CircuitBreaker(name, breaker, clock, on_change=self._breaker_changed)
             for name in providers
         }
         self._counts = {name: _Counts() for name in providers}
