@@ -48,6 +48,13 @@ from gateway.streams import settings_of
 log = logging.getLogger("gateway.routing")
 
 DEFAULT_ROUTE = "default"
+LIMIT_WINDOWS = (
+    ("per_second", 1, "s", "s"),
+    ("per_minute", 60, "min", "m"),
+    ("per_hour", 3600, "h", "h"),
+    ("per_day", 86400, "day", "d"),
+)
+"""``[routing.limits]`` keys: window length in seconds, unit in messages, counter tag."""
 """The name of the route made of ``delivery.providers``."""
 
 ISP_DOMAINS: dict[str, frozenset[str]] = {
@@ -230,7 +237,7 @@ class Router:
         self._limits: dict[str, ProviderLimitSection] = {
             name: limit
             for name, limit in routing.limits.items()
-            if limit.per_second or limit.per_day
+            if any(getattr(limit, key) for key, *_ in LIMIT_WINDOWS)
         }
         self._timeout = routing.send_timeout_seconds
         breaker = per_worker_breaker(routing.breaker, config.gateway.workers)
@@ -318,24 +325,20 @@ class Router:
         if limit is None:
             return None
         now = self.clock.now()
-        # The per-second window first: a send counted there but refused by the day limit
-        # wastes one slot of one second, not of a day.
-        if limit.per_second:
-            second = int(now)
-            key = f"routing:{name}:s:{second}"
-            if not await self.store.consume(
-                key, 1, limit.per_second, expires_at=second + 2, now=now
-            ):
+        # The shortest window first: a send counted there but refused by a longer one wastes
+        # one slot of a short window, not of a day.
+        for key, seconds, unit, tag in LIMIT_WINDOWS:
+            allowed: int = getattr(limit, key)
+            if not allowed:
+                continue
+            window = int(now // seconds)
+            ends = (window + 1) * seconds
+            counter = f"routing:{name}:{tag}:{window}"
+            # Counters outlive their window a little, for clocks that differ between nodes.
+            keep = ends + (1 if seconds == 1 else 3600 if seconds == 86400 else seconds)
+            if not await self.store.consume(counter, 1, allowed, expires_at=keep, now=now):
                 self._counts[name].limited += 1
-                return Defer(second + 1.0, f"{name}: limit of {limit.per_second}/s reached")
-        if limit.per_day:
-            day = int(now // 86400)
-            key = f"routing:{name}:d:{day}"
-            if not await self.store.consume(
-                key, 1, limit.per_day, expires_at=(day + 1) * 86400 + 3600, now=now
-            ):
-                self._counts[name].limited += 1
-                return Defer((day + 1) * 86400.0, f"{name}: limit of {limit.per_day}/day reached")
+                return Defer(float(ends), f"{name}: limit of {allowed}/{unit} reached")
         return None
 
     # --- sending -------------------------------------------------------------------------------
