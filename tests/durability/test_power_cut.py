@@ -42,3 +42,48 @@ def test_capture_outbox_files_survive_a_power_cut_right_after_delivered(tmp_path
     made = [outbox / f"m{n}-{n}.{ext}" for n in range(3) for ext in ("eml", "json")]
     lost = [problem for path in [outbox, *made] for problem in trace.lost_on_power_cut(path)]
     assert lost == []
+
+
+DATA_DIR = """
+from gateway.config import parse_config
+from gateway.server import prepare_data_dir
+
+toml = "[gateway]\\ndata_dir = '{data}'\\nworkers = 2\\n"
+config = parse_config(toml, source="test.toml")
+prepare_data_dir(config)
+print("prepared")
+"""
+
+
+def test_data_dir_and_spool_files_survive_a_power_cut_once_made(tmp_path: Path) -> None:
+    data = tmp_path / "var" / "lib" / "gateway"
+    trace = traced(DATA_DIR.format(data=str(data)), tmp_path)
+    assert trace.stdout.strip() == "prepared"
+    spool = data / "spool"
+    made = [tmp_path / "var", data.parent, data, spool]
+    made += [spool / "tenants.db", spool / "shard-0.db", spool / "shard-1.db"]
+    lost = [problem for path in made for problem in trace.lost_on_power_cut(path)]
+    assert lost == []
+
+
+DKIM = """
+import pathlib
+from gateway.dkim_keys import keygen
+
+keygen(pathlib.Path({keys!r}), "example.com", "s1", "ed25519")
+keygen(pathlib.Path({keys!r}), "example.com", "s2", "ed25519")
+print("generated")
+"""
+
+
+def test_new_dkim_keys_survive_a_power_cut_once_generated(tmp_path: Path) -> None:
+    keys = tmp_path / "data" / "dkim"
+    trace = traced(DKIM.format(keys=str(keys)), tmp_path)
+    assert trace.stdout.strip() == "generated"
+    domain = keys / "example.com"
+    made = [keys, domain, domain / "s2.pem"]
+    # s1 was superseded by s2: moved, durably, to the published keys.
+    made += [p for p in domain.rglob("s1.pem")]
+    assert len(made) == 4
+    lost = [problem for path in made for problem in trace.lost_on_power_cut(path)]
+    assert lost == []
