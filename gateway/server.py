@@ -77,6 +77,7 @@ def redis_store(config: Config, clock: Clock | None = None) -> Store:
         clock=clock,
         min_replicas=section.min_replicas,
         replica_timeout=section.replica_timeout_seconds,
+        allow_volatile=section.allow_volatile,
     )
 
 

@@ -775,6 +775,9 @@ class SqliteStore(Store):
         await self._tenants.submit(lambda conn: conn.execute("SELECT 1").fetchone())
         await self._on(self.write_shard, lambda conn: conn.execute("SELECT 1").fetchone())
 
+    async def durability(self) -> tuple[bool, str]:
+        return True, "SQLite WAL, synchronous=FULL: fsync'd at every commit, before 250"
+
     async def oldest_waiting(self) -> float | None:
         def oldest(conn: sqlite3.Connection, shard: int) -> float | None:
             row = conn.execute(

@@ -131,7 +131,7 @@ async def test_open_warns_about_what_the_servers_persistence_can_lose(
         client.config_set("appendonly", appendonly)
     try:
         with caplog.at_level(logging.INFO, logger="gateway.store.redis"):
-            store = await open_redis()
+            store = await open_redis(allow_volatile=appendonly == "no")
     finally:
         with redis_server.client() as client:
             client.config_set("appendonly", "yes")
@@ -214,6 +214,12 @@ def test_bad_urls_are_config_errors_naming_the_key(url: str, why: str) -> None:
     with pytest.raises(ConfigError, match=r"store\.url") as raised:
         parse_config(f'[store]\nbackend = "redis"\nurl = "{url}"\n', source="t.toml")
     assert why in str(raised.value)
+
+
+def test_allow_volatile_is_a_store_setting() -> None:
+    config = parse_config('[store]\nbackend = "redis"\nallow_volatile = true\n', source="t.toml")
+    assert config.store.allow_volatile is True
+    assert parse_config("", source="t.toml").store.allow_volatile is False
 
 
 @pytest.mark.parametrize(
