@@ -20,10 +20,12 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway import durable
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
 from gateway.store import sqlite_api, sqlite_webhooks
 from gateway.store.base import (
@@ -91,6 +93,10 @@ CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
 
 _DELIVERY_COLUMNS = sqlite_api.DELIVERY_COLUMNS
 _row_to_delivery = sqlite_api.row_to_delivery
+SHARD_SCHEMA = SCHEMA + sqlite_api.SHARD_SCHEMA
+TENANTS_SCHEMA = sqlite_api.TENANT_SCHEMA + sqlite_webhooks.SCHEMA
+"""``tenants.db``: what every worker shares (suppressions, webhooks)."""
+
 _WAITING = (DeliveryStatus.QUEUED.value, DeliveryStatus.DEFERRED.value)
 
 
@@ -108,14 +114,64 @@ def existing_shards(directory: Path) -> list[int]:
     return sorted(shards)
 
 
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect_file(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (creating if need be) one spool file in WAL mode with ``schema``.
+
+    Another process creating the same file at the same moment (workers starting together)
+    holds its lock briefly; switching to WAL must wait for it, not fail with ``database is
+    locked`` — SQLite does not call the busy handler for that switch, so it is retried here,
+    for at most the busy timeout. A new file's directory entry is fsync'd.
+    """
+    durable.make_directories(path.parent)
+    is_new = not path.exists()
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _switch_to_wal(conn)
+        # FULL: the WAL is fsync'd at every commit, which is what makes "250 OK" a promise.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema)
+    except BaseException:
+        conn.close()
+        raise
+    if is_new:
+        durable.fsync_directory(path.parent)
+    return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    wait = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + wait > deadline:
+                raise
+        time.sleep(wait)  # this thread's own open, never the event loop's
+        wait = min(wait * 2, 0.1)
+
+
+def prepare_spool(directory: Path, shards: Sequence[int]) -> None:
+    """Create the spool's shared file and the given shards once, before workers start (the
+    supervisor calls it before forking), so workers never race to create them."""
+    for path, schema in [
+        (directory / "tenants.db", TENANTS_SCHEMA),
+        *((shard_path(directory, n), SHARD_SCHEMA) for n in shards),
+    ]:
+        connect_file(path, schema).close()
+
+
 class _Writer:
     """One SQLite connection on its own thread, committing whatever work is waiting, together."""
 
-    def __init__(
-        self, path: Path, max_batch: int = 512, schema: str = SCHEMA + sqlite_api.SHARD_SCHEMA
-    ) -> None:
+    def __init__(self, path: Path, max_batch: int = 512, schema: str = "") -> None:
         self.path = path
-        self._schema = schema
+        self._schema = schema or SHARD_SCHEMA
         self._max_batch = max_batch
         self._work: queue.SimpleQueue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
@@ -148,14 +204,7 @@ class _Writer:
         return await future
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsync'd at every commit, which is what makes "250 OK" a promise.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(self._schema)
-        return conn
+        return connect_file(self.path, self._schema)
 
     def _run(self) -> None:
         try:
@@ -278,10 +327,7 @@ class SqliteStore(Store):
         self._writers = {n: _Writer(shard_path(self.directory, n)) for n in sorted(numbers)}
         self._claim_cursor = 0
         # Tenant-wide data (suppressions) is shared by all workers; see sqlite_api.
-        self._tenants = _Writer(
-            self.directory / "tenants.db",
-            schema=sqlite_api.TENANT_SCHEMA + sqlite_webhooks.SCHEMA,
-        )
+        self._tenants = _Writer(self.directory / "tenants.db", schema=TENANTS_SCHEMA)
         self._reader = sqlite_api.ShardReader(self.directory, self._shard_files)
         # Per-delivery suppression checks read tenants.db on their own thread and connection:
         # a WAL reader never waits behind the writer, nor behind the API's slow listings.
@@ -728,6 +774,9 @@ class SqliteStore(Store):
     async def ping(self) -> None:
         await self._tenants.submit(lambda conn: conn.execute("SELECT 1").fetchone())
         await self._on(self.write_shard, lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def durability(self) -> tuple[bool, str]:
+        return True, "SQLite WAL, synchronous=FULL: fsync'd at every commit, before 250"
 
     async def oldest_waiting(self) -> float | None:
         def oldest(conn: sqlite3.Connection, shard: int) -> float | None:
