@@ -407,8 +407,9 @@ class RedisStore(Store):
         claimed = []
         for row in rows:
             delivery = _delivery(row)
-            self._leased.add(delivery.id)
             if delivery.message_id in messages:
+                # Only what is handed out is renewed: a lease nobody works on must run out.
+                self._leased.add(delivery.id)
                 claimed.append(Claimed(delivery, messages[delivery.message_id]))
         claimed.sort(key=lambda c: c.delivery.next_attempt_at)
         return claimed
