@@ -426,6 +426,9 @@ class RedisStore(Store):
                 u.provider_message_id,
                 "1" if u.attempts else "0",
                 str(len(u.attempts)),
+                # The outcome of a delivery this process holds applies only while it still
+                # does; an operator's change (not leased here) applies whoever holds it.
+                self.owner if u.delivery_id in self._leased else "",
                 *(_encode(a) for a in u.attempts),
             ]
         await self._run("COMPLETE", *args)

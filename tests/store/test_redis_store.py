@@ -11,9 +11,9 @@ import pytest
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError, parse_config
-from gateway.message import DeliveryStatus
+from gateway.message import Attempt, DeliveryStatus
 from gateway.server import open_store, operator_store
-from gateway.store.base import DeliveryFilter, StoreError
+from gateway.store.base import DeliveryFilter, DeliveryUpdate, StoreError
 from gateway.store.redis import RedisStore
 from gateway.store.redis_client import parse_redis_url
 from gateway.store.sqlite import SqliteStore
@@ -82,6 +82,39 @@ async def test_an_expired_lease_is_taken_over_by_the_next_claim(open_redis) -> N
     assert all("lease" in c.delivery.last_error for c in taken)
     assert all(c.delivery.status is DeliveryStatus.SENDING for c in taken)
     assert all(c.message.id == "msg-1" for c in taken)
+
+
+async def test_a_late_outcome_never_overwrites_the_node_that_took_the_delivery_over(
+    open_redis,  # type: ignore[no-untyped-def]
+) -> None:
+    """A node whose outcome write kept failing past its lease (Redis away) finally writes it
+    after another node took the delivery over: the delivery is the other node's now."""
+    slow = await open_redis(lease_seconds=30)
+    other = await open_redis(lease_seconds=30)
+    await slow.enqueue(message(1), ["a@example.org"], expires_at=T0 + HOUR)
+    (mine,) = await slow.claim(T0, limit=1)
+    (taken,) = await other.claim(T0 + 31, limit=1)
+    assert taken.delivery.id == mine.delivery.id
+    late = DeliveryUpdate(
+        delivery_id=mine.delivery.id,
+        shard=0,
+        status=DeliveryStatus.DELIVERED,
+        attempts=[Attempt(at=T0 + 40, provider="relay", outcome="sent", detail="250 late")],
+    )
+    await slow.complete([late], T0 + 40)
+    (d,) = await other.list_deliveries(DeliveryFilter())
+    assert d.status is DeliveryStatus.SENDING, "still the other node's to record"
+    assert await other.attempts(d) == []
+    done = DeliveryUpdate(
+        delivery_id=taken.delivery.id,
+        shard=0,
+        status=DeliveryStatus.DELIVERED,
+        attempts=[Attempt(at=T0 + 41, provider="relay", outcome="sent", detail="250 ok")],
+    )
+    await other.complete([done], T0 + 41)
+    (d,) = await other.list_deliveries(DeliveryFilter())
+    assert d.status is DeliveryStatus.DELIVERED and d.attempts == 1
+    assert [a.detail for a in await other.attempts(d)] == ["250 ok"]
 
 
 async def test_a_clean_stop_hands_deliveries_in_flight_back_at_once(open_redis) -> None:  # type: ignore[no-untyped-def]
