@@ -1,0 +1,132 @@
+"""The audience tables (SQLAlchemy Core), one definition for SQLite and PostgreSQL.
+
+Every table carries ``tenant`` and every query filters on it. Times are Unix seconds
+(``Float``), like the rest of the gateway. The Alembic migrations in ``migrations/versions``
+build exactly this schema; a contract test compares the two on both engines.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+"""JSON documents: ``jsonb`` on PostgreSQL (indexable, comparable), JSON text on SQLite."""
+
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+"""SQLite only auto-increments an ``INTEGER PRIMARY KEY``."""
+
+tenant_salts = sa.Table(
+    "audience_tenant_salts",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("salt", sa.LargeBinary(64), nullable=False),
+)
+
+contacts = sa.Table(
+    "audience_contacts",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("email_key", sa.String(320), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("locale", sa.String(35), nullable=False, server_default=""),
+    sa.Column("timezone", sa.String(64), nullable=False, server_default=""),
+    sa.Column("attributes", Json, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("tenant", "email_key", name="uq_audience_contacts_email"),
+    sa.Index("ix_audience_contacts_tenant_created", "tenant", "created_at"),
+)
+
+lists = sa.Table(
+    "audience_lists",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("opt_in", sa.String(8), nullable=False),
+    sa.Column("visibility", sa.String(8), nullable=False),
+    sa.Column("description", sa.String(2000), nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("tenant", "name", name="uq_audience_lists_name"),
+)
+
+topics = sa.Table(
+    "audience_topics",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(2000), nullable=False, server_default=""),
+    sa.Column("default_frequency", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("tenant", "name", name="uq_audience_topics_name"),
+)
+
+subscriptions = sa.Table(
+    "audience_subscriptions",
+    metadata,
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column(
+        "list_id", Id, sa.ForeignKey("audience_lists.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "contact_id",
+        Id,
+        sa.ForeignKey("audience_contacts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_audience_subscriptions_contact", "contact_id"),
+)
+
+topic_preferences = sa.Table(
+    "audience_topic_preferences",
+    metadata,
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column(
+        "topic_id", Id, sa.ForeignKey("audience_topics.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "contact_id",
+        Id,
+        sa.ForeignKey("audience_contacts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("subscribed", sa.Boolean, nullable=False),
+    sa.Column("frequency", sa.String(16), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_audience_topic_preferences_contact", "contact_id"),
+)
+
+consent_log = sa.Table(
+    "audience_consent_log",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    # No foreign key: the log outlives an erased contact for its retention period.
+    sa.Column("contact_id", Id, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("list_id", Id, nullable=True),
+    sa.Column("topic_id", Id, nullable=True),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("form_id", sa.String(200), nullable=False, server_default=""),
+    sa.Column("ip_hash", sa.String(64), nullable=False, server_default=""),
+    sa.Column("user_agent_hash", sa.String(64), nullable=False, server_default=""),
+    sa.Column("statement_version", sa.String(100), nullable=False, server_default=""),
+    sa.Column("statement_hash", sa.String(64), nullable=False, server_default=""),
+    sa.Column("collected_at", sa.Float, nullable=True),
+    sa.Column("confirmed_at", sa.Float, nullable=True),
+    sa.Column("import_id", sa.String(100), nullable=False, server_default=""),
+    sa.Column("attested_by", sa.String(200), nullable=False, server_default=""),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_audience_consent_log_contact", "tenant", "contact_id"),
+)
