@@ -26,12 +26,14 @@ from gateway_plugins.audience.model import (
     Frequency,
     MailingList,
     OptIn,
+    Segment,
     Subscription,
     SubscriptionStatus,
     Topic,
     TopicPreference,
     Visibility,
 )
+from gateway_plugins.audience.segments import SegmentError
 from gateway_plugins.audience.store import AudienceStore, Conflict, ContactChanges, NotFound
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.params import FromPath, FromQuery, QueryParameter
@@ -746,6 +748,172 @@ class TopicsController(Controller):
         return preference_view(preference)
 
 
+class SegmentIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    filter: dict[str, Any]
+    """The filter (docs/plugins/audience.md, "Segments")."""
+    list_id: int | None = None
+    """The list the segment narrows; none: all the tenant's contacts."""
+
+
+class SegmentPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    filter: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    list_id: int | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class SegmentPreview(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    filter: dict[str, Any]
+    list_id: int | None = None
+    sample: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+
+
+class SegmentView(msgspec.Struct, kw_only=True):
+    id: int
+    name: str
+    list_id: int | None
+    filter: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class SegmentPage(msgspec.Struct, kw_only=True):
+    data: list[SegmentView]
+    next_cursor: str | None
+
+
+class SegmentCount(msgspec.Struct, kw_only=True):
+    count: int
+    sample: list[ContactView]
+
+
+def segment_view(segment: Segment) -> SegmentView:
+    return SegmentView(
+        id=segment.id,
+        name=segment.name,
+        list_id=segment.list_id,
+        filter=segment.filter,
+        created_at=_time(segment.created_at),
+        updated_at=_time(segment.updated_at),
+    )
+
+
+def _invalid_filter(e: SegmentError, prefix: str = "") -> Problem:
+    return Problem.invalid(prefix + e.path, str(e).partition(": ")[2])
+
+
+class SegmentsController(Controller):
+    path = "/v1/segments"
+    tags = ["audience"]
+
+    @get("/", guards=[requires("read")], summary="List segments")
+    async def index(
+        self,
+        request: Request[Any, Any, Any],
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = 100,
+    ) -> SegmentPage:
+        rows = await _store(request).list_segments(
+            _tenant(request), after=decode_cursor(cursor), limit=limit
+        )
+        return SegmentPage(data=[segment_view(x) for x in rows], next_cursor=_next(rows, limit))
+
+    @post("/", guards=[requires("admin")], summary="Save a segment", opt={"body": SegmentIn})
+    async def create(self, request: Request[Any, Any, Any]) -> SegmentView:
+        body = decode_json(await request.body(), SegmentIn)
+        try:
+            segment = await _store(request).create_segment(
+                _tenant(request), body.name, list_id=body.list_id, filter=body.filter
+            )
+        except SegmentError as e:
+            raise _invalid_filter(e) from None
+        except NotFound as e:
+            raise Problem.invalid("list_id", str(e)) from None
+        except Conflict as e:
+            raise _conflict(e) from None
+        return segment_view(segment)
+
+    @post(
+        "/preview",
+        guards=[requires("read")],
+        status_code=200,
+        summary="Count and sample what a filter selects now, without saving it",
+        opt={"body": SegmentPreview},
+    )
+    async def preview(self, request: Request[Any, Any, Any]) -> SegmentCount:
+        body = decode_json(await request.body(), SegmentPreview)
+        return await _count(request, body.filter, body.list_id, body.sample)
+
+    @get("/{segment_id:int}", guards=[requires("read")], summary="One segment")
+    async def show(self, request: Request[Any, Any, Any], segment_id: FromPath[int]) -> SegmentView:
+        try:
+            return segment_view(await _store(request).get_segment(_tenant(request), segment_id))
+        except NotFound as e:
+            raise _not_found(e) from None
+
+    @get(
+        "/{segment_id:int}/count",
+        guards=[requires("read")],
+        summary="How many contacts the segment selects now, and a sample",
+    )
+    async def count(
+        self,
+        request: Request[Any, Any, Any],
+        segment_id: FromPath[int],
+        sample: Annotated[int, QueryParameter(ge=0, le=100)] = 10,
+    ) -> SegmentCount:
+        try:
+            segment = await _store(request).get_segment(_tenant(request), segment_id)
+        except NotFound as e:
+            raise _not_found(e) from None
+        return await _count(request, segment.filter, segment.list_id, sample)
+
+    @patch(
+        "/{segment_id:int}",
+        guards=[requires("admin")],
+        summary="Change a segment",
+        opt={"body": SegmentPatch},
+    )
+    async def change(
+        self, request: Request[Any, Any, Any], segment_id: FromPath[int]
+    ) -> SegmentView:
+        fields = _unset_removed(decode_json(await request.body(), SegmentPatch))
+        try:
+            segment = await _store(request).update_segment(_tenant(request), segment_id, **fields)
+        except SegmentError as e:
+            raise _invalid_filter(e) from None
+        except NotFound as e:
+            if e.kind == "list":
+                raise Problem.invalid("list_id", str(e)) from None
+            raise _not_found(e) from None
+        except Conflict as e:
+            raise _conflict(e) from None
+        return segment_view(segment)
+
+    @delete("/{segment_id:int}", guards=[requires("admin")], summary="Delete a segment")
+    async def remove(self, request: Request[Any, Any, Any], segment_id: FromPath[int]) -> None:
+        try:
+            await _store(request).delete_segment(_tenant(request), segment_id)
+        except NotFound as e:
+            raise _not_found(e) from None
+
+
+async def _count(
+    request: Request[Any, Any, Any], tree: dict[str, Any], list_id: int | None, sample: int
+) -> SegmentCount:
+    store, tenant = _store(request), _tenant(request)
+    try:
+        if list_id is not None:
+            await store.get_list(tenant, list_id)
+        count = await store.count_matching(tenant, tree, list_id)
+        rows = await store.sample_matching(tenant, tree, list_id, sample) if sample else []
+    except SegmentError as e:
+        raise _invalid_filter(e) from None
+    except NotFound as e:
+        raise Problem.invalid("list_id", str(e)) from None
+    return SegmentCount(count=count, sample=[contact_view(c) for c in rows])
+
+
 def audience_routes(gateway: Any) -> list[Any]:
     """The controllers, for ``gateway_register_routes``."""
-    return [ContactsController, ListsController, TopicsController]
+    return [ContactsController, ListsController, TopicsController, SegmentsController]

@@ -114,3 +114,14 @@ class ConsentRecord(msgspec.Struct, kw_only=True):
     import_id: str
     attested_by: str
     at: float
+
+
+class Segment(msgspec.Struct, kw_only=True):
+    id: int
+    tenant: str
+    name: str
+    list_id: int | None
+    """The list it narrows; ``None`` means all of the tenant's contacts."""
+    filter: dict[str, Any]
+    created_at: float
+    updated_at: float

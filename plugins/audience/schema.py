@@ -130,3 +130,17 @@ consent_log = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
     sa.Index("ix_audience_consent_log_contact", "tenant", "contact_id"),
 )
+
+segments = sa.Table(
+    "audience_segments",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    # A segment narrows its list; deleting the list deletes the segment rather than widen it.
+    sa.Column("list_id", Id, sa.ForeignKey("audience_lists.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("filter", Json, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("tenant", "name", name="uq_audience_segments_name"),
+)

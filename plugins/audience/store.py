@@ -24,12 +24,14 @@ from gateway_plugins.audience.model import (
     ContactStatus,
     Frequency,
     MailingList,
+    Segment,
     Subscription,
     SubscriptionSource,
     SubscriptionStatus,
     Topic,
     TopicPreference,
 )
+from gateway_plugins.audience.segments import compile_filter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -343,6 +345,73 @@ class AudienceStore:
         if done.rowcount == 0:
             raise NotFound(kind, ident)
 
+    # --- segments -------------------------------------------------------------------------------
+
+    async def create_segment(
+        self, tenant: str, name: str, *, list_id: int | None, filter: dict[str, Any]
+    ) -> Segment:
+        compile_filter(tenant, filter)
+        if list_id is not None:
+            await self.get_list(tenant, list_id)
+        now = self.clock.now()
+        fields = {"list_id": list_id, "filter": filter, "updated_at": now}
+        return _segment(await self._create(schema.segments, tenant, name, fields, "segment"))
+
+    async def update_segment(self, tenant: str, segment_id: int, **fields: Any) -> Segment:
+        if "filter" in fields:
+            compile_filter(tenant, fields["filter"])
+        if fields.get("list_id") is not None:
+            await self.get_list(tenant, fields["list_id"])
+        fields["updated_at"] = self.clock.now()
+        return _segment(await self._change(schema.segments, tenant, segment_id, fields, "segment"))
+
+    async def get_segment(self, tenant: str, segment_id: int) -> Segment:
+        return _segment(await self._get(schema.segments, tenant, segment_id, "segment"))
+
+    async def list_segments(
+        self, tenant: str, *, after: int = 0, limit: int = 100
+    ) -> list[Segment]:
+        return [_segment(r) for r in await self._page(schema.segments, tenant, after, limit)]
+
+    async def delete_segment(self, tenant: str, segment_id: int) -> None:
+        await self._delete(schema.segments, tenant, segment_id, "segment")
+
+    def _matching(self, tenant: str, filter: dict[str, Any], list_id: int | None) -> Any:
+        """The WHERE clause of a segment: the tenant, the list (a segment narrows it, never
+        widens it) and the compiled filter."""
+        c = schema.contacts.c
+        where = [c.tenant == tenant, compile_filter(tenant, filter)]
+        if list_id is not None:
+            s = schema.subscriptions.c
+            where.append(
+                sa.exists().where(
+                    s.tenant == tenant,
+                    s.contact_id == c.id,
+                    s.list_id == list_id,
+                    s.status == "active",
+                )
+            )
+        return sa.and_(*where)
+
+    async def count_matching(
+        self, tenant: str, filter: dict[str, Any], list_id: int | None = None
+    ) -> int:
+        """How many contacts the filter selects now (raises ``SegmentError`` when invalid)."""
+        query = sa.select(sa.func.count()).select_from(schema.contacts)
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(query.where(self._matching(tenant, filter, list_id)))
+        return int(count or 0)
+
+    async def sample_matching(
+        self, tenant: str, filter: dict[str, Any], list_id: int | None = None, limit: int = 10
+    ) -> list[Contact]:
+        """The first ``limit`` matching contacts, by id."""
+        c = schema.contacts.c
+        query = sa.select(schema.contacts).where(self._matching(tenant, filter, list_id))
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(c.id).limit(limit))
+            return [_contact(r) for r in rows]
+
     # --- subscriptions, topic preferences, consent ------------------------------------------------
 
     async def subscribe(
@@ -594,6 +663,10 @@ def _list(row: sa.Row[Any]) -> MailingList:
 
 def _topic(row: sa.Row[Any]) -> Topic:
     return msgspec.convert(_fields(row), Topic)
+
+
+def _segment(row: sa.Row[Any]) -> Segment:
+    return msgspec.convert(_fields(row), Segment)
 
 
 def _subscription(row: sa.Row[Any]) -> Subscription:

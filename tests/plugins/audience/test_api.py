@@ -208,3 +208,55 @@ def test_routes_and_bodies_are_in_the_openapi_document(
     assert body == {"$ref": "#/components/schemas/ContactIn"}
     assert "ContactIn" in document["components"]["schemas"]
     assert "422" in paths["/v1/contacts/{contact_id}"]["patch"]["responses"]
+
+
+def test_segments_count_and_sample_live_and_narrow_their_list(
+    audience_gateway: Callable[..., AudienceGateway],
+) -> None:
+    running = audience_gateway()
+    acme, globex = running.client(), running.client("globex")
+    news = acme.post("/v1/lists", json={"name": "News"}).json()
+    contacts = [
+        {"email": f"c{i}@example.org", "attributes": {"plan": "pro" if i % 2 else "free", "n": i}}
+        for i in range(10)
+    ]
+    acme.post("/v1/contacts/bulk", json={"contacts": contacts})
+    for i in range(0, 10, 3):  # c0, c3, c6, c9 on the list
+        acme.post(f"/v1/lists/{news['id']}/subscriptions", json={"email": f"c{i}@example.org"})
+    pro = {"field": "attributes.plan", "op": "eq", "value": "pro"}
+    preview = acme.post("/v1/segments/preview", json={"filter": pro, "sample": 2}).json()
+    assert preview["count"] == 5
+    assert [c["email"] for c in preview["sample"]] == ["c1@example.org", "c3@example.org"]
+    saved = acme.post(
+        "/v1/segments", json={"name": "Pro on News", "filter": pro, "list_id": news["id"]}
+    )
+    assert saved.status_code == 201, saved.text
+    segment = saved.json()
+    counted = acme.get(f"/v1/segments/{segment['id']}/count").json()
+    assert counted["count"] == 2  # c3 and c9: the list narrows the filter, never widens it
+    wider = {"any": [pro, {"field": "attributes.n", "op": "gte", "value": 0}]}
+    acme.patch(f"/v1/segments/{segment['id']}", json={"filter": wider})
+    assert acme.get(f"/v1/segments/{segment['id']}/count").json()["count"] == 4
+    bad = problem(
+        acme.post(
+            "/v1/segments/preview",
+            json={"filter": {"all": [{"field": "x", "op": "eq", "value": 1}]}},
+        ),
+        422,
+    )
+    assert bad["field"] == "filter.all[0].field"
+    missing = problem(acme.post("/v1/segments/preview", json={"filter": pro, "list_id": 999}), 422)
+    assert missing["field"] == "list_id"
+    # Another tenant's key: nothing to see, nothing to change, and its own count is its own.
+    for method, path, body in [
+        ("GET", f"/v1/segments/{segment['id']}", None),
+        ("GET", f"/v1/segments/{segment['id']}/count", None),
+        ("PATCH", f"/v1/segments/{segment['id']}", {"name": "mine"}),
+        ("DELETE", f"/v1/segments/{segment['id']}", None),
+    ]:
+        assert globex.request(method, path, json=body).status_code == 404, (method, path)
+    assert globex.post("/v1/segments/preview", json={"filter": pro}).json()["count"] == 0
+    theirs = globex.post("/v1/segments", json={"name": "x", "filter": pro, "list_id": news["id"]})
+    assert problem(theirs, 422)["field"] == "list_id"
+    assert globex.get("/v1/segments").json()["data"] == []
+    assert acme.delete(f"/v1/segments/{segment['id']}").status_code == 204
