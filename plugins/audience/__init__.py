@@ -10,16 +10,22 @@ sender's webhooks receive them as ``contact.<type>``). The HTTP API is under ``/
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway_plugins.audience.engine import create_engine, migrate
+from gateway_plugins.audience.imports import Importer, Suppress, SuppressedLookup
 from gateway_plugins.audience.model import ContactStatus
 from gateway_plugins.audience.settings import NAME, Settings, load_settings
 from gateway_plugins.audience.store import AudienceStore
 
+from gateway.clock import Clock
 from gateway.events import ContactEvent, Event, publish_contact_event
 from gateway.plugin_manager import hookimpl
+from gateway.store.base import Store, Suppression
 
 DEFAULT_ENABLED = False
 """Off unless ``[plugins.audience]`` exists."""
@@ -30,9 +36,14 @@ log = logging.getLogger("gateway.plugins.audience")
 class Audience:
     """The plugin's per-gateway state: settings now, the store once started."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, data_dir: Path) -> None:
         self.settings = settings
+        self.import_dir = data_dir / "audience-imports"
+        """Uploads are streamed here before they are imported (then deleted)."""
         self._store: AudienceStore | None = None
+        self._importer: Importer | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        """Imports running in the background."""
 
     @property
     def store(self) -> AudienceStore:
@@ -40,15 +51,62 @@ class Audience:
             raise RuntimeError("the audience store is opened in gateway_startup")
         return self._store
 
+    @property
+    def importer(self) -> Importer:
+        if self._importer is None:
+            raise RuntimeError("the audience store is opened in gateway_startup")
+        return self._importer
+
     async def open(self, gateway: Any) -> None:
         engine = create_engine(self.settings.url, schema=self.settings.schema)
         await migrate(engine, schema=self.settings.schema)
         self._store = AudienceStore(engine, gateway.clock)
+        self._importer = Importer(
+            self._store,
+            suppressed=spool_suppressions(gateway.store),
+            suppress=spool_suppress(gateway.store, gateway.clock),
+        )
+
+    def run_in_background(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+
+def spool_suppressions(spool: Store) -> SuppressedLookup:
+    """The lookup an import uses: the tenant's suppression list in the gateway's store."""
+
+    async def suppressed(tenant: str, keys: Sequence[str]) -> set[str]:
+        return set(await spool.suppressed(tenant, keys))
+
+    return suppressed
+
+
+def spool_suppress(spool: Store, clock: Clock) -> Suppress:
+    async def suppress(tenant: str, keys: Sequence[str], detail: str) -> None:
+        now = clock.now()
+        entries = [
+            Suppression(tenant=tenant, address=k, reason="manual", created_at=now, detail=detail)
+            for k in keys
+        ]
+        if entries:
+            await spool.add_suppressions(entries)
+
+    return suppress
 
 
 def audience_of(gateway: Any) -> Audience:
@@ -58,7 +116,7 @@ def audience_of(gateway: Any) -> Audience:
 
 @hookimpl
 def gateway_configure(gateway: Any) -> None:
-    gateway.plugin_state[NAME] = Audience(load_settings(gateway.config))
+    gateway.plugin_state[NAME] = Audience(load_settings(gateway.config), gateway.config.data_dir)
 
 
 @hookimpl
@@ -103,5 +161,6 @@ async def gateway_event(gateway: Any, event: Event) -> None:
 @hookimpl
 def gateway_register_routes(gateway: Any) -> list[Any]:
     from gateway_plugins.audience.api import audience_routes
+    from gateway_plugins.audience.import_routes import import_routes
 
-    return audience_routes(gateway)
+    return [*audience_routes(gateway), *import_routes(gateway)]

@@ -144,3 +144,51 @@ segments = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.UniqueConstraint("tenant", "name", name="uq_audience_segments_name"),
 )
+
+imports = sa.Table(
+    "audience_imports",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column(
+        "list_id", Id, sa.ForeignKey("audience_lists.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("file_name", sa.String(255), nullable=False, server_default=""),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("counts", Json, nullable=False),
+    sa.Column("error", sa.String(2000), nullable=False, server_default=""),
+    sa.Column("columns", Json, nullable=False),
+    sa.Column("attested_by", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.UniqueConstraint(
+        "tenant", "list_id", "mode", "content_hash", name="uq_audience_imports_content"
+    ),
+)
+
+import_errors = sa.Table(
+    "audience_import_errors",
+    metadata,
+    sa.Column(
+        "import_id",
+        Id,
+        sa.ForeignKey("audience_imports.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("row", sa.Integer, primary_key=True),
+    sa.Column("code", sa.String(32), primary_key=True),
+    sa.Column("message", sa.String(500), nullable=False),
+    sa.Column("fields", Json, nullable=False),
+)
+
+erased = sa.Table(
+    "audience_erased",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("email_hash", sa.String(64), primary_key=True),
+    sa.Column("erased_at", sa.Float, nullable=False),
+)
+"""Erased contacts, kept only as the HMAC of their folded address, so an import cannot add
+them back."""

@@ -22,6 +22,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     schema: str = ""
     """PostgreSQL only: the schema the tables live in (created if missing); empty: the
     database's default ``search_path``."""
+    max_import_size: int = 1024 * 1024 * 1024
+    """Bytes: the largest CSV ``POST /v1/lists/{id}/imports`` takes (streamed to disk)."""
     single_node: bool = False
     """Declare that a Redis-store deployment runs one node only, so an embedded SQLite
     audience is safe. Without it such a deployment is refused at start: two nodes would each

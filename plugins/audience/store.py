@@ -567,7 +567,7 @@ class AudienceStore:
                 .where(log.tenant == tenant, log.contact_id == contact_id)
                 .order_by(log.id)
             )
-            return [msgspec.convert(_fields(r), ConsentRecord) for r in rows]
+            return [msgspec.convert(row_fields(r), ConsentRecord) for r in rows]
 
     async def _log(
         self,
@@ -648,29 +648,29 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is msgspec.UNSET else value
 
 
-def _fields(row: sa.Row[Any]) -> dict[str, Any]:
+def row_fields(row: sa.Row[Any]) -> dict[str, Any]:
     # Column keys may be str subclasses (quoted_name), which msgspec refuses as keys.
     return {str(key): value for key, value in row._mapping.items()}
 
 
 def _contact(row: sa.Row[Any]) -> Contact:
-    return msgspec.convert(_fields(row), Contact)
+    return msgspec.convert(row_fields(row), Contact)
 
 
 def _list(row: sa.Row[Any]) -> MailingList:
-    return msgspec.convert(_fields(row), MailingList)
+    return msgspec.convert(row_fields(row), MailingList)
 
 
 def _topic(row: sa.Row[Any]) -> Topic:
-    return msgspec.convert(_fields(row), Topic)
+    return msgspec.convert(row_fields(row), Topic)
 
 
 def _segment(row: sa.Row[Any]) -> Segment:
-    return msgspec.convert(_fields(row), Segment)
+    return msgspec.convert(row_fields(row), Segment)
 
 
 def _subscription(row: sa.Row[Any]) -> Subscription:
-    return msgspec.convert(_fields(row), Subscription)
+    return msgspec.convert(row_fields(row), Subscription)
 
 
 __all__ = [

@@ -85,6 +85,7 @@ listeners = [{ name = "dev", port = 0, tls = "none", insecure_auth = true }]
 [http]
 enabled = true
 port = 0
+rate_limit = 0
 
 [tenants.acme]
 sending_domains = ["acme.test"]
