@@ -136,7 +136,9 @@ _STATUS_BY_EVENT: dict[str, ContactStatus] = {"complained": "complained"}
 async def gateway_event(gateway: Any, event: Event) -> None:
     """A hard bounce or a complaint marks the contact; soft bounces and unsubscribes do not
     (an unsubscribe changes one subscription, never the contact)."""
-    status = "bounced" if event.type == "bounced" and event.bounce == "hard" else None
+    status: ContactStatus | None = None
+    if event.type == "bounced" and event.bounce == "hard":
+        status = "bounced"
     status = _STATUS_BY_EVENT.get(event.type, status)
     if status is None:
         return

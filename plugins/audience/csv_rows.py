@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import re
 from collections.abc import Iterator
 from functools import lru_cache
@@ -143,7 +144,8 @@ class RowReader:
         types: dict[str, AttributeType] | None = None,
     ) -> None:
         self.path = path
-        self._file = path.open(encoding="utf-8-sig", newline="")
+        self._raw = path.open("rb")
+        self._file = io.TextIOWrapper(self._raw, encoding="utf-8-sig", newline="")
         try:
             header_line = self._file.readline()
         except UnicodeDecodeError:
@@ -168,6 +170,10 @@ class RowReader:
 
     def close(self) -> None:
         self._file.close()
+
+    def position(self) -> int:
+        """Bytes of the file read so far (for a progress bar; ahead by one buffer)."""
+        return self._raw.tell()
 
     def batch(self, size: int) -> list[CheckedRow | BadRow]:
         """Up to ``size`` more rows; an empty list at the end of the file. Raises

@@ -205,7 +205,11 @@ def _check_statuses(op: str, value: Any, where: str) -> None:
 
 
 def _compare_column(
-    column: Any, op: str, value: Any, where: str, convert: Callable[[Any, str], Any]
+    column: sa.ColumnElement[Any],
+    op: str,
+    value: Any,
+    where: str,
+    convert: Callable[[Any, str], Any],
 ) -> ColumnElement[bool]:
     if op == "exists":
         present = column.is_not(None) if convert is _timestamp else sa.func.length(column) > 0
@@ -216,12 +220,13 @@ def _compare_column(
         return column.icontains(_text(value, where), autoescape=True)
     if op in ("in", "nin"):
         values = [convert(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        matched = column.in_(values)
-        return matched if op == "in" else sa.not_(matched)
+        within: ColumnElement[bool] = column.in_(values)
+        return within if op == "in" else sa.not_(within)
     if op in ("eq", "neq"):
-        matched = column == convert(value, where)
-        return matched if op == "eq" else sa.not_(matched)
-    return getattr(column, _ORDERING[op])(convert(value, where))  # type: ignore[no-any-return]
+        equal: ColumnElement[bool] = column == sa.literal(convert(value, where))
+        return equal if op == "eq" else sa.not_(equal)
+    ordered: ColumnElement[bool] = getattr(column, _ORDERING[op])(convert(value, where))
+    return ordered
 
 
 def _json_kind(value: Any, where: str) -> str:
