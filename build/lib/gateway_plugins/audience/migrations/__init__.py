@@ -1,1 +1,0 @@
-"""Alembic migrations of the audience tables (run by ``gateway_plugins.audience.engine``)."""
