@@ -76,6 +76,17 @@ class AudienceStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    def member_of(self, column: sa.ColumnElement[Any], values: Sequence[Any]) -> Any:
+        """``column IN values`` for long lists: on PostgreSQL one array parameter
+        (``= ANY($1)``), which plans and binds far cheaper than thousands of parameters."""
+        if not values:
+            return sa.false()
+        if self.engine.dialect.name == "postgresql":
+            return column == sa.any_(
+                sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+            )
+        return column.in_(values)
+
     def _insert(self, table: sa.Table) -> Any:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table)
