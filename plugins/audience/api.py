@@ -41,6 +41,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from gateway.api.auth import requires
 from gateway.api.problems import Problem, decode_json
 from gateway.events import ContactEvent, ContactEventKind, publish_contact_event
+from gateway.message import DeliveryStatus
 from gateway.store.base import DeliveryFilter
 
 MAX_BULK = 1000
@@ -200,6 +201,12 @@ class TimelineEntry(msgspec.Struct, kw_only=True):
     kind: str
     """``consent.<action>``, ``subscription``, ``topic`` or ``delivery``."""
     detail: dict[str, Any]
+
+
+class Erased(msgspec.Struct, kw_only=True):
+    contact_id: int
+    cancelled_deliveries: int
+    """Deliveries to the address that were still waiting in the spool, now removed."""
 
 
 class Timeline(msgspec.Struct, kw_only=True):
@@ -455,6 +462,36 @@ class ContactsController(Controller):
             raise _not_found(e) from None
 
     @get(
+        "/{contact_id:int}/export",
+        guards=[requires("read")],
+        summary="Everything kept about a contact, as JSON (GDPR access and portability)",
+    )
+    async def export(self, request: Request[Any, Any, Any], contact_id: FromPath[int]) -> Timeline:
+        return await contact_timeline(request, contact_id)
+
+    @post(
+        "/{contact_id:int}/erase",
+        guards=[requires("admin")],
+        status_code=200,
+        summary="Erase a contact (GDPR): personal data removed, the address kept only hashed",
+    )
+    async def erase(self, request: Request[Any, Any, Any], contact_id: FromPath[int]) -> Erased:
+        store, tenant = _store(request), _tenant(request)
+        try:
+            contact = await store.erase_contact(tenant, contact_id)
+        except NotFound as e:
+            raise _not_found(e) from None
+        spool = request.app.state.api.store
+        waiting = [DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED]
+        cancelled = 0
+        for address in {contact.email, contact.email_key}:
+            cancelled += await spool.delete(
+                DeliveryFilter(recipient=address, tenant=tenant, statuses=waiting, limit=100_000)
+            )
+        await _publish(request, "erased", contact_id, data={"cancelled_deliveries": str(cancelled)})
+        return Erased(contact_id=contact_id, cancelled_deliveries=cancelled)
+
+    @get(
         "/{contact_id:int}/timeline",
         guards=[requires("read")],
         summary="Consent, subscriptions, topics and deliveries of a contact, newest first",
@@ -462,37 +499,42 @@ class ContactsController(Controller):
     async def timeline(
         self, request: Request[Any, Any, Any], contact_id: FromPath[int]
     ) -> Timeline:
-        store, tenant = _store(request), _tenant(request)
-        try:
-            contact = await store.get_contact(tenant, contact_id)
-        except NotFound as e:
-            raise _not_found(e) from None
-        subscriptions = await store.subscriptions_of(tenant, contact_id)
-        topics = await store.topics_of(tenant, contact_id)
-        entries = [_consent_entry(r) for r in await store.consent_log(tenant, contact_id)]
-        deliveries = await request.app.state.api.store.list_deliveries(
-            DeliveryFilter(recipient=contact.email_key, tenant=tenant, limit=200)
+        return await contact_timeline(request, contact_id)
+
+
+async def contact_timeline(request: Request[Any, Any, Any], contact_id: int) -> Timeline:
+    """A contact with its subscriptions, topics, consent log and deliveries."""
+    store, tenant = _store(request), _tenant(request)
+    try:
+        contact = await store.get_contact(tenant, contact_id)
+    except NotFound as e:
+        raise _not_found(e) from None
+    subscriptions = await store.subscriptions_of(tenant, contact_id)
+    topics = await store.topics_of(tenant, contact_id)
+    entries = [_consent_entry(r) for r in await store.consent_log(tenant, contact_id)]
+    deliveries = await request.app.state.api.store.list_deliveries(
+        DeliveryFilter(recipient=contact.email_key, tenant=tenant, limit=200)
+    )
+    entries += [
+        TimelineEntry(
+            at=_time(d.updated_at),
+            kind="delivery",
+            detail={
+                "message_id": d.message_id,
+                "status": str(d.status),
+                "provider": d.provider,
+                "last_error": d.last_error,
+            },
         )
-        entries += [
-            TimelineEntry(
-                at=_time(d.updated_at),
-                kind="delivery",
-                detail={
-                    "message_id": d.message_id,
-                    "status": str(d.status),
-                    "provider": d.provider,
-                    "last_error": d.last_error,
-                },
-            )
-            for d in deliveries
-        ]
-        entries.sort(key=lambda e: e.at, reverse=True)
-        return Timeline(
-            contact=contact_view(contact),
-            subscriptions=[subscription_view(s) for s in subscriptions],
-            topics=[preference_view(p) for p in topics],
-            entries=entries,
-        )
+        for d in deliveries
+    ]
+    entries.sort(key=lambda e: e.at, reverse=True)
+    return Timeline(
+        contact=contact_view(contact),
+        subscriptions=[subscription_view(s) for s in subscriptions],
+        topics=[preference_view(p) for p in topics],
+        entries=entries,
+    )
 
 
 def _consent_entry(record: ConsentRecord) -> TimelineEntry:

@@ -213,6 +213,55 @@ class AudienceStore:
         if done.rowcount == 0:
             raise NotFound("contact", contact_id)
 
+    async def erase_contact(self, tenant: str, contact_id: int) -> Contact:
+        """GDPR erasure: the contact row with its subscriptions and topic preferences goes,
+        import error rows quoting the address go, and only an HMAC of the folded address is
+        kept (``audience_erased``) so no import can add it back. The consent log stays (it
+        holds no raw personal data: hashes, the method, who attested) for its retention.
+        Returns the contact as it was."""
+        salt = await self.salt(tenant)
+        c = schema.contacts.c
+        async with self.engine.begin() as conn:
+            contact = await self._contact_by_id(conn, tenant, contact_id)
+            if contact is None:
+                raise NotFound("contact", contact_id)
+            await conn.execute(
+                self._insert(schema.erased)
+                .values(
+                    tenant=tenant,
+                    email_hash=hash_identifier(salt, contact.email_key),
+                    erased_at=self.clock.now(),
+                )
+                .on_conflict_do_nothing(index_elements=["tenant", "email_hash"])
+            )
+            await conn.execute(
+                sa.delete(schema.contacts).where(c.tenant == tenant, c.id == contact_id)
+            )
+            e, i = schema.import_errors.c, schema.imports.c
+            quoting = sa.or_(
+                *(
+                    sa.cast(e.fields, sa.Text).icontains(address, autoescape=True)
+                    for address in {contact.email, contact.email_key}
+                )
+            )
+            tenant_imports = sa.select(i.id).where(i.tenant == tenant).scalar_subquery()
+            await conn.execute(
+                sa.delete(schema.import_errors).where(e.import_id.in_(tenant_imports), quoting)
+            )
+        return contact
+
+    async def is_erased(self, tenant: str, email: str) -> bool:
+        salt = await self.salt(tenant)
+        er = schema.erased.c
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                sa.select(er.email_hash).where(
+                    er.tenant == tenant,
+                    er.email_hash == hash_identifier(salt, normalize_email(email)),
+                )
+            )
+        return found is not None
+
     async def set_status(self, tenant: str, email: str, status: ContactStatus) -> Contact | None:
         """Raise the contact's status (bounced, complained); ``None`` when there is no such
         contact or its status already ranks as high."""
