@@ -165,4 +165,10 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
     from gateway_plugins.audience.api import audience_routes
     from gateway_plugins.audience.import_routes import import_routes
 
-    return [*audience_routes(gateway), *import_routes(gateway)]
+    routes = [*audience_routes(gateway), *import_routes(gateway)]
+    settings = audience_of(gateway).settings
+    if settings.keys:
+        from gateway_plugins.audience.pages import page_routes
+
+        routes += page_routes(gateway, settings)
+    return routes

@@ -192,3 +192,16 @@ erased = sa.Table(
 )
 """Erased contacts, kept only as the HMAC of their folded address, so an import cannot add
 them back."""
+
+link_mails = sa.Table(
+    "audience_link_mails",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column(
+        "contact_id", Id, sa.ForeignKey("audience_contacts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("sent_at", sa.Float, nullable=False),
+    sa.Index("ix_audience_link_mails_contact", "contact_id", "sent_at"),
+)
+"""Confirmation and fresh-link mails sent, to cap them per address per day on every node."""

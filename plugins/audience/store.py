@@ -250,6 +250,24 @@ class AudienceStore:
             )
         return contact
 
+    async def count_link_mails(self, tenant: str, contact_id: int, since: float) -> int:
+        m = schema.link_mails.c
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(
+                sa.select(sa.func.count()).where(
+                    m.tenant == tenant, m.contact_id == contact_id, m.sent_at >= since
+                )
+            )
+        return int(count or 0)
+
+    async def record_link_mail(self, tenant: str, contact_id: int, now: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(schema.link_mails).values(
+                    tenant=tenant, contact_id=contact_id, sent_at=now
+                )
+            )
+
     async def is_erased(self, tenant: str, email: str) -> bool:
         salt = await self.salt(tenant)
         er = schema.erased.c
