@@ -34,6 +34,7 @@ from gateway.events import ContactEvent, ContactEventKind, publish_contact_event
 from gateway.ingress import Submission
 
 LANGUAGES = (("en", "English"), ("de", "Deutsch"))
+FREQUENCIES = ("immediate", "daily", "weekly", "monthly")
 STATEMENT = "I agree to receive this newsletter and can unsubscribe at any time."
 STATEMENT_VERSION = "signup-v1"
 _NO_STORE = {
@@ -195,6 +196,80 @@ class Pages:
         )
         await self.store.record_link_mail(contact.tenant, contact.id, self.now())
         return True
+
+    async def preference_choices(self, contact: Contact) -> dict[str, Any]:
+        """The lists (public ones, and any the contact is on) and topics of the page."""
+        tenant = contact.tenant
+        subscriptions = {
+            s.list_id: s.status for s in await self.store.subscriptions_of(tenant, contact.id)
+        }
+        preferences = {p.topic_id: p for p in await self.store.topics_of(tenant, contact.id)}
+        lists = [
+            {"id": m.id, "name": m.name, "on": subscriptions.get(m.id) == "active"}
+            for m in await self.store.list_lists(tenant, limit=1000)
+            if m.visibility == "public" or m.id in subscriptions
+        ]
+        topics = []
+        for topic in await self.store.list_topics(tenant, limit=1000):
+            chosen = preferences.get(topic.id)
+            topics.append(
+                {
+                    "id": topic.id,
+                    "name": topic.name,
+                    "on": chosen.subscribed if chosen else False,
+                    "frequency": chosen.frequency if chosen else topic.default_frequency,
+                }
+            )
+        return {"lists": lists, "topics": topics}
+
+    async def save_preferences(
+        self, contact: Contact, form: Any, client: tuple[str, str]
+    ) -> Contact:
+        """Apply the preference form: name, language, each list and topic on one page."""
+        tenant, ip, agent = contact.tenant, client[0], client[1]
+        evidence = ConsentEvidence(
+            method="preference-center", form_id="preferences", ip=ip, user_agent=agent
+        )
+        everything_off = form.get("unsubscribe_all") == "1"
+        locale = str(form.get("locale", contact.locale))
+        changes = ContactChanges(
+            name=str(form.get("name", contact.name)).strip()[:200],
+            locale=locale if locale in dict(LANGUAGES) else contact.locale,
+        )
+        contact = await self.store.update_contact(tenant, contact.id, changes)
+        wanted_lists = (
+            set() if everything_off else {int(v) for v in form.getall("list", []) if v.isdigit()}
+        )
+        wanted_topics = (
+            set() if everything_off else {int(v) for v in form.getall("topic", []) if v.isdigit()}
+        )
+        choices = await self.preference_choices(contact)
+        changed = False
+        for item in choices["lists"]:
+            if item["on"] and item["id"] not in wanted_lists:
+                _, done = await self.store.unsubscribe(
+                    tenant, item["id"], contact.id, evidence=evidence
+                )
+                changed |= done
+            elif not item["on"] and item["id"] in wanted_lists:
+                _, done = await self.store.subscribe(
+                    tenant, item["id"], contact.id, status="active", evidence=evidence,
+                    resubscribe=True,
+                )  # fmt: skip
+                changed |= done
+        for item in choices["topics"]:
+            frequency = str(form.get(f"frequency-{item['id']}", item["frequency"]))
+            on = item["id"] in wanted_topics
+            if on != item["on"] or frequency != item["frequency"]:
+                await self.store.set_topic(
+                    tenant, item["id"], contact.id, subscribed=on,
+                    frequency=frequency if frequency in FREQUENCIES else None,  # type: ignore[arg-type]
+                    evidence=evidence,
+                )  # fmt: skip
+                changed = True
+        if changed:
+            await self.publish("preferences_changed", contact, None, "preference-center")
+        return contact
 
     async def publish(
         self, kind: ContactEventKind, contact: Contact, list_id: int | None, source: str
@@ -416,7 +491,69 @@ def page_routes(gateway: Any, settings: Any) -> list[Any]:
             await pages.publish("unsubscribed", contact, payload.list_id, "form")
         return pages.message(lang, "Unsubscribed", "You will not receive this list any more.")
 
-    return [signup_form, signup, confirm_page, confirm, fresh_link, unsubscribe_page, unsubscribe]
+    async def _preferences_of(
+        request: Request[Any, Any, Any], token: str
+    ) -> tuple[Any, Contact] | Response[str]:
+        lang = pages.language(request)
+        try:
+            payload = pages.tokens.verify(token, "preferences", pages.now())
+            contact = await pages.store.get_contact(payload.tenant, payload.contact_id)
+        except PageTokenError as e:
+            return pages.refused(lang, e, "/p/fresh-link")
+        except NotFound:
+            return pages.message(lang, "Link not valid", "This link is not valid.", 404)
+        return payload, contact
+
+    async def _preference_page(
+        request: Request[Any, Any, Any], token: str, contact: Contact, saved: bool
+    ) -> Response[str]:
+        lang = pages.language(request, contact)
+        t = pages.translations.get(lang, pages.translations["en"])
+        choices = await pages.preference_choices(contact)
+        frequencies = [(f, t.gettext(f.capitalize())) for f in FREQUENCIES]
+        return pages.render(
+            lang, "preferences.html", title="Your preferences", tenant=contact.tenant,
+            contact=contact, csrf=pages.tokens.csrf(token), languages=LANGUAGES,
+            frequencies=frequencies, saved=saved, **choices,
+        )  # fmt: skip
+
+    @get("/p/preferences/{token:str}", include_in_schema=False)
+    async def preferences_page(
+        request: Request[Any, Any, Any], token: FromPath[str]
+    ) -> Response[str]:
+        checked = await _preferences_of(request, token)
+        if isinstance(checked, Response):
+            return checked
+        return await _preference_page(request, token, checked[1], saved=False)
+
+    @post("/p/preferences/{token:str}", include_in_schema=False, status_code=200)
+    async def save_preferences(
+        request: Request[Any, Any, Any], token: FromPath[str]
+    ) -> Response[str]:
+        checked = await _preferences_of(request, token)
+        if isinstance(checked, Response):
+            return checked
+        contact = checked[1]
+        form = await request.form()
+        lang = pages.language(request, contact)
+        if not pages.tokens.check_csrf(token, str(form.get("csrf", ""))):
+            return pages.message(
+                lang, "Link not valid", "This form has expired; open the link again.", 403
+            )
+        contact = await pages.save_preferences(contact, form, _client(request))
+        return await _preference_page(request, token, contact, saved=True)
+
+    return [
+        signup_form,
+        signup,
+        confirm_page,
+        confirm,
+        fresh_link,
+        unsubscribe_page,
+        unsubscribe,
+        preferences_page,
+        save_preferences,
+    ]
 
 
 async def _public_list(store: AudienceStore, tenant: str, list_id: int) -> Any:

@@ -1,6 +1,7 @@
 """The double opt-in in a real headless browser (Debian's chromium through Playwright), on
 both engines: signup form → confirmation mail at the sink → a plain GET of its link leaves the
-contact pending → clicking Confirm activates it."""
+contact pending → clicking Confirm activates it; a topic switched off in the preference
+center is off through the API."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gateway_plugins.audience.page_tokens import PageTokens
 from playwright.sync_api import sync_playwright
 
 from tests.conftest import Sink, wait_until
 from tests.ops.test_console import ARGS, CHROMIUM
 from tests.plugins.audience.conftest import AudienceGateway
-from tests.plugins.audience.pages_env import links_to, pages_toml
+from tests.plugins.audience.pages_env import KEY, links_to, pages_toml
 
 ADDRESS = "browser.user@example.org"
 
@@ -29,6 +31,7 @@ def test_signup_and_confirm_in_chromium(
     news = acme.post(
         "/v1/lists", json={"name": "Acme News", "opt_in": "double", "visibility": "public"}
     ).json()
+    tips = acme.post("/v1/topics", json={"name": "Tips", "default_frequency": "weekly"}).json()
 
     def subscription() -> str:
         found = acme.post(
@@ -62,5 +65,28 @@ def test_signup_and_confirm_in_chromium(
             page.wait_for_load_state()
             assert "your subscription is confirmed" in page.content()
             assert subscription() == "active"
+
+            # The preference center: a topic switched off shows as off through the API.
+            contact_id = acme.post(
+                "/v1/segments/preview",
+                json={"filter": {"field": "email", "op": "eq", "value": ADDRESS}},
+            ).json()["sample"][0]["id"]
+            acme.put(f"/v1/topics/{tips['id']}/contacts/{contact_id}", json={"subscribed": True})
+            tokens = PageTokens({"k1": KEY}, "k1")
+            signed = tokens.sign("preferences", "acme", contact_id, news["id"], running.clock.now())
+            page.goto(f"{running.url}/p/preferences/{signed}")
+            tips_box = page.get_by_role("checkbox", name="Tips")
+            assert tips_box.is_checked()
+            tips_box.uncheck()
+            page.get_by_label("Name", exact=True).fill("Renamed User")
+            page.get_by_role("button", name="Save").click()
+            page.wait_for_load_state()
+            assert "Your preferences are saved." in page.content()
+            timeline = acme.get(f"/v1/contacts/{contact_id}/timeline").json()
+            assert [(t["topic_id"], t["subscribed"]) for t in timeline["topics"]] == [
+                (tips["id"], False)
+            ]
+            assert timeline["contact"]["name"] == "Renamed User"
+            assert subscription() == "active"  # the list was left as it was
         finally:
             browser.close()
