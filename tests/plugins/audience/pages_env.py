@@ -7,6 +7,10 @@ import email
 import email.policy
 import re
 import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import Sink
 
@@ -30,3 +34,19 @@ def links_to(sink: Sink, address: str) -> list[str]:
         assert body is not None
         found += re.findall(r"https?://\S+/p/\w+/[A-Za-z0-9_-]+", body.get_content())
     return found
+
+
+AXE = Path(__file__).resolve().parents[3] / ".npm-tools/node_modules/axe-core/axe.min.js"
+
+
+def serious_violations(page: Any) -> list[str]:
+    """axe-core's serious and critical findings on the page Playwright shows now."""
+    if not AXE.is_file():
+        pytest.fail("axe-core is missing: run scripts/test.sh (it installs it from npm)")
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("async () => await axe.run(document)")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]

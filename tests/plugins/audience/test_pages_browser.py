@@ -1,7 +1,7 @@
-"""The double opt-in in a real headless browser (Debian's chromium through Playwright), on
+"""The hosted pages in a real headless browser (Debian's chromium through Playwright), on
 both engines: signup form → confirmation mail at the sink → a plain GET of its link leaves the
 contact pending → clicking Confirm activates it; a topic switched off in the preference
-center is off through the API."""
+center is off through the API; axe-core finds nothing serious or critical on any page."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 from tests.conftest import Sink, wait_until
 from tests.ops.test_console import ARGS, CHROMIUM
 from tests.plugins.audience.conftest import AudienceGateway
-from tests.plugins.audience.pages_env import KEY, links_to, pages_toml
+from tests.plugins.audience.pages_env import KEY, links_to, pages_toml, serious_violations
 
 ADDRESS = "browser.user@example.org"
 
@@ -49,11 +49,13 @@ def test_signup_and_confirm_in_chromium(
             page = browser.new_context().new_page()
             response = page.goto(f"{running.url}/p/acme/lists/{news['id']}/signup")
             assert response is not None and response.status == 200
+            assert serious_violations(page) == []
             page.get_by_label("Email address").fill(ADDRESS)
             page.get_by_label("Name (optional)").fill("Browser User")
             page.get_by_role("button", name="Subscribe").click()
             page.wait_for_load_state()
             assert "Check your inbox" in page.content()
+            assert serious_violations(page) == []
             wait_until(lambda: len(links_to(sink, ADDRESS)) == 1, 20, "the confirmation mail")
             [link] = links_to(sink, ADDRESS)
             local = running.url + "/p/" + link.split("/p/", 1)[1]
@@ -61,10 +63,12 @@ def test_signup_and_confirm_in_chromium(
             assert subscription() == "pending"
             page.goto(local)
             assert subscription() == "pending"
+            assert serious_violations(page) == []
             page.get_by_role("button", name="Confirm").click()
             page.wait_for_load_state()
             assert "your subscription is confirmed" in page.content()
             assert subscription() == "active"
+            assert serious_violations(page) == []
 
             # The preference center: a topic switched off shows as off through the API.
             contact_id = acme.post(
@@ -75,6 +79,7 @@ def test_signup_and_confirm_in_chromium(
             tokens = PageTokens({"k1": KEY}, "k1")
             signed = tokens.sign("preferences", "acme", contact_id, news["id"], running.clock.now())
             page.goto(f"{running.url}/p/preferences/{signed}")
+            assert serious_violations(page) == []
             tips_box = page.get_by_role("checkbox", name="Tips")
             assert tips_box.is_checked()
             tips_box.uncheck()
@@ -82,6 +87,12 @@ def test_signup_and_confirm_in_chromium(
             page.get_by_role("button", name="Save").click()
             page.wait_for_load_state()
             assert "Your preferences are saved." in page.content()
+            assert serious_violations(page) == []
+            unsubscribe = tokens.sign(
+                "unsubscribe", "acme", contact_id, news["id"], running.clock.now()
+            )
+            page.goto(f"{running.url}/p/unsubscribe/{unsubscribe}")
+            assert serious_violations(page) == []
             timeline = acme.get(f"/v1/contacts/{contact_id}/timeline").json()
             assert [(t["topic_id"], t["subscribed"]) for t in timeline["topics"]] == [
                 (tips["id"], False)
