@@ -35,13 +35,18 @@ def add_commands(commands: Any) -> None:
     audience = commands.add_parser("audience", help="the audience: contacts, lists, imports")
     sub = audience.add_subparsers(dest="audience_command", required=True)
     importing = sub.add_parser("import", help="import a CSV file into a list")
-    importing.add_argument("file", type=Path)
+    importing.add_argument("file", type=Path, help="the CSV file (UTF-8, , ; or tab)")
     importing.add_argument("--list", required=True, help="the list's id or name")
-    importing.add_argument("--tenant", default="default")
-    importing.add_argument("--mode", choices=["subscribe", "suppress"], default="subscribe")
+    importing.add_argument("--tenant", default="default", help="the tenant that owns the list")
+    importing.add_argument(
+        "--mode",
+        choices=["subscribe", "suppress"],
+        default="subscribe",
+        help="subscribe to the list (needs the attestation) or suppress every address",
+    )
     importing.add_argument("--attested-by", help="who vouches for the consent (subscribe mode)")
     importing.add_argument("--statement", help="what people agreed to (subscribe mode)")
-    importing.add_argument("--statement-version", default="")
+    importing.add_argument("--statement-version", default="", help="the statement's version")
     importing.add_argument("--collected-at", help="when consent was collected (ISO 8601)")
     importing.add_argument("--collected-where", help="where consent was collected")
     importing.add_argument(
@@ -96,9 +101,9 @@ def options_of(args: argparse.Namespace) -> ImportOptions:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from gateway.cli import _load
+    from gateway.commands.context import load
 
-    config = _load(args)
+    config = load(args)
     options = options_of(args)
     return asyncio.run(run_import(config, args, options))
 
