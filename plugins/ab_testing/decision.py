@@ -54,24 +54,24 @@ class VariantResult(msgspec.Struct, frozen=True):
     wilson_high: float
 
 
-class Look(msgspec.Struct, frozen=True):
+class Look(msgspec.Struct, frozen=True, kw_only=True):
     number: int
     """1-based index of this look among ``Rules.looks``."""
     alpha: float
     """The level this look decides at (``alpha / looks``, divided again for best vs runner-up
     when there are more than two variants)."""
     variants: list[VariantResult]
-    compared: tuple[str, str] | None
+    compared: tuple[str, str] | None = None
     """The pair the two-sample tests compare: the best and the runner-up by rate."""
-    z: float | None
-    z_p_value: float | None
-    chi2: float | None
-    chi2_p_value: float | None
-    omnibus_chi2: float | None
-    omnibus_p_value: float | None
-    outcome: Outcome
-    winner: str | None
-    reason: str
+    z: float | None = None
+    z_p_value: float | None = None
+    chi2: float | None = None
+    chi2_p_value: float | None = None
+    omnibus_chi2: float | None = None
+    omnibus_p_value: float | None = None
+    outcome: Outcome = "wait"
+    winner: str | None = None
+    reason: str = ""
 
 
 def planned_looks(decide_after: float, max_wait: float, looks: int) -> list[float]:
@@ -99,21 +99,7 @@ def decide(variants: Sequence[Variant], rules: Rules, number: int) -> Look:
     ]
     last = number >= rules.looks
     level = rules.alpha / rules.looks
-    empty = Look(
-        number=number,
-        alpha=level,
-        variants=results,
-        compared=None,
-        z=None,
-        z_p_value=None,
-        chi2=None,
-        chi2_p_value=None,
-        omnibus_chi2=None,
-        omnibus_p_value=None,
-        outcome="wait",
-        winner=None,
-        reason="",
-    )
+    empty = Look(number=number, alpha=level, variants=results)
     small = [v.name for v in variants if v.n < rules.min_sample]
     if small:
         reason = f"fewer than {rules.min_sample} recipients in {', '.join(small)}"
