@@ -16,11 +16,12 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway_plugins.audience.addresses import AddressError
 from gateway_plugins.audience.engine import create_engine, migrate
 from gateway_plugins.audience.imports import Importer, Suppress, SuppressedLookup
-from gateway_plugins.audience.model import ContactStatus
+from gateway_plugins.audience.model import ConsentEvidence, ContactStatus
 from gateway_plugins.audience.settings import NAME, Settings, load_settings
-from gateway_plugins.audience.store import AudienceStore
+from gateway_plugins.audience.store import AudienceStore, NotFound
 
 from gateway.clock import Clock
 from gateway.events import ContactEvent, Event, publish_contact_event
@@ -132,10 +133,19 @@ async def gateway_shutdown(gateway: Any) -> None:
 _STATUS_BY_EVENT: dict[str, ContactStatus] = {"complained": "complained"}
 
 
+ONE_CLICK_LIST = "audience_list_id"
+"""``Event.data`` key naming the audience list a message was sent for. An ``unsubscribed``
+event that carries it (a one-click unsubscribe of list mail) ends that one subscription;
+this is where scoped one-click unsubscribes plug in."""
+
+
 @hookimpl
 async def gateway_event(gateway: Any, event: Event) -> None:
-    """A hard bounce or a complaint marks the contact; soft bounces and unsubscribes do not
-    (an unsubscribe changes one subscription, never the contact)."""
+    """A hard bounce or a complaint marks the contact; soft bounces do not. An unsubscribe
+    changes one subscription — the list the message was for — never the contact."""
+    if event.type == "unsubscribed":
+        await _unsubscribe_list(gateway, event)
+        return
     status: ContactStatus | None = None
     if event.type == "bounced" and event.bounce == "hard":
         status = "bounced"
@@ -158,6 +168,40 @@ async def gateway_event(gateway: Any, event: Event) -> None:
             data={"status": status, "message_id": event.message_id},
         ),
     )
+
+
+async def _unsubscribe_list(gateway: Any, event: Event) -> None:
+    list_id = event.data.get(ONE_CLICK_LIST, "")
+    if not list_id.isdigit():
+        return
+    store = audience_of(gateway).store
+    try:
+        contact = await store.find_contact(event.tenant, event.recipient)
+    except AddressError:
+        return
+    if contact is None:
+        return
+    evidence = ConsentEvidence(method="one-click", form_id=event.message_id)
+    try:
+        _, changed = await store.unsubscribe(
+            event.tenant, int(list_id), contact.id, evidence=evidence
+        )
+    except NotFound:
+        return
+    if changed:
+        await publish_contact_event(
+            gateway,
+            ContactEvent(
+                type="unsubscribed",
+                tenant=contact.tenant,
+                contact_id=contact.id,
+                email=contact.email,
+                at=gateway.clock.now(),
+                list_id=int(list_id),
+                source="one-click",
+                data={"message_id": event.message_id},
+            ),
+        )
 
 
 @hookimpl

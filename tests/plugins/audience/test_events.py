@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from gateway_plugins.audience import ONE_CLICK_LIST
+from gateway_plugins.audience.model import ConsentEvidence
 from standardwebhooks.webhooks import Webhook
 
 from gateway.config import ConfigError
@@ -98,6 +100,51 @@ def test_complaints_outrank_bounces_and_soft_bounces_change_nothing(
             ContactEvent(type="imported", tenant="acme", contact_id=ann.id, email="", at=0.0),
         )
     )
+
+
+def test_a_one_click_unsubscribe_for_a_list_ends_that_subscription_only(
+    audience_gateway: Callable[..., AudienceGateway],
+) -> None:
+    running = audience_gateway()
+    gw, store = running.gw, running.store
+    ann, _ = gw.call(store.upsert_contact("acme", "ann@example.org"))
+    evidence = ConsentEvidence(method="api")
+    news = gw.call(store.create_list("acme", "News", opt_in="single", visibility="public"))
+    deals = gw.call(store.create_list("acme", "Deals", opt_in="single", visibility="public"))
+    for listed in (news, deals):
+        gw.call(store.subscribe("acme", listed.id, ann.id, status="active", evidence=evidence))
+    seen: list[ContactEvent] = []
+
+    class Observer:
+        @staticmethod
+        def gateway_contact_event(event: ContactEvent) -> None:
+            seen.append(event)
+
+    hookimpl(Observer.gateway_contact_event)
+    gw.gateway.pm.register(Observer, name="observer")
+
+    def unsubscribed(data: dict[str, str], tenant: str = "acme") -> None:
+        event = Event(
+            type="unsubscribed",
+            tenant=tenant,
+            recipient="Ann@Example.org",
+            at=running.clock.now(),
+            message_id="m1",
+            data=data,
+        )
+        gw.call(publish(gw.gateway, event, record=False))
+
+    unsubscribed({})  # no list named: not the audience's to change
+    unsubscribed({ONE_CLICK_LIST: str(news.id)}, tenant="globex")  # another tenant's event
+    unsubscribed({ONE_CLICK_LIST: "999"})  # no such list
+    assert {s.status for s in gw.call(store.subscriptions_of("acme", ann.id))} == {"active"}
+    unsubscribed({ONE_CLICK_LIST: str(news.id)})
+    states = {
+        s.list_id: (s.status, s.source) for s in gw.call(store.subscriptions_of("acme", ann.id))
+    }
+    assert states == {news.id: ("unsubscribed", "one-click"), deals.id: ("active", "api")}
+    assert gw.call(store.get_contact("acme", ann.id)).status == "active"
+    assert [(e.type, e.list_id, e.source) for e in seen] == [("unsubscribed", news.id, "one-click")]
 
 
 @pytest.mark.parametrize("single_node", [False, True])
