@@ -134,9 +134,10 @@ _STATUS_BY_EVENT: dict[str, ContactStatus] = {"complained": "complained"}
 
 
 ONE_CLICK_LIST = "audience_list_id"
-"""``Event.data`` key naming the audience list a message was sent for. An ``unsubscribed``
-event that carries it (a one-click unsubscribe of list mail) ends that one subscription;
-this is where scoped one-click unsubscribes plug in."""
+"""The ``Event.metadata`` (the message's HTTP API metadata) or ``Event.data`` key naming the
+audience list a message was sent for. An ``unsubscribed`` event that carries it (a one-click
+unsubscribe of list mail) ends that one subscription; this is where list-scoped one-click
+unsubscribes plug in."""
 
 
 @hookimpl
@@ -171,7 +172,7 @@ async def gateway_event(gateway: Any, event: Event) -> None:
 
 
 async def _unsubscribe_list(gateway: Any, event: Event) -> None:
-    list_id = event.data.get(ONE_CLICK_LIST, "")
+    list_id = event.metadata.get(ONE_CLICK_LIST) or event.data.get(ONE_CLICK_LIST, "")
     if not list_id.isdigit():
         return
     store = audience_of(gateway).store

@@ -123,14 +123,14 @@ def test_a_one_click_unsubscribe_for_a_list_ends_that_subscription_only(
     hookimpl(Observer.gateway_contact_event)
     gw.gateway.pm.register(Observer, name="observer")
 
-    def unsubscribed(data: dict[str, str], tenant: str = "acme") -> None:
+    def unsubscribed(data: dict[str, str], tenant: str = "acme", metadata: bool = False) -> None:
         event = Event(
             type="unsubscribed",
             tenant=tenant,
             recipient="Ann@Example.org",
             at=running.clock.now(),
             message_id="m1",
-            data=data,
+            **({"metadata": data} if metadata else {"data": data}),  # type: ignore[arg-type]
         )
         gw.call(publish(gw.gateway, event, record=False))
 
@@ -138,7 +138,7 @@ def test_a_one_click_unsubscribe_for_a_list_ends_that_subscription_only(
     unsubscribed({ONE_CLICK_LIST: str(news.id)}, tenant="globex")  # another tenant's event
     unsubscribed({ONE_CLICK_LIST: "999"})  # no such list
     assert {s.status for s in gw.call(store.subscriptions_of("acme", ann.id))} == {"active"}
-    unsubscribed({ONE_CLICK_LIST: str(news.id)})
+    unsubscribed({ONE_CLICK_LIST: str(news.id)}, metadata=True)
     states = {
         s.list_id: (s.status, s.source) for s in gw.call(store.subscriptions_of("acme", ann.id))
     }
