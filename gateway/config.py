@@ -68,6 +68,10 @@ class StoreSection(msgspec.Struct, **_STRICT):
     message, so a failover cannot lose accepted mail (``WAIT``); 0 trusts the AOF alone."""
     replica_timeout: str = "1s"
     """Redis only: how long ``min_replicas`` may take before the message is refused (451)."""
+    allow_volatile: bool = False
+    """Redis only: start even when the server keeps data in memory only (``appendonly no``),
+    where a Redis restart loses every message it acknowledged; off, the gateway refuses to
+    start on such a server (a test bench may turn it on)."""
     retention: str = "30d"
     """How long a message is kept after it is accepted, once every delivery of it is final
     (delivered, bounced, expired, skipped); ``"forever"`` keeps everything."""
