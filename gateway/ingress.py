@@ -16,6 +16,7 @@ import msgspec
 from gateway.clock import Clock
 from gateway.message import Message, Reject, Source, new_message_id
 from gateway.store.base import IdempotencyClaim, MessageMeta, Store
+from gateway.submission.sender_policy import SenderPolicy
 
 _HEADER_NAME = re.compile(rb"[!-9;-~]+:")
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
@@ -119,6 +120,7 @@ class Ingress:
         lifetime: float,
         on_enqueued: Callable[[], None] = lambda: None,
         policy: Callable[[Submission], Awaitable[Reject | None]] = _no_policy,
+        senders: SenderPolicy | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -126,6 +128,8 @@ class Ingress:
         self.lifetime = lifetime
         self.on_enqueued = on_enqueued
         self.policy = policy
+        self.senders = senders or SenderPolicy({})
+        """Who may send as whom (replaced on reload)."""
         self.observers: list[Callable[[Message, Sequence[str]], None]] = []
         """Called with each accepted message and its recipients, after the durable write
         (metrics)."""
@@ -153,8 +157,11 @@ class Ingress:
     ) -> Message:
         """Store the submission; durable when this returns. Raises ``StoreError`` if not
         (``IdempotencyConflict`` if ``idempotency`` names a key already used), and
-        ``Rejected`` when the ``gateway_accept_message`` policy refuses it."""
-        verdict = await self.policy(submission)
+        ``Rejected`` when the tenant may not send as its senders (``SenderPolicy``) or the
+        ``gateway_accept_message`` policy refuses it."""
+        verdict = self.senders.message(submission.tenant, submission.mail_from, submission.raw)
+        if verdict is None:
+            verdict = await self.policy(submission)
         if verdict is not None:
             raise Rejected(verdict)
         now = self.clock.now()

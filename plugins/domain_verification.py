@@ -12,13 +12,12 @@ for each such message (the log level a normal accept is logged at).
 from __future__ import annotations
 
 import logging
-import re
-from email.utils import getaddresses
 from typing import Any
 
 from gateway.dnsauth.state import states
 from gateway.message import Reject
 from gateway.plugin_manager import hookimpl
+from gateway.submission.sender_policy import authors, single_headers
 
 NAME = "domain_verification"
 DEFAULT_ENABLED = True
@@ -27,19 +26,6 @@ CACHE_SECONDS = 10.0
 """How long the verified set is reused before the store is read again."""
 
 log = logging.getLogger("gateway.plugins.domain_verification")
-
-_FROM = re.compile(rb"^From:[ \t]*((?:[^\r\n]|\r\n[ \t])*)\r\n", re.I | re.M)
-
-
-def from_domain(raw: bytes) -> str:
-    """The domain of the first address in the From header ("" when there is none)."""
-    head = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    match = _FROM.search(head)
-    if match is None:
-        return ""
-    value = match.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
-    addresses = [a for _, a in getaddresses([value]) if "@" in a]
-    return addresses[0].rpartition("@")[2].strip().lower().rstrip(".") if addresses else ""
 
 
 class VerifiedDomains:
@@ -67,14 +53,26 @@ def gateway_configure(gateway: Any, config: Any) -> None:
     gateway.plugin_state[NAME] = VerifiedDomains()
 
 
+def author_domains(raw: bytes) -> list[str]:
+    """The domain of every author in the From header, RFC 5322-parsed (groups and all);
+    the gateway's sender policy has already refused duplicate or unparsable From headers."""
+    headers = single_headers(raw)
+    value = headers.get("from") if isinstance(headers, dict) else None
+    found = authors(value) if value else None
+    return sorted({a.rpartition("@")[2].lower().rstrip(".") for a in found or ()})
+
+
 @hookimpl
 async def gateway_accept_message(gateway: Any, submission: Any) -> Reject | None:
-    domain = from_domain(submission.raw)
-    if not domain:
+    domains = author_domains(submission.raw)
+    if not domains:
         return None
     cache: VerifiedDomains = gateway.plugin_state[NAME]
-    if _covered(domain, await cache.get(gateway.store, gateway.clock.now())):
+    verified = await cache.get(gateway.store, gateway.clock.now())
+    unverified = [d for d in domains if not _covered(d, verified)]
+    if not unverified:
         return None
+    domain = unverified[0]
     if gateway.config.dns.unverified_sending == "refuse":
         return Reject(
             550,

@@ -44,6 +44,10 @@ from gateway.smtp import (
 )
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
+from gateway.submission.auth_throttle import AuthThrottle, PasswordChecker
+from gateway.submission.connection_limits import ConnectionLimits
+from gateway.submission.sender_policy import SenderPolicy
+from gateway.submission.session_limits import SessionRules
 from gateway.verp import VerpSigner
 
 if TYPE_CHECKING:
@@ -149,9 +153,13 @@ class Gateway:
             lifetime=config.delivery.max_lifetime_seconds,
             on_enqueued=self.dispatcher.wake,
             policy=self._accept_policy,
+            senders=SenderPolicy(config.tenants),
         )
         self.ingress.observers.append(self.metrics.message_accepted)
-        self.directory = TenantDirectory(config.tenants)
+        auth = config.smtp.auth
+        self.passwords = PasswordChecker(auth.password_workers, auth.password_queue)
+        self.auth_throttle = AuthThrottle(auth, self.clock)
+        self.directory = TenantDirectory(config.tenants, self.passwords)
         self.handlers: list[SubmissionHandler] = []
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
@@ -166,6 +174,14 @@ class Gateway:
             self.pm, "gateway_accept_message", gateway=self, submission=submission
         )
         return verdict
+
+    def _limit_hit(self, listener: str, limit: str, client: str) -> None:
+        """A session limit refused or ended a session: logged with the client, counted."""
+        log.warning("smtp limit %s listener=%s client=%s", limit, listener, client)
+        self.metrics.smtp_limit_hit(listener, limit)
+
+    def _is_trusted(self, address: str) -> bool:
+        return self.directory.tenant_for_address(address) is not None
 
     @property
     def smtp_ports(self) -> dict[str, int]:
@@ -216,12 +232,19 @@ class Gateway:
                 listener=listener,
                 limits=smtp,
                 tls_context=tls_context,
+                rules=SessionRules(listener, smtp, self._limit_hit),
+                throttle=self.auth_throttle,
             )
+            admission = ConnectionLimits(
+                listener, clock=self.clock, exempt=self._is_trusted, on_limit=self._limit_hit
+            )
+            implicit = listener.tls == "implicit"
             sock = bind_socket(listener.address, listener.port, reuse_port=self.reuse_port)
             self.servers[listener.name] = await loop.create_server(
-                self.sessions.wrap(factory, listener.name),
+                admission.wrap(self.sessions.wrap(factory, listener.name)),
                 sock=sock,
-                ssl=tls_context if listener.tls == "implicit" else None,
+                ssl=tls_context if implicit else None,
+                ssl_handshake_timeout=listener.tls_handshake_timeout if implicit else None,
             )
             log.info(
                 "smtp listener %s on %s:%d (tls=%s)",
@@ -314,6 +337,7 @@ class Gateway:
                 if returned:
                     log.info("returned %d deliveries in flight to the queue", returned)
         await self.router.stop()
+        self.passwords.close()
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()
