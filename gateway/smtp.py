@@ -154,6 +154,7 @@ class GatewaySMTP(SMTP):
             )
         else:  # the STARTTLS handshake is done
             self._timer.handshake_since = None
+            self._timer.last_heard = self.loop.time()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
