@@ -15,7 +15,7 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.submission.connection_limits import client_key
 from tests.conftest import GatewayThread, Sink, make_config
-from tests.integration.smtp_client import RawSession, code, limit_hits
+from tests.integration.smtp_client import RawSession, limit_hits
 
 LIMITS = """
 [[smtp.listeners]]
