@@ -362,7 +362,7 @@ class GatewaySMTP(SMTP):
             log.warning("smtp auth failed client=%s user=%r", address, username)
             await asyncio.sleep(self.throttle.failed(client, username))
             return AuthResult(success=False, handled=False, message=smtp_reply(BAD_CREDENTIALS))
-        self.throttle.succeeded(client)
+        self.throttle.succeeded(client, username)
         if self._timer is not None:
             self._timer.auth_failures -= 1
         return AuthResult(success=True, auth_data=tenant)

@@ -207,5 +207,3 @@ def test_a_completed_starttls_handshake_is_not_cut(
         tls.sendall(b"NOOP\r\n")
         assert tls.recv(1000).startswith(b"250")
         tls.close()
-
-
