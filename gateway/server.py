@@ -45,7 +45,7 @@ from gateway.smtp import (
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
 from gateway.submission.auth_throttle import AuthThrottle, PasswordChecker
-from gateway.submission.connection_limits import ConnectionLimits
+from gateway.submission.connection_limits import ConnectionLimits, LimitLog
 from gateway.submission.sender_policy import SenderPolicy
 from gateway.submission.session_limits import SessionRules
 from gateway.verp import VerpSigner
@@ -160,6 +160,7 @@ class Gateway:
         self.passwords = PasswordChecker(auth.password_workers, auth.password_queue)
         self.auth_throttle = AuthThrottle(auth, self.clock)
         self.directory = TenantDirectory(config.tenants, self.passwords)
+        self._limit_log = LimitLog(self.clock, logging.getLogger("gateway.smtp"))
         self.handlers: list[SubmissionHandler] = []
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
@@ -176,9 +177,9 @@ class Gateway:
         return verdict
 
     def _limit_hit(self, listener: str, limit: str, client: str) -> None:
-        """A session limit refused or ended a session: logged with the client, counted."""
-        log.warning("smtp limit %s listener=%s client=%s", limit, listener, client)
+        """A session limit refused or ended a session: counted, and logged with the client."""
         self.metrics.smtp_limit_hit(listener, limit)
+        self._limit_log.hit(listener, limit, client)
 
     def _is_trusted(self, address: str) -> bool:
         return self.directory.tenant_for_address(address) is not None

@@ -79,6 +79,22 @@ def test_sessions_per_client_are_capped_with_a_421(
     assert open_session(gw, "127.0.0.3", sessions).startswith("220")
 
 
+def test_a_flood_of_refusals_is_counted_in_full_but_logged_once_a_minute(
+    gw: GatewayThread, sessions: ExitStack, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3 + 4):
+            open_session(gw, "127.0.0.2", sessions)
+        clock.advance(61)
+        assert open_session(gw, "127.0.0.2", sessions).startswith("421")
+    assert limit_hits(gw.gateway, "dev", "max_sessions_per_client") == 5
+    lines = [r.getMessage() for r in caplog.records if "client=127.0.0.2" in r.getMessage()]
+    assert lines == [
+        "smtp limit max_sessions_per_client listener=dev client=127.0.0.2",
+        "smtp limit max_sessions_per_client listener=dev client=127.0.0.2 (3 more not logged)",
+    ]
+
+
 def test_a_closed_session_frees_its_place(gw: GatewayThread) -> None:
     for _ in range(3):
         with RawSession(gw.port("dev"), "127.0.0.2") as session:
