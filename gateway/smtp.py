@@ -351,11 +351,14 @@ class GatewaySMTP(SMTP):
         refusal = self.throttle.refusal(client, username)
         if refusal is not None:
             self.rules.on_limit(self.rules.listener, "auth_cooling_off", address)
+            # Tarpit: answering at once would let a guesser spin on 454s.
+            await asyncio.sleep(self.throttle.settings.max_failure_delay)
             return AuthResult(success=False, handled=False, message=smtp_reply(refusal))
         try:
             tenant = await self.event_handler.authenticate(login, password, client)
         except Busy:
             self.rules.on_limit(self.rules.listener, "password_queue", address)
+            await asyncio.sleep(self.throttle.settings.failure_delay)
             return AuthResult(success=False, handled=False, message=smtp_reply(BUSY))
         if tenant is None:
             # The line fail2ban's filter matches (docs/hardening.md): keep its shape.
