@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gateway.clock import Clock, SystemClock
-from gateway.config import Config
+from gateway.config import Config, ListenerSection, SmtpSection
 from gateway.dispatch import Dispatcher
 from gateway.durations import parse_duration
 from gateway.ingress import Ingress, Submission
@@ -263,13 +263,25 @@ class Gateway:
             return
         from gateway.bounces import BounceHandler, make_bounce_protocol_factory
 
+        # Port 25 on the internet: the same connection and session limits as a listener.
+        listener = ListenerSection(
+            name="bounces", port=settings.port, address=settings.address, tls="none"
+        )
+        session = SmtpSection(timeout=settings.timeout, max_message_size=settings.max_message_size)
         factory = make_bounce_protocol_factory(
             BounceHandler(self, signer, settings),
             hostname=self.config.gateway.hostname,
             settings=settings,
+            rules=SessionRules(listener, session, self._limit_hit),
+            throttle=self.auth_throttle,
+        )
+        admission = ConnectionLimits(
+            listener, clock=self.clock, exempt=self._is_trusted, on_limit=self._limit_hit
         )
         sock = bind_socket(settings.address, settings.port, reuse_port=self.reuse_port)
-        self.bounce_server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        self.bounce_server = await asyncio.get_running_loop().create_server(
+            admission.wrap(factory), sock=sock
+        )
         log.info(
             "bounce listener for %s on %s:%d", signer.domain, settings.address, self.bounce_port
         )
