@@ -341,6 +341,9 @@ class GatewaySMTP(SMTP):
         if not isinstance(collected.auth_data, LoginPassword):
             # No credentials: the client aborted with "*" or sent bad base64, and aiosmtpd has
             # already answered 501. Unless told it was handled, it would add a 535 as well.
+            # It still counts against the session's AUTH attempts.
+            if self._timer is not None:
+                self._timer.auth_failures += 1
             return AuthResult(success=False, handled=True)
         login, password = collected.auth_data
         address = _peer_address(self.session)

@@ -107,6 +107,15 @@ def test_a_session_may_fail_auth_only_so_often(gw: GatewayThread) -> None:
     assert limit_hits(gw.gateway, "dev", "max_auth_attempts") == 1
 
 
+def test_aborted_auth_counts_against_the_session(gw: GatewayThread) -> None:
+    with session(gw) as client:
+        for _ in range(3):
+            assert client.command("AUTH PLAIN").startswith("334")
+            assert code(client.command("*")) == (501, "5.7.0")
+        assert code(client.command("AUTH PLAIN")) == (421, "4.7.0")
+        assert client.closed()
+
+
 def test_failures_are_delayed_more_and_more(gw: GatewayThread) -> None:
     durations = []
     with session(gw) as client:

@@ -98,7 +98,7 @@ class ListenerSection(msgspec.Struct, **_STRICT):
     """Sessions open at once on this listener; one more is answered ``421 4.7.0``."""
     max_sessions_per_client: int = 20
     """Sessions open at once from one client address (an IPv6 client: its ``ipv6_prefix``)."""
-    max_connections_per_minute: int = 60
+    max_connections_per_minute: int = 300
     """New connections per client address per minute (0: no limit)."""
     ipv6_prefix: int = 64
     """IPv6 clients are counted per network of this length (one site usually holds a /64)."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gateway.clock import Clock, SystemClock
-from gateway.config import Config
+from gateway.config import Config, ListenerSection, SmtpSection
 from gateway.dispatch import Dispatcher
 from gateway.durations import parse_duration
 from gateway.ingress import Ingress, Submission
@@ -45,7 +45,7 @@ from gateway.smtp import (
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
 from gateway.submission.auth_throttle import AuthThrottle, PasswordChecker
-from gateway.submission.connection_limits import ConnectionLimits
+from gateway.submission.connection_limits import ConnectionLimits, LimitLog
 from gateway.submission.sender_policy import SenderPolicy
 from gateway.submission.session_limits import SessionRules
 from gateway.verp import VerpSigner
@@ -160,6 +160,7 @@ class Gateway:
         self.passwords = PasswordChecker(auth.password_workers, auth.password_queue)
         self.auth_throttle = AuthThrottle(auth, self.clock)
         self.directory = TenantDirectory(config.tenants, self.passwords)
+        self._limit_log = LimitLog(self.clock, logging.getLogger("gateway.smtp"))
         self.handlers: list[SubmissionHandler] = []
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
@@ -176,9 +177,9 @@ class Gateway:
         return verdict
 
     def _limit_hit(self, listener: str, limit: str, client: str) -> None:
-        """A session limit refused or ended a session: logged with the client, counted."""
-        log.warning("smtp limit %s listener=%s client=%s", limit, listener, client)
+        """A session limit refused or ended a session: counted, and logged with the client."""
         self.metrics.smtp_limit_hit(listener, limit)
+        self._limit_log.hit(listener, limit, client)
 
     def _is_trusted(self, address: str) -> bool:
         return self.directory.tenant_for_address(address) is not None
@@ -262,13 +263,25 @@ class Gateway:
             return
         from gateway.bounces import BounceHandler, make_bounce_protocol_factory
 
+        # Port 25 on the internet: the same connection and session limits as a listener.
+        listener = ListenerSection(
+            name="bounces", port=settings.port, address=settings.address, tls="none"
+        )
+        session = SmtpSection(timeout=settings.timeout, max_message_size=settings.max_message_size)
         factory = make_bounce_protocol_factory(
             BounceHandler(self, signer, settings),
             hostname=self.config.gateway.hostname,
             settings=settings,
+            rules=SessionRules(listener, session, self._limit_hit),
+            throttle=self.auth_throttle,
+        )
+        admission = ConnectionLimits(
+            listener, clock=self.clock, exempt=self._is_trusted, on_limit=self._limit_hit
         )
         sock = bind_socket(settings.address, settings.port, reuse_port=self.reuse_port)
-        self.bounce_server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        self.bounce_server = await asyncio.get_running_loop().create_server(
+            admission.wrap(factory), sock=sock
+        )
         log.info(
             "bounce listener for %s on %s:%d", signer.domain, settings.address, self.bounce_port
         )

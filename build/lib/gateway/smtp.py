@@ -154,6 +154,7 @@ class GatewaySMTP(SMTP):
             )
         else:  # the STARTTLS handshake is done
             self._timer.handshake_since = None
+            self._timer.last_heard = self.loop.time()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -350,18 +351,21 @@ class GatewaySMTP(SMTP):
         refusal = self.throttle.refusal(client, username)
         if refusal is not None:
             self.rules.on_limit(self.rules.listener, "auth_cooling_off", address)
+            # Tarpit: answering at once would let a guesser spin on 454s.
+            await asyncio.sleep(self.throttle.settings.max_failure_delay)
             return AuthResult(success=False, handled=False, message=smtp_reply(refusal))
         try:
             tenant = await self.event_handler.authenticate(login, password, client)
         except Busy:
             self.rules.on_limit(self.rules.listener, "password_queue", address)
+            await asyncio.sleep(self.throttle.settings.failure_delay)
             return AuthResult(success=False, handled=False, message=smtp_reply(BUSY))
         if tenant is None:
             # The line fail2ban's filter matches (docs/hardening.md): keep its shape.
             log.warning("smtp auth failed client=%s user=%r", address, username)
             await asyncio.sleep(self.throttle.failed(client, username))
             return AuthResult(success=False, handled=False, message=smtp_reply(BAD_CREDENTIALS))
-        self.throttle.succeeded(client)
+        self.throttle.succeeded(client, username)
         if self._timer is not None:
             self._timer.auth_failures -= 1
         return AuthResult(success=True, auth_data=tenant)

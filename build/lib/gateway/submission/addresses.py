@@ -57,7 +57,7 @@ def parse_path(arg: str) -> tuple[str | None, str | None]:
 
 
 def _domain_ok(domain: str) -> bool:
-    if domain.isascii():
+    if domain.isascii() and "xn--" not in domain.lower():
         return len(domain) <= MAX_DOMAIN and all(len(label) <= 63 for label in domain.split("."))
     try:
         encoded = idna.encode(domain, uts46=True)

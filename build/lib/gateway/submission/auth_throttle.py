@@ -5,7 +5,9 @@ Failures are counted per client (address, or IPv6 prefix) and per username over 
 ``window``. Each failure is answered only after a delay that grows with the client's recent
 failures; past ``client_failures`` (or ``user_failures``) the client (or username) cools off:
 AUTH answers ``454 4.7.0`` without checking anything until ``cooling_off`` has passed, so the
-right password does not work either. A success clears the client's count.
+right password does not work either. A success clears the client's count, and a client that
+logged in as a user within ``window`` is not locked out by guesses at that username from
+elsewhere (guessers must not be able to lock a real application out).
 
 Password checks (scrypt, tens of milliseconds of CPU each) run in a small dedicated thread
 pool, at most one at a time per client, with a bounded queue: guessing cannot starve the event
@@ -69,11 +71,17 @@ class AuthThrottle:
         self._users = _Failures(settings.window)
         self._locked: dict[str, float] = {}
         """``"client:<key>"``/``"user:<name>"`` → end of its cooling-off."""
+        self._known: dict[tuple[str, str], float] = {}
+        """(username, client) → when that client last logged in as that user."""
 
     def refusal(self, client: str, username: str) -> Reject | None:
         """``454`` while the client or the username cools off, else ``None``."""
         now = self.clock.now()
-        for key in (f"client:{client}", f"user:{username}"):
+        known = self._known.get((username, client))
+        keys = [f"client:{client}"]
+        if known is None or now - known > self.settings.window:
+            keys.append(f"user:{username}")
+        for key in keys:
             until = self._locked.get(key)
             if until is not None:
                 if now < until:
@@ -94,8 +102,11 @@ class AuthThrottle:
             self._cool_off(f"user:{username}", now)
         return min(s.max_failure_delay, s.failure_delay * client_failures)
 
-    def succeeded(self, client: str) -> None:
+    def succeeded(self, client: str, username: str) -> None:
         self._clients.clear(client)
+        if len(self._known) >= _MAX_TRACKED:
+            self._known.clear()
+        self._known[(username, client)] = self.clock.now()
 
     def _cool_off(self, key: str, now: float) -> None:
         if len(self._locked) >= _MAX_TRACKED:

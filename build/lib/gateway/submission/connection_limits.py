@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -155,3 +156,27 @@ class _Admission(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Only a refused connection ends here; an admitted one belongs to its session."""
+
+
+class LimitLog:
+    """Logs limit hits with the client's address, at most one line per listener, limit and
+    client a minute (with the count of those not logged), so a flood cannot flood the log."""
+
+    def __init__(self, clock: Clock, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.clock = clock
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def hit(self, listener: str, limit: str, client: str) -> None:
+        now = self.clock.now()
+        key = (listener, limit, client)
+        logged_at, quiet = self._last.get(key, (None, 0))
+        if logged_at is not None and 0 <= now - logged_at < self.interval:
+            self._last[key] = (logged_at, quiet + 1)
+            return
+        if len(self._last) >= _MAX_RATE_KEYS:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
+        self._last[key] = (now, 0)
+        more = f" ({quiet} more not logged)" if quiet else ""
+        self.logger.warning("smtp limit %s listener=%s client=%s%s", limit, listener, client, more)

@@ -66,14 +66,19 @@ class SessionTimer:
 
     def _deadlines(self) -> list[tuple[float, str, str | None]]:
         r = self.rules
+        lifetime = self.started + r.lifetime
+        if self.handshake_since is not None:
+            # Mid-handshake no application byte can arrive, and no reply can be sent.
+            return [
+                (self.handshake_since + r.handshake, "tls_handshake_timeout", None),
+                (lifetime, "max_session_time", None),
+            ]
         found: list[tuple[float, str, str | None]] = [
             (self.last_heard + r.idle, "idle_timeout", "421 4.4.2 Timeout: no data received"),
-            (self.started + r.lifetime, "max_session_time", "421 4.7.0 Session too long"),
+            (lifetime, "max_session_time", "421 4.7.0 Session too long"),
         ]
         if self.data_since is not None:
             found.append((self.data_since + r.data, "data_time", "421 4.4.2 DATA took too long"))
-        if self.handshake_since is not None:
-            found.append((self.handshake_since + r.handshake, "tls_handshake_timeout", None))
         return found
 
     def _schedule(self, now: float) -> None:
