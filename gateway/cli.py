@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import getpass
 import os
 import sys
@@ -14,40 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import CaptureProviderSection, Config, ConfigError, load_config, summarize
-from gateway.durations import format_duration, parse_duration
-from gateway.message import DeliveryStatus
+from gateway.commands.context import config_path, load, utc, with_store
+from gateway.config import CaptureProviderSection, ConfigError, load_config, summarize
+from gateway.config_warnings import config_warnings
 from gateway.passwords import hash_password
 from gateway.providers.capture import read_outbox
-from gateway.store.base import DeliveryFilter, Store
-
-DEFAULT_CONFIG_NAME = "gateway.toml"
-
-
-def config_path(given: str | None) -> str | None:
-    """``--config``, else ``$GATEWAY_CONFIG``, else ``./gateway.toml`` if present, else defaults."""
-    if given:
-        return given
-    if os.environ.get("GATEWAY_CONFIG"):
-        return os.environ["GATEWAY_CONFIG"]
-    return DEFAULT_CONFIG_NAME if Path(DEFAULT_CONFIG_NAME).is_file() else None
-
-
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args.config))
-
-
-def _when(timestamp: float) -> str:
-    if not timestamp:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
 
 # --- commands ---------------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args)
     from gateway.ops.logging import configure_logging
     from gateway.server import serve
 
@@ -56,6 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     source = config_path(args.config) or "built-in defaults"
     print(f"gateway {__version__}: configuration from {source}", file=sys.stderr)
     print(summarize(config), file=sys.stderr)
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return serve(config, config_path(args.config))
 
 
@@ -64,156 +42,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(path)
     print(f"{path or 'built-in defaults'}: OK")
     print(summarize(config))
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def _filter(args: argparse.Namespace, limit: int | None = None) -> DeliveryFilter:
-    statuses = [DeliveryStatus(s) for s in args.status] if getattr(args, "status", None) else None
-    return DeliveryFilter(
-        message_id=getattr(args, "message_id", None),
-        statuses=statuses,
-        recipient=getattr(args, "recipient", None),
-        domain=getattr(args, "domain", None),
-        limit=limit if limit is not None else getattr(args, "limit", 100),
-    )
-
-
-async def _with_store(config: Config, work):  # type: ignore[no-untyped-def]
-    from gateway.server import operator_store
-
-    store = operator_store(config)
-    await store.open()
-    try:
-        return await work(store)
-    finally:
-        await store.close()
-
-
-def cmd_queue_list(args: argparse.Namespace) -> int:
-    config = _load(args)
-
-    async def work(store: Store) -> int:
-        deliveries = await store.list_deliveries(_filter(args))
-        if not deliveries:
-            print("no deliveries match")
-            return 0
-        print(
-            f"{'MESSAGE':<22} {'DELIVERY':>8} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<19} "
-            "RECIPIENT / LAST ERROR"
-        )
-        for d in deliveries:
-            next_at = _when(d.next_attempt_at) if not d.status.is_terminal else "-"
-            print(
-                f"{d.message_id:<22} {d.shard}:{d.id:<6} {d.status.value:<9} {d.attempts:>5} "
-                f"{next_at:<19} {d.recipient}"
-            )
-            if d.last_error:
-                print(f"{'':>69}{d.last_error[:200]}")
-        return 0
-
-    result: int = asyncio.run(_with_store(config, work))
-    return result
-
-
-def cmd_queue_show(args: argparse.Namespace) -> int:
-    config = _load(args)
-
-    async def work(store: Store) -> int:
-        message = await store.get_message(args.message_id)
-        if message is None:
-            print(f"no message {args.message_id}", file=sys.stderr)
-            return 1
-        print(f"message    {message.id}")
-        print(f"tenant     {message.tenant}")
-        print(f"source     {message.source}")
-        print(f"from       <{message.mail_from}>")
-        print(f"received   {_when(message.created_at)} UTC")
-        print(f"size       {len(message.raw)} bytes")
-        deliveries = await store.list_deliveries(
-            DeliveryFilter(message_id=message.id, limit=10_000)
-        )
-        for d in deliveries:
-            print(f"\n  to <{d.recipient}>: {d.status.value}, {d.attempts} attempt(s)")
-            if not d.status.is_terminal:
-                print(
-                    f"    next attempt {_when(d.next_attempt_at)} UTC, "
-                    f"expires {_when(d.expires_at)} UTC"
-                )
-            if d.last_error:
-                print(f"    last error: {d.last_error}")
-            for a in await store.attempts(d):
-                print(f"    {_when(a.at)}  {a.provider:<10} {a.outcome:<9} {a.detail}")
-        if args.raw:
-            print()
-            sys.stdout.flush()
-            sys.stdout.buffer.write(message.raw)
-        return 0
-
-    result: int = asyncio.run(_with_store(config, work))
-    return result
-
-
-def _require_selection(args: argparse.Namespace) -> None:
-    if not (args.message_id or args.status or args.recipient or args.domain or args.all):
-        raise SystemExit(
-            "name a message id, or filter with --status/--recipient/--domain, or pass --all"
-        )
-
-
-def cmd_queue_retry(args: argparse.Namespace) -> int:
-    _require_selection(args)
-    config = _load(args)
-    import time
-
-    async def work(store: Store) -> int:
-        count = await store.retry_now(_filter(args, limit=1_000_000), time.time())
-        print(f"{count} deliveries will be retried now")
-        return 0
-
-    result: int = asyncio.run(_with_store(config, work))
-    return result
-
-
-def cmd_queue_delete(args: argparse.Namespace) -> int:
-    _require_selection(args)
-    config = _load(args)
-
-    async def work(store: Store) -> int:
-        count = await store.delete(_filter(args, limit=1_000_000))
-        print(f"{count} deliveries deleted")
-        return 0
-
-    result: int = asyncio.run(_with_store(config, work))
-    return result
-
-
-def cmd_queue_purge(args: argparse.Namespace) -> int:
-    config = _load(args)
-    try:
-        older_than = (
-            parse_duration(args.older_than) if args.older_than else config.store.retention_seconds
-        )
-    except ValueError as e:
-        raise SystemExit(f"--older-than: {e}") from None
-    if older_than is None:
-        raise SystemExit("store.retention is 'forever': give --older-than (e.g. 30d)")
-    from gateway.clock import SystemClock
-    from gateway.retention import purge_old_messages
-
-    async def work(store: Store) -> int:
-        count = await purge_old_messages(store, SystemClock(), older_than)
-        print(
-            f"{count} messages removed (accepted over {format_duration(older_than)} ago,"
-            " every delivery final)"
-        )
-        return 0
-
-    result: int = asyncio.run(_with_store(config, work))
-    return result
-
-
 def cmd_plugins(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args)
     from gateway.plugin_manager import describe_plugins, make_plugin_manager
 
     pm = make_plugin_manager(extra=config.gateway.plugins, tables=config.plugins)
@@ -228,7 +63,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args)
     directories = [
         Path(p.directory) if p.directory else config.data_dir / "outbox"
         for p in config.providers.values()
@@ -239,7 +74,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         for envelope in read_outbox(directory)[: args.limit]:
             shown += 1
             print(
-                f"{_when(envelope.captured_at)}  {envelope.message_id}  "
+                f"{utc(envelope.captured_at)}  {envelope.message_id}  "
                 f"<{envelope.mail_from}> → <{envelope.recipient}>  {envelope.subject!r}"
             )
             print(f"    {envelope.file} ({envelope.size} bytes)")
@@ -252,7 +87,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
     """Breaker state and counters per provider, from the running workers' status files."""
     from gateway.routing import read_status
 
-    config = _load(args)
+    config = load(args)
     workers = read_status(config)
     if not workers:
         print("no worker status yet (is the gateway running with this config?)", file=sys.stderr)
@@ -302,6 +137,18 @@ def cmd_api_key(args: argparse.Namespace) -> int:
         f'[[tenants.{args.tenant}.api_keys]]\nname = "{args.name}"\n'
         f'key_hash = "{hash_api_key(key)}"\nscopes = [{scopes}]'
     )
+    print(
+        "\nThen:\n"
+        "  1. paste the block above into the config file the gateway runs with, and make sure\n"
+        "     [http] enabled = true;\n"
+        "  2. check it: gateway check-config FILE\n"
+        "  3. apply it: `kill -HUP <gateway pid>` reloads tenants and their keys without a\n"
+        "     restart (turning [http] on the first time needs a restart).\n"
+        f"Tenant {args.tenant!r}: a new [tenants.*] table takes the place of the built-in\n"
+        "default tenant, which trusts SMTP from loopback; `default` keeps that trust unless it\n"
+        "sets smtp_networks, and check-config warns when a listener accepts mail from nobody.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -311,7 +158,7 @@ def _percent(rate: float | None) -> str:
 
 def cmd_domains(args: argparse.Namespace) -> int:
     """``gateway domains list | warming NAME | health NAME | resume NAME``."""
-    config = _load(args)
+    config = load(args)
     if "warming" not in config.plugins:
         print("sending identities need the warming plugin: add [plugins.warming]", file=sys.stderr)
         return 1
@@ -352,7 +199,7 @@ def cmd_domains(args: argparse.Namespace) -> int:
             print(f"sent today    {w.sent_today}")
             print(f"deferred      {w.deferred_today}")
             print(f"cap tomorrow  {'none' if w.cap_tomorrow is None else w.cap_tomorrow}")
-            print(f"caps reset    {_when(w.resets_at)} UTC")
+            print(f"caps reset    {utc(w.resets_at)} UTC")
             for isp, usage in w.by_isp.items():
                 print(f"  {isp:<10} {usage.sent} of {usage.cap}")
             return 0
@@ -375,63 +222,44 @@ def cmd_domains(args: argparse.Namespace) -> int:
         print(f"{identity.kind} {identity.name}: " + ("resumed" if resumed else "was not paused"))
         return 0
 
-    result: int = asyncio.run(_with_store(config, work))
+    result: int = asyncio.run(with_store(config, work))
     return result
 
 
 # --- parser -----------------------------------------------------------------------------------
 
 
+CONFIG_HELP = "config file (default: $GATEWAY_CONFIG or ./gateway.toml)"
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """Every subcommand also takes ``-c FILE``, so it may come after the subcommand too
+    (``gateway queue list -c gw.toml``); given nowhere, the top-level default stands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("-c", "--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Self-hosted ESP gateway.")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
-    parser.add_argument(
-        "-c", "--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-c", "--config", help=CONFIG_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a config file and summarize it")
-    check.add_argument("file", nargs="?")
+    check.add_argument("file", nargs="?", help="the config file (default: as -c)")
     check.set_defaults(func=cmd_check_config)
 
-    queue = commands.add_parser("queue", help="inspect and act on the delivery queue")
-    queue_commands = queue.add_subparsers(dest="queue_command", required=True)
+    from gateway.commands.queue import add_commands as add_queue_commands
 
-    def filters(p: argparse.ArgumentParser, *, message_optional: bool = True) -> None:
-        p.add_argument("message_id", nargs="?" if message_optional else None)
-        p.add_argument("--status", action="append", choices=[s.value for s in DeliveryStatus])
-        p.add_argument("--recipient")
-        p.add_argument("--domain")
+    add_queue_commands(commands)
+    from gateway.commands.send import add_commands as add_send_commands
 
-    listing = queue_commands.add_parser("list", help="list deliveries, newest message first")
-    filters(listing)
-    listing.add_argument("--limit", type=int, default=100)
-    listing.set_defaults(func=cmd_queue_list)
-
-    show = queue_commands.add_parser("show", help="one message: deliveries and every attempt")
-    show.add_argument("message_id")
-    show.add_argument("--raw", action="store_true", help="also print the stored message")
-    show.set_defaults(func=cmd_queue_show)
-
-    for name, func, text in (
-        ("retry", cmd_queue_retry, "make matching deliveries due now (bounced/expired too)"),
-        ("delete", cmd_queue_delete, "remove matching deliveries for good"),
-    ):
-        sub = queue_commands.add_parser(name, help=text)
-        filters(sub)
-        sub.add_argument("--all", action="store_true", help="every delivery")
-        sub.set_defaults(func=func)
-
-    purge = queue_commands.add_parser(
-        "purge", help="remove old messages whose deliveries are all final (store.retention)"
-    )
-    purge.add_argument(
-        "--older-than", metavar="DURATION", help="instead of store.retention, e.g. 7d"
-    )
-    purge.set_defaults(func=cmd_queue_purge)
+    add_send_commands(commands)
 
     plugins = commands.add_parser(
         "plugins", help="list loaded plugins and their hooks, in call order"
@@ -439,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=cmd_plugins)
 
     outbox = commands.add_parser("outbox", help="list mail captured by the capture provider")
-    outbox.add_argument("--limit", type=int, default=50)
+    outbox.add_argument(
+        "--limit", type=int, default=50, help="newest this many per outbox (default 50)"
+    )
     outbox.set_defaults(func=cmd_outbox)
 
     providers = commands.add_parser(
@@ -490,7 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`gateway queue list | head`): stop quietly, as a shell tool
+        # does. Python would otherwise print a traceback flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return result

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+import functools
 import time
 from typing import Protocol
 
@@ -33,3 +36,14 @@ class FakeClock:
 
     def set(self, timestamp: float) -> None:
         self._now = timestamp
+
+
+def rfc5322_date(timestamp: float) -> str:
+    """``timestamp`` as an RFC 5322 date-time in UTC, ``+0000`` (``-0000`` would say the zone
+    is unknown, RFC 5322 3.3); formatted once per second, since every message needs one."""
+    return _rfc5322_date(int(timestamp))
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))

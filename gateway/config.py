@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -34,7 +35,8 @@ class GatewaySection(msgspec.Struct, **_STRICT):
     hostname: str = "localhost"
     """Name used in the SMTP banner, Received headers, Message-IDs and DSNs."""
     data_dir: str = "var"
-    """Where the spool and the capture outbox live (relative to the working directory)."""
+    """Where the spool and the capture outbox live; relative to the config file's folder (the
+    working directory when there is no config file)."""
     workers: int = 1
     """Worker processes sharing the listeners (SO_REUSEPORT); each owns one spool shard."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -113,7 +115,7 @@ class ListenerSection(msgspec.Struct, **_STRICT):
     def requires_tls(self) -> bool:
         if self.require_tls is not None:
             return self.require_tls
-        return self.tls == "starttls" and not _is_loopback(self.address)
+        return self.tls == "starttls" and not is_loopback(self.address)
 
 
 class SmtpTlsSection(msgspec.Struct, **_STRICT):
@@ -214,7 +216,8 @@ class WebhookEndpointSection(msgspec.Struct, **_STRICT):
 class TenantSection(msgspec.Struct, **_STRICT):
     smtp_users: list[SmtpUserSection] = msgspec.field(default_factory=list)
     smtp_networks: list[str] = msgspec.field(default_factory=list)
-    """Client addresses/CIDRs trusted to submit for this tenant without AUTH (legacy apps)."""
+    """Client addresses/CIDRs trusted to submit for this tenant without AUTH (legacy apps).
+    The tenant named ``default`` trusts loopback (``LOOPBACK_NETWORKS``) unless this is set."""
     api_keys: list[ApiKeySection] = msgspec.field(default_factory=list)
     sending_domains: list[str] = msgspec.field(default_factory=list)
     """Domains (and their subdomains) this tenant may send from, on SMTP and HTTP alike: the
@@ -268,10 +271,12 @@ class TrackingSection(msgspec.Struct, **_STRICT):
         return self.signing_key or next(iter(self.keys), "")
 
 
+LOOPBACK_NETWORKS = ("127.0.0.1/32", "::1/128")
+"""What the tenant named ``default`` trusts unless its table sets ``smtp_networks``."""
+
+
 def _default_tenants() -> dict[str, TenantSection]:
-    return {
-        "default": TenantSection(smtp_networks=["127.0.0.1/32", "::1/128"], allow_null_sender=True)
-    }
+    return {"default": TenantSection(smtp_networks=list(LOOPBACK_NETWORKS), allow_null_sender=True)}
 
 
 def _default_retry_schedule() -> list[str]:
@@ -736,15 +741,24 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_config(text, source=str(path))
+    return parse_config(text, source=str(path), base_dir=Path(path).absolute().parent)
 
 
-def parse_config(text: str, source: str = "<string>") -> Config:
+def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Parse and validate ``text``; with ``base_dir`` (the config file's folder), relative
+    paths in it resolve against that folder rather than the shell's working directory."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from None
     data = _expand_env(data, (), text, source)
+    if base_dir is not None:
+        _resolve_paths(data, base_dir)
+    tenants = data.get("tenants")
+    default_tenant = tenants.get("default") if isinstance(tenants, dict) else None
+    if isinstance(default_tenant, dict):
+        # Adding an API key to [tenants.default] must not cut the loopback trust it had.
+        default_tenant.setdefault("smtp_networks", list(LOOPBACK_NETWORKS))
     _check_named_tables(data, text, source)
     try:
         config = msgspec.convert(data, Config)
@@ -752,6 +766,39 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         raise ConfigError(_describe_validation_error(str(e), text, source)) from None
     _check(config, text, source)
     return config
+
+
+PATH_KEYS: tuple[tuple[tuple[str, ...], str | None], ...] = (
+    (("gateway", "data_dir"), "var"),
+    (("store", "path"), None),
+    (("smtp", "tls", "cert_file"), None),
+    (("smtp", "tls", "key_file"), None),
+    (("providers", "*", "directory"), None),
+    (("providers", "*", "ca_file"), None),
+    (("provider_webhooks", "ses", "ca_file"), None),
+    (("plugins", "dkim", "key_dir"), "dns/keys"),
+)
+"""Keys that hold file system paths, ``*`` for any table name, with the default that is
+resolved too when the key's table is there but the key is not (``None``: nothing to resolve)."""
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
+    """Make the relative paths of ``PATH_KEYS`` in ``data`` absolute against ``base_dir``."""
+
+    def tables(node: Any, parts: tuple[str, ...]) -> list[dict[str, Any]]:
+        if not parts:
+            return [node] if isinstance(node, dict) else []
+        if not isinstance(node, dict):
+            return []
+        children = node.values() if parts[0] == "*" else [node.get(parts[0], {})]
+        return [table for child in children for table in tables(child, parts[1:])]
+
+    data.setdefault("gateway", {})  # so that the default data_dir resolves too
+    for (*where, key), default in PATH_KEYS:
+        for table in tables(data, tuple(where)):
+            value = table.get(key, default)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                table[key] = str(base_dir / value)
 
 
 _NAMED_TABLES: dict[str, Any] = {
@@ -816,6 +863,9 @@ def _describe_validation_error(message: str, text: str, source: str) -> str:
     if missing:
         parts.append(missing.group(1))
         detail = "required key is missing"
+    if len(parts) == 3 and parts[0] == "providers" and parts[2] == "type":
+        kinds = ", ".join(t.__struct_config__.tag for t in typing.get_args(ProviderSection))
+        detail = f"{detail}; the provider types are {kinds}"
     return f"{_where(tuple(parts), text, source)}: {detail}"
 
 
@@ -901,7 +951,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
         names.add(listener.name)
         if not 0 <= listener.port <= 65535:
             fail(("smtp", "listeners", i, "port"), "must be between 0 and 65535")
-        if listener.insecure_auth and not _is_loopback(listener.address):
+        if listener.insecure_auth and not is_loopback(listener.address):
             fail(
                 ("smtp", "listeners", i, "insecure_auth"),
                 "AUTH without TLS is only allowed on a loopback address",
@@ -1424,7 +1474,7 @@ def _check_smtp_auth(
             fail(("smtp", "auth", key), "must be more than 0")
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
     try:
@@ -1433,7 +1483,7 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def _store_location(config: Config) -> str:
+def store_location(config: Config) -> str:
     if config.store.backend != "redis":
         return str(config.spool_dir)
     from gateway.store.redis_client import parse_redis_url
@@ -1446,7 +1496,7 @@ def summarize(config: Config) -> str:
     lines = [
         f"hostname      {config.gateway.hostname}",
         f"workers       {config.gateway.workers}",
-        f"store         {config.store.backend} at {_store_location(config)}",
+        f"store         {config.store.backend} at {store_location(config)}",
     ]
     for listener in config.smtp.listeners:
         auth = "AUTH without TLS allowed" if listener.insecure_auth else "AUTH over TLS only"

@@ -7,10 +7,10 @@ otherwise end a header early or put bare LFs into the report.
 
 from __future__ import annotations
 
-import email.utils
 import os
 import re
 
+from gateway.clock import rfc5322_date
 from gateway.message import Delivery, DeliveryStatus, Message
 
 
@@ -18,8 +18,8 @@ def build_dsn(message: Message, failed: list[Delivery], *, reporting_mta: str, n
     """A ``multipart/report; report-type=delivery-status`` message for ``failed`` recipients."""
     boundary = f"dsn-{os.urandom(8).hex()}"
     original_headers = message.raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    date = email.utils.formatdate(now, localtime=False)
-    arrival = email.utils.formatdate(message.created_at, localtime=False)
+    date = rfc5322_date(now)
+    arrival = rfc5322_date(message.created_at)
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
         f"To: <{_one_line(message.mail_from)}>",
@@ -62,7 +62,7 @@ def build_dsn(message: Message, failed: list[Delivery], *, reporting_mta: str, n
         ]
         if diagnostic:
             lines.append(f"Diagnostic-Code: smtp; {diagnostic}")
-        lines.append(f"Last-Attempt-Date: {email.utils.formatdate(d.updated_at or now)}")
+        lines.append(f"Last-Attempt-Date: {rfc5322_date(d.updated_at or now)}")
     lines += ["", f"--{boundary}", "Content-Type: text/rfc822-headers", ""]
     body = "\r\n".join(lines).encode("utf-8") + b"\r\n" + original_headers
     return body + f"\r\n--{boundary}--\r\n".encode()

@@ -7,13 +7,12 @@ say ``250`` / ``202``.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from gateway.clock import Clock
+from gateway.clock import Clock, rfc5322_date
 from gateway.message import Message, Reject, Source, new_message_id
 from gateway.store.base import IdempotencyClaim, MessageMeta, Store
 from gateway.submission.sender_policy import SenderPolicy
@@ -21,6 +20,7 @@ from gateway.submission.sender_policy import SenderPolicy
 _HEADER_NAME = re.compile(rb"[!-9;-~]+:")
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:")
+_DATE = re.compile(rb"(?im)^date:")
 
 
 class Submission(msgspec.Struct, kw_only=True):
@@ -135,8 +135,9 @@ class Ingress:
         (metrics)."""
 
     def stamp(self, submission: Submission, message_id: str, now: float) -> bytes:
-        """Prepend a Received header, and a Message-ID when the client sent none."""
-        date = email.utils.formatdate(now, localtime=False)
+        """Prepend a Received header, and the Message-ID and Date that RFC 5322 requires when
+        the client sent none (as Postfix's cleanup does)."""
+        date = rfc5322_date(now)
         helo = safe_header_text(submission.client_name)
         address = safe_header_text(submission.client_address)
         received = (
@@ -146,6 +147,8 @@ class Ingress:
         head = submission.raw.split(b"\r\n\r\n", 1)[0]
         if _MESSAGE_ID.search(head) is None:
             received += f"Message-ID: <{message_id}@{self.hostname}>\r\n".encode()
+        if _DATE.search(head) is None:
+            received += f"Date: {date}\r\n".encode()
         return received + submission.raw
 
     async def accept(

@@ -22,6 +22,10 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
     missing+=(redis-server)
 fi
+# iproute2's `ip netns`: the README tour runs in a network namespace of its own (fixed ports).
+if ! command -v ip >/dev/null 2>&1; then
+    missing+=(iproute2)
+fi
 # Debian's chromium: the operator console is checked in a real headless browser (Playwright
 # drives this binary; `playwright install` is never run).
 if [ ! -x /usr/bin/chromium ]; then

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
-import functools
 import re
 import secrets
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Protocol
+
+from gateway.clock import rfc5322_date
 
 MAX_LINE = 78
 """RFC 5322 2.1.1: lines SHOULD be at most 78 characters (MUST: 998)."""
@@ -162,13 +162,8 @@ def _parameter(name: str, value: str) -> str:
 
 
 def date_header(now: float) -> str:
-    """``Date: ...`` (RFC 5322 3.3), formatted once per second."""
-    return _date_header(int(now))
-
-
-@functools.lru_cache(maxsize=4)
-def _date_header(second: int) -> str:
-    return f"Date: {email.utils.formatdate(second)}"
+    """``Date: ...`` (RFC 5322 3.3)."""
+    return f"Date: {rfc5322_date(now)}"
 
 
 # --- bodies ----------------------------------------------------------------------------------

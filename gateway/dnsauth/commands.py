@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -22,9 +23,9 @@ DEFAULT_SNIPPET_DIR = "dns/zones"
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from gateway.cli import _load
+    from gateway.commands.context import load
 
-    return _load(args)
+    return load(args)
 
 
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
@@ -122,12 +123,12 @@ def print_report(report: DomainReport) -> None:
 
 def cmd_dns_check(args: argparse.Namespace) -> int:
     config = _config(args)
-    from gateway.cli import _with_store
+    from gateway.commands.context import with_store
 
     async def work(store):  # type: ignore[no-untyped-def]
         return await verify_and_save(config, store, args.domain.lower(), time.time())
 
-    report: DomainReport = asyncio.run(_with_store(config, work))
+    report: DomainReport = asyncio.run(with_store(config, work))
     if args.json:
         print(msgspec.json.encode(report).decode())
     else:
@@ -137,15 +138,20 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
     return EXIT_COULD_NOT_CHECK if report.status == "could_not_check" else EXIT_UNVERIFIED
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(commands: Any) -> None:
     dkim = commands.add_parser("dkim", help="DKIM keys: generate, list, retire")
     dkim_commands = dkim.add_subparsers(dest="dkim_command", required=True)
     gen = dkim_commands.add_parser(
         "keygen", help="make a signing key and print the TXT record to publish"
     )
-    gen.add_argument("domain")
-    gen.add_argument("--selector", required=True)
-    gen.add_argument("--type", choices=["rsa", "ed25519"], default="rsa")
+    gen.add_argument("domain", help="the sending domain the key signs for")
+    gen.add_argument("--selector", required=True, help="the DKIM selector, e.g. s2026")
+    gen.add_argument(
+        "--type",
+        choices=["rsa", "ed25519"],
+        default="rsa",
+        help="key type (default rsa, 2048 bits)",
+    )
     gen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     gen.add_argument(
         "--keep-signing",
@@ -154,18 +160,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     gen.set_defaults(func=cmd_dkim_keygen)
     listing = dkim_commands.add_parser("list", help="keys by domain: signing, published, retired")
-    listing.add_argument("domain", nargs="?")
+    listing.add_argument("domain", nargs="?", help="only this domain (default: every domain)")
     listing.set_defaults(func=cmd_dkim_list)
     ret = dkim_commands.add_parser("retire", help="end a rotated-out key (stop publishing it)")
-    ret.add_argument("domain")
-    ret.add_argument("--selector", required=True)
+    ret.add_argument("domain", help="the domain whose key to retire")
+    ret.add_argument("--selector", required=True, help="the selector of the key to retire")
     ret.set_defaults(func=cmd_dkim_retire)
 
     dns = commands.add_parser("dns", help="sending domains' DNS records: print and check")
     dns_commands = dns.add_subparsers(dest="dns_command", required=True)
     records = dns_commands.add_parser("records", help="the records to publish (BIND format)")
-    records.add_argument("domain")
-    records.add_argument("--json", action="store_true")
+    records.add_argument("domain", help="a sending domain of the config")
+    records.add_argument("--json", action="store_true", help="machine-readable output")
     records.add_argument(
         "--write",
         nargs="?",
@@ -177,6 +183,6 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     check = dns_commands.add_parser(
         "check", help="look the records up; exit 0 verified, 1 not, 3 could not check"
     )
-    check.add_argument("domain")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("domain", help="a sending domain of the config")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=cmd_dns_check)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as dt
 import json
 import secrets
 import sys
@@ -13,36 +12,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from gateway.config import Config, load_config
+from gateway.commands.context import load, utc, with_store
+from gateway.config import Config
 from gateway.store.base import Store
 
 T = TypeVar("T")
 
 
-def _when(timestamp: float) -> str:
-    if not timestamp:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _config(args: argparse.Namespace) -> Config:
-    from gateway.cli import config_path
-
-    return load_config(config_path(args.config))
-
-
 def _with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
-    from gateway.server import operator_store
-
-    async def run() -> T:
-        store = operator_store(config)
-        await store.open()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
+    return asyncio.run(with_store(config, work))
 
 
 # --- gateway status ---------------------------------------------------------------------------
@@ -52,7 +30,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Readiness of the running gateway (its /readyz), and the queue as the store holds it."""
     import httpx
 
-    config = _config(args)
+    config = load(args)
     ready = False
     if config.http.enabled:
         host = "127.0.0.1" if config.http.address in ("0.0.0.0", "") else config.http.address
@@ -93,7 +71,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_list(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load(args)
     events = _with_store(
         config,
         lambda store: store.list_webhook_events(
@@ -106,7 +84,7 @@ def cmd_webhooks_list(args: argparse.Namespace) -> int:
     print(f"{'ID':<28} {'STATUS':<9} {'TRIES':>5} {'CREATED':<19} TENANT/ENDPOINT TYPE")
     for e in events:
         print(
-            f"{e.id:<28} {e.status:<9} {e.attempts:>5} {_when(e.created_at):<19} "
+            f"{e.id:<28} {e.status:<9} {e.attempts:>5} {utc(e.created_at):<19} "
             f"{e.tenant}/{e.endpoint} {e.type}"
         )
         if e.last_error:
@@ -115,7 +93,7 @@ def cmd_webhooks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_show(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load(args)
     found = _with_store(config, lambda store: store.webhook_event(args.event_id))
     if found is None:
         print(f"no webhook event {args.event_id}", file=sys.stderr)
@@ -126,18 +104,16 @@ def cmd_webhooks_show(args: argparse.Namespace) -> int:
     print(f"type       {event.type}")
     print(f"status     {event.status} after {event.attempts} attempt(s)")
     if event.status == "pending":
-        print(f"next       {_when(event.next_attempt_at)} UTC")
+        print(f"next       {utc(event.next_attempt_at)} UTC")
     print(f"body       {json.dumps(json.loads(event.payload))}")
     for a in log:
         code = a.status_code or "-"
-        print(
-            f"  {_when(a.at)}  {code!s:>4} {a.outcome:<9} {a.duration * 1000:7.1f} ms  {a.detail}"
-        )
+        print(f"  {utc(a.at)}  {code!s:>4} {a.outcome:<9} {a.duration * 1000:7.1f} ms  {a.detail}")
     return 0
 
 
 def cmd_webhooks_replay(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load(args)
     replayed = _with_store(config, lambda store: store.replay_webhook(args.event_id, time.time()))
     if replayed is None:
         print(f"no webhook event {args.event_id}", file=sys.stderr)
@@ -162,16 +138,18 @@ def add_commands(commands: Any) -> None:
     webhooks = commands.add_parser("webhooks", help="event webhooks to senders: log and replay")
     sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
     listing = sub.add_parser("list", help="webhook events, newest first")
-    listing.add_argument("--tenant")
-    listing.add_argument("--endpoint")
-    listing.add_argument("--status", choices=["pending", "delivered", "failed"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--tenant", help="only this tenant's events")
+    listing.add_argument("--endpoint", help="only this endpoint (its name)")
+    listing.add_argument(
+        "--status", choices=["pending", "delivered", "failed"], help="only events in this state"
+    )
+    listing.add_argument("--limit", type=int, default=50, help="newest this many (default 50)")
     listing.set_defaults(func=cmd_webhooks_list)
     show = sub.add_parser("show", help="one event: its body and every attempt")
-    show.add_argument("event_id")
+    show.add_argument("event_id", help="an event id, as `webhooks list` prints it")
     show.set_defaults(func=cmd_webhooks_show)
     replay = sub.add_parser("replay", help="send an event again (its log is kept)")
-    replay.add_argument("event_id")
+    replay.add_argument("event_id", help="an event id, as `webhooks list` prints it")
     replay.set_defaults(func=cmd_webhooks_replay)
     secret = sub.add_parser("secret", help="make a new endpoint secret (whsec_…)")
     secret.set_defaults(func=cmd_webhooks_secret)

@@ -7,6 +7,9 @@ untouched.
 
 from __future__ import annotations
 
+import datetime as dt
+import email
+import email.utils
 import re
 import smtplib
 import socket
@@ -475,7 +478,9 @@ def test_client_name_cannot_inject_header_lines(
     lines = head.split(b"\r\n")
     assert lines[-1] == b"" and b"\r" not in head.replace(b"\r\n", b"")
     assert b"\n" not in head.replace(b"\r\n", b"")
-    first, *continuations = lines[:-1]
+    *received, date = lines[:-1]
+    assert date.startswith(b"Date: ")  # BODY has none: RFC 5322 requires one
+    first, *continuations = received
     assert re.fullmatch(rb"Received: from [A-Za-z0-9.\-:\[\]_]+ \(\[127\.0\.0\.1\]\)", first), first
     assert len(continuations) == 2 and all(c.startswith(b"\t") for c in continuations)
     protocol = b"SMTP" if greeting.startswith(b"HELO") else b"ESMTP"
@@ -501,3 +506,24 @@ def test_smtputf8_address_is_accepted_and_relayed(gw: GatewayThread, sink: Sink)
     assert received.data.endswith(body)
     stored = gw.call(gw.gateway.store.get_message(message_id))
     assert stored is not None and stored.smtp_utf8 and stored.mail_from == sender
+
+
+def test_a_message_without_date_or_message_id_gets_both_and_times_are_utc(
+    gw: GatewayThread, sink: Sink
+) -> None:
+    """RFC 5322 requires Date and asks for Message-ID: added when missing (as Postfix's cleanup
+    does), kept when present; every time the gateway writes is ``+0000``, never ``-0000``."""
+    bare = b"From: <app@example.com>\r\nTo: <user@example.org>\r\nSubject: bare\r\n\r\nHi\r\n"
+    with smtplib.SMTP("127.0.0.1", gw.port("plain"), timeout=10) as client:
+        client.ehlo("client.test")
+        submit(client, SENDER, [RECIPIENT], bare)
+        submit(client, SENDER, [RECIPIENT], b"Date: Thu, 1 Jan 2026 00:00:00 +0100\r\n" + BODY)
+    wait_until(lambda: len(sink.messages) == 2, what="both messages at the sink")
+    added = email.message_from_bytes(sink.messages[0].data)
+    assert re.fullmatch(r"<[^<>@\s]+@[^<>@\s]+>", added["Message-ID"]), added["Message-ID"]
+    assert added["Date"].endswith(" +0000"), added["Date"]
+    assert email.utils.parsedate_to_datetime(added["Date"]).utcoffset() == dt.timedelta(0)
+    assert added["Received"].endswith(" +0000"), added["Received"]
+    kept = email.message_from_bytes(sink.messages[1].data)
+    assert kept.get_all("Date") == ["Thu, 1 Jan 2026 00:00:00 +0100"]
+    assert kept.get_all("Message-ID") == ["<ingress-test@example.com>"]

@@ -28,7 +28,7 @@ SENDER = "app@example.com"
 RECIPIENT = "user@example.org"
 BODY = (
     b"From: App <app@example.com>\r\nTo: <user@example.org>\r\nSubject: TLS and AUTH\r\n"
-    b"Message-ID: <tls-auth-test@example.com>\r\n\r\n"
+    b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <tls-auth-test@example.com>\r\n\r\n"
     b"Line one\r\n.leading dot survives\r\n\xc3\xa9 8-bit body\r\n"
 )
 
