@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ from gateway.smtp import (
 )
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
+from gateway.streams import stream_section
 from gateway.submission.auth_throttle import AuthThrottle, PasswordChecker
 from gateway.submission.connection_limits import ConnectionLimits, LimitLog
 from gateway.submission.sender_policy import SenderPolicy
@@ -154,6 +156,7 @@ class Gateway:
             on_enqueued=self.dispatcher.wake,
             policy=self._accept_policy,
             senders=SenderPolicy(config.tenants),
+            streams=functools.partial(stream_section, config),
         )
         self.ingress.observers.append(self.metrics.message_accepted)
         auth = config.smtp.auth
