@@ -10,6 +10,7 @@ a second ``From:`` is the usual way to show a reader one author and DMARC anothe
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from email.errors import HeaderParseError, NonASCIILocalPartDefect
 from email.headerregistry import HeaderRegistry
@@ -21,6 +22,8 @@ NOT_OWNED = Reject(553, "5.7.1", "Sender address rejected: not owned by user")
 NULL_SENDER_REFUSED = Reject(553, "5.7.1", "Sender address rejected: <> not allowed for this user")
 _SINGLE_HEADERS = (b"from", b"sender", b"date")
 _REGISTRY = HeaderRegistry()
+_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+"""An unqualified local part (a dot-atom without ``@``)."""
 
 
 def _refused(text: str) -> Reject:
@@ -127,6 +130,10 @@ def authors(value: str) -> tuple[str, ...] | None:
     addresses = header.addresses  # type: ignore[attr-defined]
     # RFC 6532 allows UTF-8 local parts; the email package flags them as a defect.
     defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
+    if len(addresses) == 1 and not addresses[0].domain and _LOCAL.fullmatch(addresses[0].username):
+        # ``From: root (Cron Daemon)``: an unqualified local sender (cron, sendmail -t) names
+        # no domain at all, so it can impersonate none; it is the gateway's own.
+        return ()
     if defects or not addresses:
         return None
     found = tuple(f"{a.username}@{a.domain}" for a in addresses)
