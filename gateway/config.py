@@ -68,6 +68,10 @@ class StoreSection(msgspec.Struct, **_STRICT):
     message, so a failover cannot lose accepted mail (``WAIT``); 0 trusts the AOF alone."""
     replica_timeout: str = "1s"
     """Redis only: how long ``min_replicas`` may take before the message is refused (451)."""
+    allow_volatile: bool = False
+    """Redis only: start even when the server keeps data in memory only (``appendonly no``),
+    where a Redis restart loses every message it acknowledged; off, the gateway refuses to
+    start on such a server (a test bench may turn it on)."""
     retention: str = "30d"
     """How long a message is kept after it is accepted, once every delivery of it is final
     (delivered, bounced, expired, skipped); ``"forever"`` keeps everything."""
@@ -1079,6 +1083,13 @@ _DOMAIN = re.compile(
 )
 
 
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z]{2,63}$"
+)
+"""A DNS name that need not be a host name: ``_spf.google.com``, ``_dmarc.example.com``
+(RFC 2181 §11 allows any label; underscores are common in TXT owner names)."""
+
+
 def is_domain_name(value: str) -> bool:
     """A syntactically valid DNS domain name with at least two labels."""
     return bool(_DOMAIN.match(value))
@@ -1291,7 +1302,7 @@ def _check_domain_dns(
     """The DNS identity fields of ``[domains."<name>"]``: host names, networks, URIs."""
     for key in ("spf_include",):
         for i, host in enumerate(getattr(domain, key)):
-            if not _DOMAIN.match(host):
+            if not _DNS_NAME.match(host):
                 fail(("domains", name, key, i), f"not a domain: {host!r}")
     for key in ("return_path", "return_path_mx", "return_path_cname", "tracking_host"):
         host = getattr(domain, key)

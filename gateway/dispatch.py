@@ -30,8 +30,12 @@ sender when ``delivery.dsn`` is on: one per failed delivery, queued *before* the
 recorded, so a crash between the two writes repeats the notice rather than losing it.
 
 The loop never dies of a store fault: a failed claim or look-up is logged and retried at the
-next poll, and an outcome that cannot be recorded leaves the delivery ``sending`` for
-``recover`` to return to the queue at the next start.
+next poll, and an outcome that cannot be recorded (the store restarting, failing over, a full
+disk) is retried, with a growing wait, until it is. Meanwhile the delivery stays ``sending``
+and its lease stays held, so no other node sends it too; if this process dies first, the lease
+runs out (Redis) or ``recover`` runs at the next start (SQLite) and the delivery is sent again.
+Nothing claimed is ever left ``sending`` by a live process: at-least-once, with a duplicate
+only for a delivery whose outcome was not yet recorded when its process died.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from gateway.plugin_manager import (
     make_plugin_manager,
 )
 from gateway.providers import OutboundMessage
+from gateway.providers.capabilities import NotCarriable, cannot_carry, for_the_wire
 from gateway.routing import RoutePlan, Router
 from gateway.store.base import Claimed, DeliveryUpdate, MessageMeta, Store
 from gateway.verp import VerpSigner, verp_routes
@@ -79,6 +84,9 @@ _NO_META = MessageMeta()
 
 IDLE_POLL_SECONDS = 1.0
 """Longest sleep when idle; new local mail wakes the dispatcher at once via ``wake()``."""
+OUTCOME_RETRY_FIRST_SECONDS = 0.05
+OUTCOME_RETRY_MAX_SECONDS = 2.0
+"""Waits between tries to record an outcome: doubling from the first to the longest."""
 
 
 class Dispatcher:
@@ -215,14 +223,40 @@ class Dispatcher:
                 update = self._retry_later(claimed.delivery, [], f"internal error: {e!r}")
             if update.status in (DeliveryStatus.BOUNCED, DeliveryStatus.EXPIRED):
                 await self._notify_sender(claimed, update)
-            try:
-                await self.store.complete([update], self.clock.now())
-            except Exception:
-                # Left in ``sending``: ``recover`` returns it to the queue at the next start.
-                log.exception("recording delivery %s failed", claimed.delivery.id)
-                return
+            await self._record(claimed, update)
             _log_transition(claimed, update)
             await self._observe(claimed, update)
+
+    async def _record(self, claimed: Claimed, update: DeliveryUpdate) -> None:
+        """Write ``update``; on a store fault, wait and try again until it is written. Giving
+        up would strand the delivery: ``sending``, its lease renewed by this live process."""
+        wait = OUTCOME_RETRY_FIRST_SECONDS
+        failures = 0
+        while True:
+            try:
+                await self.store.complete([update], self.clock.now())
+            except Exception as e:
+                failures += 1
+                if failures == 1:
+                    log.exception(
+                        "recording delivery %s failed; retrying until it is recorded",
+                        claimed.delivery.id,
+                    )
+                else:
+                    log.warning(
+                        "recording delivery %s failed again (try %d): %s",
+                        claimed.delivery.id,
+                        failures,
+                        e,
+                    )
+            else:
+                if failures:
+                    log.info(
+                        "recorded delivery %s after %d failed tries", claimed.delivery.id, failures
+                    )
+                return
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, OUTCOME_RETRY_MAX_SECONDS)
 
     async def _observe(self, claimed: Claimed, update: DeliveryUpdate) -> None:
         detail = update.last_error or (update.attempts[-1].detail if update.attempts else "")
@@ -336,15 +370,24 @@ class Dispatcher:
             metadata=meta.metadata,
         )
         attempts: list[Attempt] = []
+        try:
+            outbound = for_the_wire(outbound)
+        except NotCarriable as e:
+            return attempts, SendResult.hard_fail(str(e), enhanced="5.1.3"), "", None
         result = SendResult.soft_fail(f"route {plan.route}: no provider left to try")
         name = ""
         deferral: Defer | None = None
+        uncarried: list[str] = []
         if not plan.providers:
             wait = self.clock.now() + self._delays[0]
             deferral = Defer(wait, f"route {plan.route}: gateway_modify_routes left no provider")
         router = self.router
         check_permits = has_impls(self.pm, "gateway_permit")
         for name in plan.providers:
+            why_not = cannot_carry(router.providers[name], outbound)
+            if why_not:
+                uncarried.append(why_not)
+                continue
             held = router.available(name)
             if held is None and check_permits:
                 held = await call_first(
@@ -370,6 +413,10 @@ class Dispatcher:
             )
             if result.kind != "soft_fail" or result.maybe_sent or not plan.failover:
                 break
+        if uncarried and len(uncarried) == len(plan.providers):
+            # This delivery alone: the message's other recipients may be carriable.
+            detail = "no provider can carry this delivery: " + "; ".join(uncarried)
+            return attempts, SendResult.hard_fail(detail, enhanced="5.6.7"), "", None
         return attempts, result, name, deferral
 
     async def _route(self, delivery: Delivery, message: Message) -> RoutePlan:

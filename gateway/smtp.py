@@ -44,6 +44,7 @@ from gateway.config import ListenerSection, SmtpSection, TenantSection
 from gateway.ingress import Ingress, Rejected, Submission, content_problem
 from gateway.message import Reject
 from gateway.passwords import CredentialCache
+from gateway.smtp_prepared import PreparedSMTP
 from gateway.submission.addresses import parse_path
 from gateway.submission.auth_throttle import (
     BUSY,
@@ -133,7 +134,7 @@ class _NoTimer:
 _NO_TIMER = _NoTimer()
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(PreparedSMTP):
     """aiosmtpd's protocol with enhanced status codes everywhere, non-blocking and throttled
     AUTH, and the session bounds of ``SessionTimer``."""
 

@@ -22,6 +22,10 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
     missing+=(redis-server)
 fi
+# strace: the durability tests watch the gateway's fsync, rename and mkdir calls.
+if ! command -v strace >/dev/null 2>&1; then
+    missing+=(strace)
+fi
 # iproute2's `ip netns`: the README tour runs in a network namespace of its own (fixed ports).
 if ! command -v ip >/dev/null 2>&1; then
     missing+=(iproute2)
