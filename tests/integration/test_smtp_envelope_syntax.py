@@ -1,9 +1,11 @@
 """Envelope paths are parsed per RFC 5321: what does not parse is refused ``553 5.1.3`` at its
 command (never ``250`` and a bounce later); what does — quoted local parts, real address
-literals, internationalized domains — is accepted and relayed as given."""
+literals, internationalized domains — is accepted and relayed (an IDN as given or as its
+A-label)."""
 
 from __future__ import annotations
 
+import idna
 import pytest
 
 from tests.conftest import GatewayThread, Sink, make_config, wait_until
@@ -103,7 +105,10 @@ def test_unusual_but_valid_recipients_are_accepted_as_given(
         assert session.command("DATA").startswith("354")
         assert session.command(b"From: a@example.com\r\n\r\nhi\r\n.").startswith("250")
     wait_until(lambda: len(sink.messages) == 1, what="the message at the sink")
-    assert sink.messages[0].rcpt_tos == [address]
+    local, _, domain = address.rpartition("@")
+    # The relay may hand an internationalized domain on as its A-label.
+    a_label = domain if domain.startswith("[") else idna.encode(domain, uts46=True).decode()
+    assert sink.messages[0].rcpt_tos[0] in (address, f"{local}@{a_label}")
 
 
 def test_a_source_route_is_accepted_and_dropped(gw: GatewayThread) -> None:
