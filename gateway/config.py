@@ -210,8 +210,16 @@ WEBHOOK_EVENT_TYPES = (
     "unsubscribed",
     "rejected",
     "suppressed",
+    "contact.subscribed",
+    "contact.confirmed",
+    "contact.preferences_changed",
+    "contact.unsubscribed",
+    "contact.imported",
+    "contact.erased",
+    "contact.status_changed",
 )
-"""Event types a sender's webhook endpoint may subscribe to (``gateway.events.EventKind``)."""
+"""Event types a sender's webhook endpoint may subscribe to: ``gateway.events.EventKind``, and
+``contact.`` + ``gateway.events.ContactEventKind`` (the audience plugin's contact events)."""
 
 
 class WebhookEndpointSection(msgspec.Struct, **_STRICT):

@@ -43,6 +43,17 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+# axe-core (npm): the accessibility checker the hosted-page tests inject into Chromium.
+AXE_VERSION=4.14.1
+if ! grep -qs "\"version\": \"$AXE_VERSION\"" .npm-tools/node_modules/axe-core/package.json; then
+    command -v npm >/dev/null 2>&1 || {
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm
+    }
+    npm install --silent --no-audit --no-fund --prefix .npm-tools "axe-core@$AXE_VERSION"
+fi
+
 bash scripts/install.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check gateway plugins tests bench

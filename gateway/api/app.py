@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -53,6 +54,9 @@ PURGE_INTERVAL = 3600.0
 """How often expired idempotency keys are deleted."""
 
 # (path, request Struct or None for a plain string body, extra media types)
+Body = tuple[str, str, type[msgspec.Struct] | None, tuple[str, ...]]
+"""(path, method, request Struct or None, extra media types) of a hand-decoded body."""
+
 _BODIES: list[tuple[str, type[msgspec.Struct] | None, tuple[str, ...]]] = [
     ("/v1/messages", SendRequest, ("message/rfc822",)),
     ("/v1/messages/batch", BatchRequest, ()),
@@ -133,16 +137,18 @@ def _document_bodies(app: Litestar) -> None:
     """Add the hand-decoded request bodies (and their Structs) and the problem responses to
     the OpenAPI document."""
     document = app.openapi_schema
+    bodies: list[Body] = [(path, "POST", struct, extra) for path, struct, extra in _BODIES]
+    bodies += _declared_bodies(app)
     structs: list[type[msgspec.Struct]] = [ProblemDetail]
-    structs += [struct for _, struct, _ in _BODIES if struct is not None]
+    structs += [struct for _, _, struct, _ in bodies if struct is not None]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     # msgspec's JSON Schema is valid OpenAPI 3.1; litestar serializes plain dicts as they are.
     document.components.schemas.update(cast(dict[str, Schema], schemas))
-    for path, struct, extra in _BODIES:
+    for path, method, struct, extra in bodies:
         item = document.paths[path] if document.paths else None
-        operation = item.post if item is not None else None
+        operation = getattr(item, method.lower()) if item is not None else None
         if operation is None:
-            raise RuntimeError(f"no POST {path} to document")
+            raise RuntimeError(f"no {method} {path} to document")
         content: dict[str, OpenAPIMediaType] = {}
         if struct is not None:
             ref = Reference(ref=f"#/components/schemas/{struct.__name__}")
@@ -152,13 +158,29 @@ def _document_bodies(app: Litestar) -> None:
         operation.request_body = RequestBody(content=content, required=True)
     problem = OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ProblemDetail"))
     for item in (document.paths or {}).values():
-        for operation in (item.get, item.post, item.delete):
+        for operation in (item.get, item.post, item.put, item.patch, item.delete):
             if operation is None or operation.responses is None:
                 continue
             for status, description in _ERRORS.items():
                 operation.responses[status] = OpenAPIResponse(
                     description=description, content={MEDIA_TYPE: problem}
                 )
+
+
+def _declared_bodies(app: Litestar) -> list[Body]:
+    """Bodies that handlers decode themselves and declare as ``opt={"body": Struct}`` (plugin
+    controllers do this), for the OpenAPI document."""
+    found: list[Body] = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            struct = handler.opt.get("body")
+            if struct is None or not handler.include_in_schema:
+                continue
+            for method in sorted(handler.http_methods):
+                # The document names path parameters without their type ({id}, not {id:int}).
+                path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+                found.append((path, method, struct, ()))
+    return found
 
 
 async def _purge_forever(api: ApiContext) -> None:
