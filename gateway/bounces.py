@@ -40,6 +40,8 @@ from gateway.events import Event, EventKind
 from gateway.feedback import report
 from gateway.smtp import GatewaySMTP
 from gateway.store.base import DeliveryFilter
+from gateway.submission.auth_throttle import AuthThrottle
+from gateway.submission.session_limits import SessionRules
 from gateway.verp import ReturnPath, VerpError, VerpSigner
 
 log = logging.getLogger("gateway.bounces")
@@ -256,12 +258,18 @@ def _replace(event: Event, **changes: Any) -> Event:
 
 
 def make_bounce_protocol_factory(
-    handler: BounceHandler, *, hostname: str, settings: BouncesSection
+    handler: BounceHandler,
+    *,
+    hostname: str,
+    settings: BouncesSection,
+    rules: SessionRules,
+    throttle: AuthThrottle,
 ) -> Any:
-    """A ``loop.create_server`` factory for the bounce listener."""
+    """A ``loop.create_server`` factory for the bounce listener (session bounds as a
+    submission listener's: ``rules``)."""
 
     def factory() -> GatewaySMTP:
-        return GatewaySMTP(
+        protocol = GatewaySMTP(
             handler,
             hostname=hostname,
             ident="ESP gateway bounces",
@@ -272,5 +280,8 @@ def make_bounce_protocol_factory(
             timeout=settings.timeout,
             loop=asyncio.get_running_loop(),
         )
+        protocol.rules = rules
+        protocol.throttle = throttle
+        return protocol
 
     return factory

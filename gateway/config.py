@@ -98,9 +98,33 @@ class ListenerSection(msgspec.Struct, **_STRICT):
     """``starttls`` (submission, 587), ``implicit`` (submissions, 465) or ``none``."""
     insecure_auth: bool = False
     """Allow AUTH without TLS. Only for a listener bound to loopback, for development."""
+    require_tls: bool | None = None
+    """Refuse every command but EHLO/HELO/NOOP/QUIT/STARTTLS before STARTTLS, trusted networks
+    included. Default: on for a ``starttls`` listener not bound to loopback."""
+    max_sessions: int = 500
+    """Sessions open at once on this listener; one more is answered ``421 4.7.0``."""
+    max_sessions_per_client: int = 20
+    """Sessions open at once from one client address (an IPv6 client: its ``ipv6_prefix``)."""
+    max_connections_per_minute: int = 300
+    """New connections per client address per minute (0: no limit)."""
+    ipv6_prefix: int = 64
+    """IPv6 clients are counted per network of this length (one site usually holds a /64)."""
+    max_session_time: float = 3600.0
+    """Seconds a session may last, however busy; then ``421 4.7.0``."""
+    max_junk_commands: int = 100
+    """NOOP, RSET, VRFY and HELP a session may send between two accepted messages (Postfix's
+    ``smtpd_junk_command_limit``)."""
+    tls_handshake_timeout: float = 10.0
+    """Seconds a TLS handshake (implicit TLS or after STARTTLS) may take."""
+
     stream: str = ""
     """The message stream of mail submitted here (``gateway/streams.py``); empty:
     ``transactional``. An SMTP user's ``stream`` and an ``X-Gateway-Stream`` header win."""
+
+    def requires_tls(self) -> bool:
+        if self.require_tls is not None:
+            return self.require_tls
+        return self.tls == "starttls" and not is_loopback(self.address)
 
 
 class SmtpTlsSection(msgspec.Struct, **_STRICT):
@@ -112,6 +136,29 @@ def _default_listeners() -> list[ListenerSection]:
     return [ListenerSection(name="dev", port=2525, tls="none", insecure_auth=True)]
 
 
+class SmtpAuthSection(msgspec.Struct, **_STRICT):
+    """``[smtp.auth]``: how password guessing is slowed down and stopped."""
+
+    max_attempts_per_session: int = 3
+    """AUTH commands a session may fail; the next gets ``421 4.7.0`` and the session ends."""
+    failure_delay: float = 1.0
+    """Seconds a failed AUTH waits before its ``535``, times the client's recent failures
+    (capped at ``max_failure_delay``)."""
+    max_failure_delay: float = 8.0
+    client_failures: int = 10
+    """Failures from one client address within ``window`` that start its cooling-off."""
+    user_failures: int = 30
+    """Failures for one username (from anywhere) within ``window`` that start its cooling-off."""
+    window: float = 900.0
+    """Seconds over which failures are counted."""
+    cooling_off: float = 900.0
+    """Seconds AUTH answers ``454 4.7.0`` to a client or username over its limit."""
+    password_workers: int = 2
+    """Threads that check passwords (scrypt), shared by every listener."""
+    password_queue: int = 64
+    """Password checks that may wait for a thread; beyond that AUTH answers ``454 4.7.0``."""
+
+
 class SmtpSection(msgspec.Struct, **_STRICT):
     listeners: list[ListenerSection] = msgspec.field(default_factory=_default_listeners)
     tls: SmtpTlsSection = msgspec.field(default_factory=SmtpTlsSection)
@@ -119,8 +166,17 @@ class SmtpSection(msgspec.Struct, **_STRICT):
     """Bytes; advertised as SIZE and enforced during DATA."""
     max_recipients: int = 100
     timeout: float = 300.0
-    """Seconds of client silence before the session is dropped."""
+    """Seconds of client silence (no bytes at all) before the session gets ``421 4.4.2`` and is
+    closed."""
+    min_data_rate: int = 10240
+    """Bytes per second a DATA upload must average: DATA may last at most ``timeout`` plus
+    ``max_message_size / min_data_rate`` seconds (1 h with the defaults)."""
     smtputf8: bool = True
+    auth: SmtpAuthSection = msgspec.field(default_factory=SmtpAuthSection)
+    widest_trusted_prefix_v4: int = 16
+    """``check-config`` refuses a tenant's ``smtp_networks`` entry wider than this (IPv4)..."""
+    widest_trusted_prefix_v6: int = 48
+    """...or than this (IPv6), unless the tenant sets ``allow_wide_smtp_networks``."""
 
 
 class SmtpUserSection(msgspec.Struct, **_STRICT):
@@ -184,7 +240,14 @@ class TenantSection(msgspec.Struct, **_STRICT):
     The tenant named ``default`` trusts loopback (``LOOPBACK_NETWORKS``) unless this is set."""
     api_keys: list[ApiKeySection] = msgspec.field(default_factory=list)
     sending_domains: list[str] = msgspec.field(default_factory=list)
-    """Domains the HTTP API lets this tenant send from (``from`` address); empty means any."""
+    """Domains (and their subdomains) this tenant may send from, on SMTP and HTTP alike: the
+    envelope sender and every author in ``From:``/``Sender:``. Empty means any domain no other
+    tenant lists."""
+    allow_null_sender: bool = False
+    """Accept ``MAIL FROM:<>`` (bounces, auto-replies) from this tenant."""
+    allow_wide_smtp_networks: bool = False
+    """Let ``smtp_networks`` hold networks wider than ``smtp.widest_trusted_prefix_v4``/``_v6``
+    (every address in them may send without AUTH)."""
     webhooks: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
     """``[tenants.<t>.webhooks.<name>]``: the tenant's own endpoints for event webhooks."""
     streams: dict[str, StreamSection] = msgspec.field(default_factory=dict)
@@ -235,7 +298,7 @@ LOOPBACK_NETWORKS = ("127.0.0.1/32", "::1/128")
 
 
 def _default_tenants() -> dict[str, TenantSection]:
-    return {"default": TenantSection(smtp_networks=list(LOOPBACK_NETWORKS))}
+    return {"default": TenantSection(smtp_networks=list(LOOPBACK_NETWORKS), allow_null_sender=True)}
 
 
 def _default_retry_schedule() -> list[str]:
@@ -931,6 +994,9 @@ def _check(config: Config, text: str, source: str = "") -> None:
                 ("smtp", "listeners", i, "tls"),
                 f"tls = {listener.tls!r} needs smtp.tls.cert_file and smtp.tls.key_file",
             )
+        if listener.require_tls and listener.tls == "none":
+            fail(("smtp", "listeners", i, "require_tls"), 'needs tls = "starttls" or "implicit"')
+        _check_listener_limits(listener, ("smtp", "listeners", i), fail)
     for key in ("cert_file", "key_file"):
         file = getattr(config.smtp.tls, key)
         if file and not os.access(file, os.R_OK):
@@ -939,6 +1005,11 @@ def _check(config: Config, text: str, source: str = "") -> None:
         fail(("smtp", "max_message_size"), "must be at least 1024 bytes")
     if config.smtp.max_recipients < 1:
         fail(("smtp", "max_recipients"), "must be at least 1")
+    if config.smtp.timeout <= 0:
+        fail(("smtp", "timeout"), "must be more than 0")
+    if config.smtp.min_data_rate < 1:
+        fail(("smtp", "min_data_rate"), "must be at least 1 byte per second")
+    _check_smtp_auth(config.smtp.auth, fail)
     usernames: set[str] = set()
     key_hashes: set[str] = set()
     for tenant_name, tenant in config.tenants.items():
@@ -953,10 +1024,22 @@ def _check(config: Config, text: str, source: str = "") -> None:
                 fail((*path, "password_hash"), "not a hash made by `gateway hash-password`")
         for i, network in enumerate(tenant.smtp_networks):
             try:
-                ipaddress.ip_network(network, strict=False)
+                parsed = ipaddress.ip_network(network, strict=False)
             except ValueError:
                 fail(
                     ("tenants", tenant_name, "smtp_networks", i), f"not an IP network: {network!r}"
+                )
+            widest = (
+                config.smtp.widest_trusted_prefix_v4
+                if parsed.version == 4
+                else config.smtp.widest_trusted_prefix_v6
+            )
+            if parsed.prefixlen < widest and not tenant.allow_wide_smtp_networks:
+                fail(
+                    ("tenants", tenant_name, "smtp_networks", i),
+                    f"{network} is wider than /{widest}: every address in it could send "
+                    f"without AUTH; narrow it, or set "
+                    f"tenants.{tenant_name}.allow_wide_smtp_networks = true",
                 )
         _check_api_keys(tenant_name, tenant, key_hashes, fail)
         for i, domain in enumerate(tenant.sending_domains):
@@ -1402,6 +1485,38 @@ def _check_store(store: StoreSection, fail: Callable[[tuple[str | int, ...], str
             fail(("store", "lease"), "must be at least 3s (it is renewed every third of it)")
 
 
+_LISTENER_LIMITS = (
+    "max_sessions",
+    "max_sessions_per_client",
+    "max_session_time",
+    "max_junk_commands",
+    "tls_handshake_timeout",
+)
+
+
+def _check_listener_limits(
+    listener: ListenerSection,
+    path: tuple[str | int, ...],
+    fail: Callable[[tuple[str | int, ...], str], None],
+) -> None:
+    for key in _LISTENER_LIMITS:
+        if getattr(listener, key) <= 0:
+            fail((*path, key), "must be more than 0")
+    if listener.max_connections_per_minute < 0:
+        fail((*path, "max_connections_per_minute"), "must be 0 (no limit) or more")
+    if not 1 <= listener.ipv6_prefix <= 128:
+        fail((*path, "ipv6_prefix"), "must be between 1 and 128")
+
+
+def _check_smtp_auth(
+    auth: SmtpAuthSection, fail: Callable[[tuple[str | int, ...], str], None]
+) -> None:
+    for key in auth.__struct_fields__:
+        value = getattr(auth, key)
+        if value < 0 or (value == 0 and key not in ("failure_delay", "max_failure_delay")):
+            fail(("smtp", "auth", key), "must be more than 0")
+
+
 def is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
@@ -1428,9 +1543,11 @@ def summarize(config: Config) -> str:
     ]
     for listener in config.smtp.listeners:
         auth = "AUTH without TLS allowed" if listener.insecure_auth else "AUTH over TLS only"
+        tls_required = ", TLS required" if listener.requires_tls() else ""
         lines.append(
             f"smtp listener {listener.name}: {listener.address}:{listener.port} "
-            f"tls={listener.tls}, {auth}"
+            f"tls={listener.tls}{tls_required}, {auth}, at most {listener.max_sessions} "
+            f"sessions ({listener.max_sessions_per_client} per client)"
         )
     lines.append(
         f"smtp limits   size {config.smtp.max_message_size} bytes, "

@@ -16,6 +16,7 @@ from gateway.clock import Clock, rfc5322_date
 from gateway.message import Message, Reject, Source, new_message_id
 from gateway.store.base import IdempotencyClaim, MessageMeta, Store
 from gateway.streams import DEFAULT, TRANSACTIONAL, StreamSection, take_header
+from gateway.submission.sender_policy import SenderPolicy
 
 _HEADER_NAME = re.compile(rb"[!-9;-~]+:")
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
@@ -152,6 +153,7 @@ class Ingress:
         lifetime: float,
         on_enqueued: Callable[[], None] = lambda: None,
         policy: Callable[[Submission], Awaitable[Reject | None]] = _no_policy,
+        senders: SenderPolicy | None = None,
         streams: Callable[[str, str], StreamSection | None] = _only_transactional,
     ) -> None:
         self.store = store
@@ -160,6 +162,8 @@ class Ingress:
         self.lifetime = lifetime
         self.on_enqueued = on_enqueued
         self.policy = policy
+        self.senders = senders or SenderPolicy({})
+        """Who may send as whom (replaced on reload)."""
         self.streams = streams
         """``(tenant, stream name)`` → the stream's settings, ``None`` if it has none."""
         self.observers: list[Callable[[Message, Sequence[str]], None]] = []
@@ -203,10 +207,12 @@ class Ingress:
     ) -> Message:
         """Store the submission; durable when this returns. Raises ``StoreError`` if not
         (``IdempotencyConflict`` if ``idempotency`` names a key already used), and
-        ``Rejected`` when the stream is unknown or the ``gateway_accept_message`` policy
-        refuses it."""
+        ``Rejected`` when the tenant may not send as its senders (``SenderPolicy``), the
+        stream is unknown, or the ``gateway_accept_message`` policy refuses it."""
         submission, stream = self.choose_stream(submission)
-        verdict = await self.policy(submission)
+        verdict = self.senders.message(submission.tenant, submission.mail_from, submission.raw)
+        if verdict is None:
+            verdict = await self.policy(submission)
         if verdict is not None:
             raise Rejected(verdict)
         now = self.clock.now()

@@ -23,7 +23,7 @@ import pluggy
 
 from gateway import durable
 from gateway.clock import Clock, SystemClock
-from gateway.config import Config
+from gateway.config import Config, ListenerSection, SmtpSection
 from gateway.dispatch import Dispatcher
 from gateway.durations import parse_duration
 from gateway.ingress import Ingress, Submission
@@ -44,6 +44,10 @@ from gateway.smtp import (
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards, prepare_spool
 from gateway.streams import stream_section
+from gateway.submission.auth_throttle import AuthThrottle, PasswordChecker
+from gateway.submission.connection_limits import ConnectionLimits, LimitLog
+from gateway.submission.sender_policy import SenderPolicy
+from gateway.submission.session_limits import SessionRules
 from gateway.supervisor import Supervisor
 from gateway.verp import VerpSigner
 
@@ -151,10 +155,15 @@ class Gateway:
             lifetime=config.delivery.max_lifetime_seconds,
             on_enqueued=self.dispatcher.wake,
             policy=self._accept_policy,
+            senders=SenderPolicy(config.tenants),
             streams=functools.partial(stream_section, config),
         )
         self.ingress.observers.append(self.metrics.message_accepted)
-        self.directory = TenantDirectory(config.tenants)
+        auth = config.smtp.auth
+        self.passwords = PasswordChecker(auth.password_workers, auth.password_queue)
+        self.auth_throttle = AuthThrottle(auth, self.clock)
+        self.directory = TenantDirectory(config.tenants, self.passwords)
+        self._limit_log = LimitLog(self.clock, logging.getLogger("gateway.smtp"))
         self.handlers: list[SubmissionHandler] = []
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
@@ -169,6 +178,14 @@ class Gateway:
             self.pm, "gateway_accept_message", gateway=self, submission=submission
         )
         return verdict
+
+    def _limit_hit(self, listener: str, limit: str, client: str) -> None:
+        """A session limit refused or ended a session: counted, and logged with the client."""
+        self.metrics.smtp_limit_hit(listener, limit)
+        self._limit_log.hit(listener, limit, client)
+
+    def _is_trusted(self, address: str) -> bool:
+        return self.directory.tenant_for_address(address) is not None
 
     @property
     def smtp_ports(self) -> dict[str, int]:
@@ -219,12 +236,19 @@ class Gateway:
                 listener=listener,
                 limits=smtp,
                 tls_context=tls_context,
+                rules=SessionRules(listener, smtp, self._limit_hit),
+                throttle=self.auth_throttle,
             )
+            admission = ConnectionLimits(
+                listener, clock=self.clock, exempt=self._is_trusted, on_limit=self._limit_hit
+            )
+            implicit = listener.tls == "implicit"
             sock = bind_socket(listener.address, listener.port, reuse_port=self.reuse_port)
             self.servers[listener.name] = await loop.create_server(
-                self.sessions.wrap(factory, listener.name),
+                admission.wrap(self.sessions.wrap(factory, listener.name)),
                 sock=sock,
-                ssl=tls_context if listener.tls == "implicit" else None,
+                ssl=tls_context if implicit else None,
+                ssl_handshake_timeout=listener.tls_handshake_timeout if implicit else None,
             )
             log.info(
                 "smtp listener %s on %s:%d (tls=%s)",
@@ -242,13 +266,25 @@ class Gateway:
             return
         from gateway.bounces import BounceHandler, make_bounce_protocol_factory
 
+        # Port 25 on the internet: the same connection and session limits as a listener.
+        listener = ListenerSection(
+            name="bounces", port=settings.port, address=settings.address, tls="none"
+        )
+        session = SmtpSection(timeout=settings.timeout, max_message_size=settings.max_message_size)
         factory = make_bounce_protocol_factory(
             BounceHandler(self, signer, settings),
             hostname=self.config.gateway.hostname,
             settings=settings,
+            rules=SessionRules(listener, session, self._limit_hit),
+            throttle=self.auth_throttle,
+        )
+        admission = ConnectionLimits(
+            listener, clock=self.clock, exempt=self._is_trusted, on_limit=self._limit_hit
         )
         sock = bind_socket(settings.address, settings.port, reuse_port=self.reuse_port)
-        self.bounce_server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        self.bounce_server = await asyncio.get_running_loop().create_server(
+            admission.wrap(factory), sock=sock
+        )
         log.info(
             "bounce listener for %s on %s:%d", signer.domain, settings.address, self.bounce_port
         )
@@ -317,6 +353,7 @@ class Gateway:
                 if returned:
                     log.info("returned %d deliveries in flight to the queue", returned)
         await self.router.stop()
+        self.passwords.close()
         for provider in self.providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()

@@ -7,6 +7,15 @@ Policy, in the order a session meets it:
   listener marked ``insecure_auth``).
 * MAIL FROM needs either a successful AUTH or a client address in a tenant's
   ``smtp_networks``; anything else is ``530 5.7.0`` — the gateway is never an open relay.
+  On a listener that ``requires_tls()``, nothing but EHLO/NOOP/QUIT/STARTTLS works before
+  STARTTLS, trusted networks included.
+* Envelope paths are parsed per RFC 5321 (``gateway.submission.addresses``): what does not
+  parse is ``553 5.1.3`` at its command. The envelope sender must be the tenant's
+  (``gateway.submission.sender_policy``): ``553 5.7.1`` otherwise.
+* AUTH is throttled per client and per username, and capped per session
+  (``gateway.submission.auth_throttle``); session bounds — silence, lifetime, DATA time, TLS
+  handshake, junk commands — are in ``gateway.submission.session_limits`` and end a session with
+  a ``421``, never silently.
 * An address holding a control character, whitespace or bytes that are not UTF-8 is refused
   (``501 5.1.7`` / ``501 5.1.3``) before it can reach a header, the spool or the next hop.
 * RCPT TO is capped at ``max_recipients`` (``452 4.5.3``, the client sends the rest later).
@@ -34,8 +43,18 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 from gateway.config import ListenerSection, SmtpSection, TenantSection
 from gateway.ingress import Ingress, Rejected, Submission, content_problem
 from gateway.message import Reject
-from gateway.passwords import CredentialCache, verify_password
+from gateway.passwords import CredentialCache
 from gateway.smtp_prepared import PreparedSMTP
+from gateway.submission.addresses import parse_path
+from gateway.submission.auth_throttle import (
+    BUSY,
+    TOO_MANY_ATTEMPTS,
+    AuthThrottle,
+    Busy,
+    PasswordChecker,
+)
+from gateway.submission.connection_limits import client_key, close_with
+from gateway.submission.session_limits import SessionRules, SessionTimer
 
 log = logging.getLogger("gateway.smtp")
 
@@ -104,11 +123,103 @@ class GatewaySession(Session):
         self._login_data = value
 
 
+class _NoTimer:
+    """aiosmtpd cancels ``_timeout_handle`` on close; the session's ``SessionTimer`` replaces
+    aiosmtpd's per-command timer."""
+
+    def cancel(self) -> None:
+        pass
+
+
+_NO_TIMER = _NoTimer()
+
+
 class GatewaySMTP(PreparedSMTP):
-    """aiosmtpd's protocol with enhanced status codes everywhere and non-blocking AUTH."""
+    """aiosmtpd's protocol with enhanced status codes everywhere, non-blocking and throttled
+    AUTH, and the session bounds of ``SessionTimer``."""
 
     _in_greeting_reply = False
     _greeted = False
+    rules: SessionRules
+    throttle: AuthThrottle
+    ipv6_prefix = 64
+    _timer: SessionTimer | None = None
+
+    # --- session bounds (gateway.submission.session_limits) ----------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._timer is None:
+            peer = transport.get_extra_info("peername")
+            self._timer = SessionTimer(
+                self.rules, self.loop, str(peer[0]) if peer else "", self._end_session
+            )
+        else:  # the STARTTLS handshake is done
+            self._timer.handshake_since = None
+            self._timer.last_heard = self.loop.time()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._timer.last_heard = self.loop.time()
+        super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._timeout_handle = _NO_TIMER  # type: ignore[assignment]
+        if self._timer is not None:
+            self._timer.arm()
+
+    def _end_session(self, reply: str | None) -> None:
+        if reply is None and self._original_transport is not None:
+            self._original_transport.abort()  # type: ignore[attr-defined]  # mid-handshake: nothing can be said
+        elif self.transport is not None:
+            close_with(self.transport, reply)
+
+    async def _junk(self) -> bool:
+        """Count a command that does nothing; ``True`` (and ``421``, closed) when over."""
+        assert self._timer is not None
+        if not self._timer.junk_command():
+            return False
+        await self.push("421 4.7.0 Too many commands that do nothing, closing connection")
+        self._hang_up()
+        return True
+
+    def _hang_up(self) -> None:
+        """Close after a final reply already pushed."""
+        if self.transport is not None:
+            close_with(self.transport, None)
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_RSET(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_VRFY(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_HELP(arg)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._timer is not None and not arg and self.tls_context:
+            self._timer.handshake_since = self.loop.time()
+        await super().smtp_STARTTLS(arg)
+
+    # --- replies -------------------------------------------------------------------------------
 
     def _create_session(self) -> GatewaySession:
         return GatewaySession(self.loop)
@@ -131,7 +242,7 @@ class GatewaySMTP(PreparedSMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         cached = _ADDRESS_CACHE.get(arg)
         if cached is None:
-            cached = super()._getaddr(arg)
+            cached = parse_path(arg)
             if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_SIZE:
                 _ADDRESS_CACHE.clear()
             _ADDRESS_CACHE[arg] = cached
@@ -149,7 +260,12 @@ class GatewaySMTP(PreparedSMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        timer = self._timer
+        if timer is not None:
+            timer.data_since = self.loop.time()
         body, problem = await self._read_body()
+        if timer is not None:
+            timer.data_since = None
         if problem is not None:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(problem)
@@ -157,6 +273,8 @@ class GatewaySMTP(PreparedSMTP):
         self.envelope.content = self.envelope.original_content = body
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
+        if timer is not None and isinstance(status, str) and status.startswith("250"):
+            timer.junk = 0
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_body(self) -> tuple[bytes, str | None]:
@@ -206,6 +324,14 @@ class GatewaySMTP(PreparedSMTP):
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         return AuthResult(success=False, handled=False, auth_data=auth_data)
 
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self._timer is not None and self._timer.auth_exhausted():
+            await self.push(smtp_reply(TOO_MANY_ATTEMPTS))
+            self._hang_up()
+            return
+        await super().smtp_AUTH(arg)
+
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._verify(await super().auth_PLAIN(_, args))
 
@@ -216,12 +342,36 @@ class GatewaySMTP(PreparedSMTP):
         if not isinstance(collected.auth_data, LoginPassword):
             # No credentials: the client aborted with "*" or sent bad base64, and aiosmtpd has
             # already answered 501. Unless told it was handled, it would add a 535 as well.
+            # It still counts against the session's AUTH attempts.
+            if self._timer is not None:
+                self._timer.auth_failures += 1
             return AuthResult(success=False, handled=True)
         login, password = collected.auth_data
-        tenant = await self.event_handler.authenticate(login, password)
+        address = _peer_address(self.session)
+        client = client_key(address, self.ipv6_prefix)
+        username = login.decode("utf-8", "replace")
+        if self._timer is not None:
+            self._timer.auth_failures += 1  # undone on success
+        refusal = self.throttle.refusal(client, username)
+        if refusal is not None:
+            self.rules.on_limit(self.rules.listener, "auth_cooling_off", address)
+            # Tarpit: answering at once would let a guesser spin on 454s.
+            await asyncio.sleep(self.throttle.settings.max_failure_delay)
+            return AuthResult(success=False, handled=False, message=smtp_reply(refusal))
+        try:
+            tenant = await self.event_handler.authenticate(login, password, client)
+        except Busy:
+            self.rules.on_limit(self.rules.listener, "password_queue", address)
+            await asyncio.sleep(self.throttle.settings.failure_delay)
+            return AuthResult(success=False, handled=False, message=smtp_reply(BUSY))
         if tenant is None:
-            log.info("auth failed user=%r peer=%s", login, _peer_address(self.session))
+            # The line fail2ban's filter matches (docs/hardening.md): keep its shape.
+            log.warning("smtp auth failed client=%s user=%r", address, username)
+            await asyncio.sleep(self.throttle.failed(client, username))
             return AuthResult(success=False, handled=False, message=smtp_reply(BAD_CREDENTIALS))
+        self.throttle.succeeded(client, username)
+        if self._timer is not None:
+            self._timer.auth_failures -= 1
         self.login = login
         """Who authenticated on this connection (their default message stream)."""
         return AuthResult(success=True, auth_data=tenant)
@@ -269,7 +419,8 @@ def _with_enhanced_code(status: str) -> str:
 class TenantDirectory:
     """Who is who: SMTP users and trusted networks of every tenant."""
 
-    def __init__(self, tenants: dict[str, TenantSection]) -> None:
+    def __init__(self, tenants: dict[str, TenantSection], checker: PasswordChecker) -> None:
+        self.checker = checker
         self._users = {
             user.username.encode(): (name, user.password_hash)
             for name, tenant in tenants.items()
@@ -304,17 +455,18 @@ class TenantDirectory:
                 return tenant
         return None
 
-    async def authenticate(self, username: bytes, password: bytes) -> str | None:
+    async def authenticate(self, username: bytes, password: bytes, client: str) -> str | None:
+        """The user's tenant, or ``None``; raises ``Busy`` when the password pool is full."""
         cached = self._cache.get(username, password)
         if cached is not None:
             return cached
         entry = self._users.get(username)
         if entry is None:
             # Same cost as a real check, so a probe cannot tell missing users from wrong passwords.
-            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            await self.checker.verify(client, password, _DUMMY_HASH)
             return None
         tenant, encoded = entry
-        if not await asyncio.to_thread(verify_password, password, encoded):
+        if not await self.checker.verify(client, password, encoded):
             return None
         self._cache.put(username, password, tenant)
         return tenant
@@ -340,8 +492,8 @@ class SubmissionHandler:
         self.listener = listener
         self.limits = limits
 
-    async def authenticate(self, username: bytes, password: bytes) -> str | None:
-        return await self.directory.authenticate(username, password)
+    async def authenticate(self, username: bytes, password: bytes, client: str) -> str | None:
+        return await self.directory.authenticate(username, password, client)
 
     async def handle_EHLO(
         self,
@@ -371,6 +523,10 @@ class SubmissionHandler:
         if tenant is None:
             log.info("refused unauthenticated MAIL peer=%s", peer)
             return smtp_reply(AUTH_REQUIRED)
+        refused = self.ingress.senders.envelope_sender(tenant, address)
+        if refused is not None:
+            log.info("refused MAIL FROM:<%s> tenant=%s peer=%s", address, tenant, peer)
+            return smtp_reply(refused)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.tenant = tenant
@@ -466,25 +622,33 @@ def make_protocol_factory(
     listener: ListenerSection,
     limits: SmtpSection,
     tls_context: ssl.SSLContext | None,
+    rules: SessionRules,
+    throttle: AuthThrottle,
 ) -> Any:
     """A ``loop.create_server`` factory for one listener."""
     implicit = listener.tls == "implicit"
+    starttls = listener.tls == "starttls"
 
     def factory() -> GatewaySMTP:
-        return GatewaySMTP(
+        protocol = GatewaySMTP(
             handler,
             hostname=hostname,
             ident="ESP gateway",
             data_size_limit=limits.max_message_size,
             enable_SMTPUTF8=limits.smtputf8,
             decode_data=False,
-            tls_context=tls_context if listener.tls == "starttls" else None,
+            tls_context=tls_context if starttls else None,
+            require_starttls=starttls and listener.requires_tls(),
             # An implicit-TLS session is encrypted from the first byte; aiosmtpd only knows
             # about STARTTLS, so it is told not to ask for it.
             auth_require_tls=not (implicit or listener.insecure_auth),
             timeout=limits.timeout,
             loop=asyncio.get_running_loop(),
         )
+        protocol.rules = rules
+        protocol.throttle = throttle
+        protocol.ipv6_prefix = listener.ipv6_prefix
+        return protocol
 
     return factory
 

@@ -15,9 +15,9 @@ import logging
 from typing import Any
 
 from gateway.dnsauth.state import states
-from gateway.headers import from_domain
 from gateway.message import Reject
 from gateway.plugin_manager import hookimpl
+from gateway.submission.sender_policy import authors, single_headers
 
 NAME = "domain_verification"
 DEFAULT_ENABLED = True
@@ -53,14 +53,26 @@ def gateway_configure(gateway: Any, config: Any) -> None:
     gateway.plugin_state[NAME] = VerifiedDomains()
 
 
+def author_domains(raw: bytes) -> list[str]:
+    """The domain of every author in the From header, RFC 5322-parsed (groups and all);
+    the gateway's sender policy has already refused duplicate or unparsable From headers."""
+    headers = single_headers(raw)
+    value = headers.get("from") if isinstance(headers, dict) else None
+    found = authors(value) if value else None
+    return sorted({a.rpartition("@")[2].lower().rstrip(".") for a in found or ()})
+
+
 @hookimpl
 async def gateway_accept_message(gateway: Any, submission: Any) -> Reject | None:
-    domain = from_domain(submission.raw)
-    if not domain:
+    domains = author_domains(submission.raw)
+    if not domains:
         return None
     cache: VerifiedDomains = gateway.plugin_state[NAME]
-    if _covered(domain, await cache.get(gateway.store, gateway.clock.now())):
+    verified = await cache.get(gateway.store, gateway.clock.now())
+    unverified = [d for d in domains if not _covered(d, verified)]
+    if not unverified:
         return None
+    domain = unverified[0]
     if gateway.config.dns.unverified_sending == "refuse":
         return Reject(
             550,

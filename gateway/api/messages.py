@@ -225,11 +225,12 @@ def _check_metadata(metadata: dict[str, str], field: str) -> None:
 
 
 def _check_sender(api: ApiContext, key: ApiKey, address: CheckedAddress, field: str) -> None:
-    allowed = [d.lower() for d in api.tenant(key.tenant).sending_domains]
     domain = address.email.rpartition("@")[2]
-    if allowed and domain not in allowed:
+    if not api.ingress.senders.domain_allowed(key.tenant, domain):
+        allowed = [d.lower() for d in api.tenant(key.tenant).sending_domains]
+        listed = f"one of this tenant's sending domains ({', '.join(allowed)})"
         raise Problem.invalid(
-            field, f"{domain} is not one of this tenant's sending domains ({', '.join(allowed)})"
+            field, f"{domain} is not {listed if allowed else 'a domain this tenant may use'}"
         )
 
 

@@ -84,6 +84,13 @@ class GatewayMetrics:
         self.smtp_sessions_open = Gauge(
             "gateway_smtp_sessions_open", "SMTP sessions open now", ["listener"], registry=r
         )
+        self.smtp_limits = Counter(
+            "gateway_smtp_limit_hits",
+            "SMTP connections refused and sessions ended by a limit (connection counts and rates, "
+            "timeouts, junk commands, AUTH throttling), by listener and limit",
+            ["listener", "limit"],
+            registry=r,
+        )
         self.queue = Gauge(
             "gateway_queue_deliveries", "Deliveries in the store by status", ["status"], registry=r
         )
@@ -135,6 +142,9 @@ class GatewayMetrics:
         if opened:
             self.smtp_sessions.labels(listener).inc()
         self.smtp_sessions_open.labels(listener).set(open_sessions)
+
+    def smtp_limit_hit(self, listener: str, limit: str) -> None:
+        self.smtp_limits.labels(listener, limit).inc()
 
     def webhook_posted(self, tenant: str, endpoint: str, outcome: str) -> None:
         self.webhook_posts.labels(tenant, endpoint, outcome).inc()

@@ -3,7 +3,7 @@
 Applied on reload:
 
 * ``[tenants]`` — SMTP users and passwords, trusted networks, API keys and their scopes and
-  rates, sending domains, and each tenant's ``webhooks`` endpoints;
+  rates, sending domains (and ``allow_null_sender``), and each tenant's ``webhooks`` endpoints;
 * ``[webhooks]`` — retry schedule, maximum age, timeout (concurrency on the next start);
 * ``[gateway] log_level`` and ``log_format``;
 * whatever plugins re-read in ``gateway_reload`` — the DKIM plugin's keys on disk, so a
@@ -83,9 +83,11 @@ async def reload_from(gateway: Gateway, path: str | None) -> bool:
 def apply(gateway: Gateway, config: Config) -> None:
     """Switch ``gateway`` to ``config``'s reloadable parts (see the module docstring)."""
     from gateway.smtp import TenantDirectory
+    from gateway.submission.sender_policy import SenderPolicy
 
     gateway.config = config
-    gateway.directory = TenantDirectory(config.tenants)
+    gateway.directory = TenantDirectory(config.tenants, gateway.passwords)
+    gateway.ingress.senders = SenderPolicy(config.tenants)
     for handler in gateway.handlers:
         handler.directory = gateway.directory
     if gateway.api_app is not None:

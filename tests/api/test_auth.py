@@ -76,8 +76,10 @@ def test_a_key_never_sees_another_tenants_messages(api: Api) -> None:
 
 
 def test_tenants_send_only_from_their_domains(api: Api) -> None:
-    globex = api.client("globex", "admin")  # no sending_domains: any domain
-    assert globex.post("/v1/messages", json=SEND).status_code == 202
+    globex = api.client("globex", "admin")  # no sending_domains: any domain no one else lists
+    assert globex.post("/v1/messages", json={**SEND, "from": "app@globex.test"}).status_code == 202
+    taken = globex.post("/v1/messages", json=SEND)
+    assert (taken.status_code, taken.json()["field"]) == (422, "from"), "acme.test is acme's"
     acme = api.client("acme", "admin")
     refused = acme.post("/v1/messages", json={**SEND, "from": "ceo@globex.test"})
     assert refused.status_code == 422

@@ -101,8 +101,10 @@ def start(
     return gw, clock, client
 
 
-def smtp_send(gw: GatewayThread, sender: str) -> tuple[int, bytes]:
-    body = f"From: {sender}\r\nTo: ann@example.org\r\nSubject: hi\r\n\r\nhello\r\n".encode()
+def smtp_send(gw: GatewayThread, sender: str, author: str = "") -> tuple[int, bytes]:
+    """Envelope sender ``sender``; header ``From: <author>`` (default: the sender)."""
+    author = author or sender
+    body = f"From: {author}\r\nTo: ann@example.org\r\nSubject: hi\r\n\r\nhello\r\n".encode()
     with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
         client.ehlo()
         client.mail(sender)
@@ -135,6 +137,10 @@ def test_refuse_mode_sends_only_after_verification(
         clock.advance(11)  # past the policy's cache of the verified set
         assert http_send(client, "news@good.test").status_code == 202
         assert smtp_send(gw, "alerts@eu.good.test")[0] == 250, "a subdomain of a verified one"
+        # Every author counts, not the first: a group hiding an unverified domain is refused.
+        code, reply = smtp_send(gw, "news@good.test", "team: news@good.test, x@missing.test;")
+        assert (code, reply.split()[0]) == (550, b"5.7.1")
+        assert b"missing.test is not verified" in reply
 
         missing = client.post("/v1/domains/missing.test/verify").json()
         assert missing["status"] == "unverified"

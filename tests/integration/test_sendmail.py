@@ -224,7 +224,8 @@ def test_one_refused_recipient_sends_nothing(gateway: Running) -> None:
         config=gateway.config_file,
     )
     assert result.returncode == EX_NOUSER, result.stderr
-    assert b"refused the recipient <bad\x7frecipient@example.net>: 501" in result.stderr
+    # Not an RFC 5321 path: refused at RCPT (docs/hardening.md, envelope syntax).
+    assert b"refused the recipient <bad\x7frecipient@example.net>: 553 5.1.3" in result.stderr
     assert gateway.stored_messages() == before
     assert not [e for e in gateway.outbox() if e.recipient == "good@example.net"]
 
