@@ -39,6 +39,8 @@ class ProblemDetail(msgspec.Struct, omit_defaults=True, kw_only=True):
     status: int
     detail: str
     field: str | None = None
+    limit: str | None = None
+    """Which limit a request broke (``cpu_time``, ``memory``, ``output_size``), when one did."""
 
 
 class Problem(Exception):
@@ -53,10 +55,16 @@ class Problem(Exception):
         *,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        limit: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = ProblemDetail(
-            type=PROBLEM_TYPE + slug, title=title, status=status, detail=detail, field=field
+            type=PROBLEM_TYPE + slug,
+            title=title,
+            status=status,
+            detail=detail,
+            field=field,
+            limit=limit,
         )
         self.headers = headers or {}
 

@@ -66,7 +66,7 @@ def create_app(gateway: Gateway) -> Litestar:
     api = ApiContext(gateway)
 
     @contextlib.asynccontextmanager
-    async def purge_idempotency_keys(_: Litestar) -> AsyncIterator[None]:
+    async def api_lifespan(_: Litestar) -> AsyncIterator[None]:
         task = asyncio.create_task(_purge_forever(api), name="idempotency-purge")
         try:
             yield
@@ -74,6 +74,7 @@ def create_app(gateway: Gateway) -> Litestar:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await api.renderers.close()
 
     openapi = None
     if gateway.config.http.docs:
@@ -109,7 +110,7 @@ def create_app(gateway: Gateway) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi,
         request_max_body_size=gateway.config.http.max_body_size,
-        lifespan=[purge_idempotency_keys],
+        lifespan=[api_lifespan],
         state=State({"api": api}),
         logging_config=None,
     )
