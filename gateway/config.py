@@ -126,10 +126,11 @@ class ApiKeySection(msgspec.Struct, **_STRICT):
     """Shown in logs and rate-limit answers; unique within the tenant."""
     key_hash: str
     """Output of ``gateway api-key``; the key itself is never stored."""
-    scopes: list[Literal["send", "read", "admin"]] = msgspec.field(
+    scopes: list[Literal["send", "read", "admin", "operator"]] = msgspec.field(
         default_factory=lambda: ["send", "read"]
     )
-    """``send`` (POST messages), ``read`` (status, stats, suppressions), ``admin`` (everything)."""
+    """``send`` (POST messages), ``read`` (status, stats, suppressions), ``admin`` (everything
+    of its tenant), ``operator`` (every tenant's sending domains and IPs: the operator's view)."""
     rate_limit: float = 0.0
     """Requests per second for this key; 0 means ``http.rate_limit``."""
 
@@ -1039,7 +1040,7 @@ def _check_api_keys(
             fail((*path, "key_hash"), "the same key is configured twice")
         seen_hashes.add(key.key_hash)
         if not key.scopes:
-            fail((*path, "scopes"), "give at least one of send, read, admin")
+            fail((*path, "scopes"), "give at least one of send, read, admin, operator")
         if key.rate_limit < 0:
             fail((*path, "rate_limit"), "must be 0 (use http.rate_limit) or more")
 

@@ -3,9 +3,9 @@ another under the limits, answers one frame per recipient.
 
 Limits are the process's own: ``RLIMIT_AS`` caps memory (an allocation past it is a
 ``MemoryError``), a ``SIGPROF`` interval timer (CPU time, not wall time) interrupts a render
-that runs too long, and output is counted as it is generated. The process runs at a lower
-priority (nice 10), so even a render at its limits yields the CPU to SMTP and HTTP. It exits at
-the end of its stdin, i.e. when the gateway closes the pipe or dies.
+that runs too long, and output is counted as it is generated. It runs at normal priority (niced,
+renders starved behind a busy gateway and batch throughput fell by half). It exits at the end
+of its stdin, i.e. when the gateway closes the pipe or dies.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import os
 import resource
 import signal
 import sys
+import time
 from types import FrameType
 from typing import Any, BinaryIO
 
@@ -27,7 +27,8 @@ from gateway.templates.limits import RenderLimits, TemplateError
 from gateway.templates.protocol import HEADER, Failure, Rendered, RenderJob, TemplateSource, frame
 from gateway.templates.sandbox import LimitBreach, LimitedEnvironment, compile_template, render
 
-NICE = 10
+FLUSH_EVERY = 0.02
+"""Seconds of rendering after which results written so far are sent on."""
 COMPILED_CACHE = 32
 """Compiled template sets kept per worker (a batch is split in jobs that reuse them)."""
 
@@ -56,12 +57,18 @@ class Renderer:
             out.write(frame(Rendered(failure=Failure(e.kind, e.field, e.detail, e.limit))))
             out.flush()
             return
+        flushed = time.monotonic()
         for variables in job.variables:
             result = self._render_one(templates, variables)
             out.write(frame(result))
-            out.flush()
             if result.failure is not None and result.failure.kind == "limit":
-                return
+                break
+            # Flushing in groups saves the event loop a wake-up per recipient; its deadline
+            # only needs to see progress every so often.
+            if time.monotonic() - flushed >= FLUSH_EVERY:
+                out.flush()
+                flushed = time.monotonic()
+        out.flush()
 
     def _render_one(
         self, templates: list[tuple[str, Template]], variables: dict[str, Any]
@@ -122,14 +129,16 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
 
 def main() -> None:
     limits = msgspec.json.decode(sys.argv[1], type=RenderLimits)
-    os.nice(NICE)
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGPROF, _on_cpu_timer)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway stops us; Ctrl-C is for it
     renderer = Renderer(limits)
     decoder = msgspec.msgpack.Decoder(RenderJob)
-    source, out = sys.stdin.buffer, sys.stdout.buffer
+    source, out = (
+        sys.stdin.buffer,
+        open(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False),
+    )
     while (header := _read_exactly(source, HEADER)) is not None:
         body = _read_exactly(source, int.from_bytes(header, "big"))
         if body is None:
