@@ -9,6 +9,7 @@ cannot write) is ``503`` with ``Retry-After``: the client keeps the message and 
 from __future__ import annotations
 
 import http
+import json
 import logging
 import math
 import re
@@ -78,6 +79,7 @@ def decode_json(body: bytes, into: type[T]) -> T:
     """Strictly decode a JSON body; errors name the field (``$.to[0].email`` → ``to[0].email``)."""
     if not body.strip():
         raise Problem(400, "invalid-json", "Invalid JSON", "the request body is empty")
+    _refuse_duplicate_keys(body)
     try:
         return msgspec.json.decode(body, type=into)
     except msgspec.ValidationError as e:
@@ -98,6 +100,35 @@ def decode_json(body: bytes, into: type[T]) -> T:
         ) from None
     except msgspec.DecodeError as e:
         raise Problem(400, "invalid-json", "Invalid JSON", str(e)) from None
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """400 for an object with a key twice: msgspec (like most parsers) keeps the last one, so
+    two parsers on the way could read two different requests. The standard library's C
+    scanner hands us each object's pairs; anything else it dislikes is left to msgspec."""
+    try:
+        json.loads(body, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as e:
+        raise Problem(
+            400, "invalid-json", "Invalid JSON", f"duplicate key {e.args[0]!r} in an object"
+        ) from None
+    except (ValueError, RecursionError):
+        return
 
 
 def problem_response(

@@ -62,6 +62,20 @@ def _view(entry: Suppression) -> SuppressionView:
     )
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
+
+
+def csv_cell(value: str) -> str:
+    """``value`` made inert for spreadsheets: a leading ``'`` before a formula character."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _uncell(value: str) -> str:
+    """The inverse of ``csv_cell``, so an export imports as it was."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA_START) else value
+
+
 def _parse_csv(text: str, tenant: str, now: float) -> list[Suppression]:
     """Entries from CSV with a header row; errors name the line (``line 3.reason``)."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -76,11 +90,11 @@ def _parse_csv(text: str, tenant: str, now: float) -> list[Suppression]:
         entries.append(
             Suppression(
                 tenant=tenant,
-                address=check_address(row.get("email") or "", f"line {line}.email").email,
+                address=check_address(_uncell(row.get("email") or ""), f"line {line}.email").email,
                 reason=reason,  # type: ignore[arg-type]
                 created_at=now,
                 detail=check_header_text(
-                    row.get("detail") or "", f"line {line}.detail", max_length=500
+                    _uncell(row.get("detail") or ""), f"line {line}.detail", max_length=500
                 ),
             )
         )
@@ -182,7 +196,7 @@ class SuppressionsController(Controller):
             page = await api.store.list_suppressions(tenant, after=after, limit=1000)
             for e in page:
                 created = dt.datetime.fromtimestamp(e.created_at, dt.UTC).isoformat()
-                writer.writerow([e.address, e.reason, created, e.detail])
+                writer.writerow([csv_cell(e.address), e.reason, created, csv_cell(e.detail)])
             if len(page) < 1000:
                 break
             after = page[-1].address
