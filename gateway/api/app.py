@@ -19,7 +19,6 @@ import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
     OpenAPIMediaType,
@@ -32,6 +31,7 @@ from litestar.openapi.spec import (
 )
 
 from gateway import __version__
+from gateway.api.assets import PackagedSwaggerUI, asset_routes, load_swagger_ui
 from gateway.api.console import CONSOLE_ROUTES
 from gateway.api.context import ApiContext
 from gateway.api.dns import DnsController, mta_sts_policy_file
@@ -77,6 +77,7 @@ def create_app(gateway: Gateway) -> Litestar:
             await api.renderers.close()
 
     openapi = None
+    swagger_ui = load_swagger_ui() if gateway.config.http.docs else None
     if gateway.config.http.docs:
         openapi = OpenAPIConfig(
             title="ESP gateway API",
@@ -84,7 +85,7 @@ def create_app(gateway: Gateway) -> Litestar:
             description="Send mail and follow what happens to it. Authenticate with "
             "`Authorization: Bearer <API key>`; errors are RFC 9457 problem details.",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[PackagedSwaggerUI(path="/")],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
@@ -100,6 +101,7 @@ def create_app(gateway: Gateway) -> Litestar:
             WebhooksController,
             *OPS_ROUTES,
             *CONSOLE_ROUTES,
+            *asset_routes(swagger_ui),
             DnsController,
             mta_sts_policy_file,
             DomainsController,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, head, post
 from litestar.params import FromPath, FromQuery
 
 from gateway.api.auth import requires
@@ -36,6 +36,11 @@ async def healthz(request: Request[Any, Any, Any]) -> Health:
     return Health(status="ok", version=__version__, worker=ApiContext.of(request).gateway.worker)
 
 
+@head("/healthz", include_in_schema=False, cache_control=None)
+async def healthz_head() -> None:
+    """``HEAD /healthz``: the same check for probes that only look at the status."""
+
+
 @get("/readyz", include_in_schema=False)
 async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
     """Ready for traffic: spool writable, store reachable, a route open, listeners bound."""
@@ -51,7 +56,7 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 
-OPS_ROUTES = [healthz, readyz, metrics]
+OPS_ROUTES = [healthz, healthz_head, readyz, metrics]
 
 
 # --- /v1/webhooks: a sender's endpoints, their events and delivery log, replay ------------------

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+from pathlib import Path
+
 from tests.api.conftest import Api
 
 
@@ -43,3 +48,28 @@ def test_openapi_document_and_docs_page(idle_api: Api) -> None:
     assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     assert page.status_code == 200
     assert "swagger" in page.text.lower()
+
+
+def test_docs_page_loads_its_assets_from_the_gateway_with_integrity(idle_api: Api) -> None:
+    with idle_api.anonymous() as client:
+        page = client.get("/docs").text
+        urls = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert urls and all(u.startswith("/") for u in urls), urls  # nothing from a CDN
+        tags = re.findall(r'(?:src|href)="(/docs/assets/[^"]+)" integrity="([^"]+)"', page)
+        assert {Path(u).name for u, _ in tags} == {
+            "swagger-ui.css",
+            "swagger-ui-bundle.js",
+            "swagger-ui-standalone-preset.js",
+        }
+        for url, digest in tags:
+            served = client.get(url)
+            assert served.status_code == 200
+            expected = (
+                "sha384-" + base64.b64encode(hashlib.sha384(served.content).digest()).decode()
+            )
+            assert digest == expected, url
+        assert client.get("/docs/assets/nothing.js").status_code == 404
+        favicon = client.get("/favicon.ico")
+        assert favicon.status_code == 200
+        assert favicon.headers["content-type"] == "image/svg+xml"
+        assert favicon.content.startswith(b"<svg")
