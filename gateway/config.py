@@ -186,6 +186,9 @@ class HttpSection(msgspec.Struct, **_STRICT):
     """Requests a key may make at once before the rate applies."""
     docs: bool = True
     """Serve the OpenAPI document and an interactive page under ``/docs``."""
+    metrics_token: str = ""
+    """``/metrics`` shows tenant names and volumes: with a token (use ``${ENV}``), it answers
+    only ``Authorization: Bearer <token>``, from anywhere; without one, only loopback clients."""
 
 
 class TemplatesSection(msgspec.Struct, **_STRICT):

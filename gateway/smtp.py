@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
@@ -108,6 +109,8 @@ class GatewaySMTP(SMTP):
 
     _in_greeting_reply = False
     _greeted = False
+    refused: Callable[[str], None] | None = None
+    """Called with every 4xx/5xx reply (set by ``SessionTracker``, for metrics)."""
 
     def _create_session(self) -> GatewaySession:
         return GatewaySession(self.loop)
@@ -118,7 +121,10 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         # RFC 2034: the 220 greeting and replies to EHLO/HELO carry no enhanced status code.
         if isinstance(status, str) and self._greeted and not self._in_greeting_reply:
-            await super().push(_with_enhanced_code(status))
+            status = _with_enhanced_code(status)
+            if self.refused is not None and status[:1] in ("4", "5"):
+                self.refused(status)
+            await super().push(status)
             return
         self._greeted = True
         await super().push(status)

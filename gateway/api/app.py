@@ -36,6 +36,7 @@ from gateway.api.console import CONSOLE_ROUTES
 from gateway.api.context import ApiContext
 from gateway.api.dns import DnsController, mta_sts_policy_file
 from gateway.api.domains import DomainsController
+from gateway.api.http_metrics import http_metrics
 from gateway.api.messages import BatchRequest, MessagesController, SendRequest
 from gateway.api.ops import OPS_ROUTES, WebhooksController
 from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
@@ -110,6 +111,7 @@ def create_app(gateway: Gateway) -> Litestar:
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[http_metrics(gateway.metrics)],
         openapi_config=openapi,
         request_max_body_size=gateway.config.http.max_body_size,
         lifespan=[api_lifespan],

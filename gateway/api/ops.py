@@ -7,15 +7,17 @@ either way, so a load balancer and a person read the same answer.
 
 from __future__ import annotations
 
+import hmac
 from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, head, post
 from litestar.params import FromPath, FromQuery
 
-from gateway.api.auth import requires
+from gateway.api.auth import bearer_token, requires
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
+from gateway.config import is_loopback
 from gateway.ops.health import Readiness, readiness
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.ops.sender_webhooks import webhook_event_view
@@ -52,8 +54,27 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition of this worker's registry."""
     gateway = ApiContext.of(request).gateway
+    _check_metrics_access(request, gateway.config.http.metrics_token)
     await gateway.metrics.refresh()
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _check_metrics_access(request: Request[Any, Any, Any], token: str) -> None:
+    if token:
+        given = bearer_token(request.headers.get("authorization")) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Problem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                "send http.metrics_token as 'Authorization: Bearer <token>'",
+                field="Authorization",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    elif not is_loopback(request.client.host if request.client else ""):
+        raise Problem(
+            403, "forbidden", "Forbidden", "set http.metrics_token to scrape from elsewhere"
+        )
 
 
 OPS_ROUTES = [healthz, healthz_head, readyz, metrics]
