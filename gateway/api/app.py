@@ -13,22 +13,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
-    OpenAPIMediaType,
-    OpenAPIResponse,
-    OpenAPIType,
-    Reference,
-    RequestBody,
-    Schema,
     SecurityScheme,
 )
+from litestar.routes import HTTPRoute
+from litestar.types import Message, Scope
 
 from gateway import __version__
 from gateway.api.assets import PackagedSwaggerUI, asset_routes, load_swagger_ui
@@ -37,12 +32,13 @@ from gateway.api.context import ApiContext
 from gateway.api.dns import DnsController, mta_sts_policy_file
 from gateway.api.domains import DomainsController
 from gateway.api.http_metrics import http_metrics
-from gateway.api.messages import BatchRequest, MessagesController, SendRequest
+from gateway.api.messages import MessagesController
+from gateway.api.openapi import complete_document
 from gateway.api.ops import OPS_ROUTES, WebhooksController
-from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
+from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.providers import ProvidersController
 from gateway.api.stats import StatsController
-from gateway.api.suppressions import SuppressionAdd, SuppressionsController
+from gateway.api.suppressions import SuppressionsController
 from gateway.api.webhooks import webhook_routes
 
 if TYPE_CHECKING:
@@ -52,14 +48,6 @@ log = logging.getLogger("gateway.api")
 
 PURGE_INTERVAL = 3600.0
 """How often expired idempotency keys are deleted."""
-
-# (path, request Struct or None for a plain string body, extra media types)
-_BODIES: list[tuple[str, type[msgspec.Struct] | None, tuple[str, ...]]] = [
-    ("/v1/messages", SendRequest, ("message/rfc822",)),
-    ("/v1/messages/batch", BatchRequest, ()),
-    ("/v1/suppressions", SuppressionAdd, ()),
-    ("/v1/suppressions/import", None, ("text/csv",)),
-]
 
 
 def create_app(gateway: Gateway) -> Litestar:
@@ -94,6 +82,7 @@ def create_app(gateway: Gateway) -> Litestar:
             ),
             security=[{"apiKey": []}],
         )
+    allow = _AllowHeader()
     app = Litestar(
         route_handlers=[
             MessagesController,
@@ -111,6 +100,7 @@ def create_app(gateway: Gateway) -> Litestar:
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[allow.correct],
         middleware=[http_metrics(gateway.metrics)],
         openapi_config=openapi,
         request_max_body_size=gateway.config.http.max_body_size,
@@ -118,52 +108,32 @@ def create_app(gateway: Gateway) -> Litestar:
         state=State({"api": api}),
         logging_config=None,
     )
+    allow.learn(app)
     if openapi is not None:
-        _document_bodies(app)
+        complete_document(app.openapi_schema)
     return app
 
 
-_ERRORS = {
-    "400": "Malformed request (invalid JSON, bad header or parameter)",
-    "401": "No valid API key",
-    "403": "The key lacks the scope this endpoint needs",
-    "413": "Request or message too large",
-    "422": "A field is invalid; `field` names it",
-    "429": "Rate limit reached; see Retry-After",
-    "503": "Local fault, nothing was stored; retry after Retry-After",
-}
+class _AllowHeader:
+    """``Allow`` on automatic ``OPTIONS`` answers lists every method of the path. Litestar
+    builds that header when a path gets its first handler and keeps it when more are added
+    (``OPTIONS /v1/messages`` said ``GET, OPTIONS``), so it is rewritten on the way out."""
 
+    def __init__(self) -> None:
+        self.methods: dict[str, bytes] = {}
 
-def _document_bodies(app: Litestar) -> None:
-    """Add the hand-decoded request bodies (and their Structs) and the problem responses to
-    the OpenAPI document."""
-    document = app.openapi_schema
-    structs: list[type[msgspec.Struct]] = [ProblemDetail]
-    structs += [struct for _, struct, _ in _BODIES if struct is not None]
-    _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
-    # msgspec's JSON Schema is valid OpenAPI 3.1; litestar serializes plain dicts as they are.
-    document.components.schemas.update(cast(dict[str, Schema], schemas))
-    for path, struct, extra in _BODIES:
-        item = document.paths[path] if document.paths else None
-        operation = item.post if item is not None else None
-        if operation is None:
-            raise RuntimeError(f"no POST {path} to document")
-        content: dict[str, OpenAPIMediaType] = {}
-        if struct is not None:
-            ref = Reference(ref=f"#/components/schemas/{struct.__name__}")
-            content["application/json"] = OpenAPIMediaType(schema=ref)
-        for media_type in extra:
-            content[media_type] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
-        operation.request_body = RequestBody(content=content, required=True)
-    problem = OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ProblemDetail"))
-    for item in (document.paths or {}).values():
-        for operation in (item.get, item.post, item.delete):
-            if operation is None or operation.responses is None:
-                continue
-            for status, description in _ERRORS.items():
-                operation.responses[status] = OpenAPIResponse(
-                    description=description, content={MEDIA_TYPE: problem}
-                )
+    def learn(self, app: Litestar) -> None:
+        for route in app.routes:
+            if isinstance(route, HTTPRoute):
+                self.methods[route.path_format] = ", ".join(sorted(route.methods)).encode()
+
+    async def correct(self, message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        allow = self.methods.get(str(scope.get("path_template", "")))
+        if allow is not None:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+            message["headers"] = [*headers, (b"allow", allow)]
 
 
 async def _purge_forever(api: ApiContext) -> None:

@@ -35,7 +35,13 @@ from gateway.api.mime import (
     check_header_text,
     check_headers,
 )
-from gateway.api.problems import Problem, ProblemDetail, decode_json, rejected_problem
+from gateway.api.problems import (
+    Problem,
+    ProblemDetail,
+    decode_json,
+    query_time,
+    rejected_problem,
+)
 from gateway.ingress import Rejected, Submission, content_problem
 from gateway.message import DeliveryStatus
 from gateway.store.base import (
@@ -332,6 +338,7 @@ class MessagesController(Controller):
         if media_type == "message/rfc822":
             submission, not_before, result = await _raw_submission(api, key, request, body)
         elif media_type in ("application/json", ""):
+            _check_raw_message_params(request)  # documented for the operation: never ignored
             submission, not_before, result = await _json_submission(
                 api, key, decode_json(body, SendRequest)
             )
@@ -443,9 +450,9 @@ class MessagesController(Controller):
         status: FromQuery[DeliveryStatus | None] = None,
         tag: FromQuery[str | None] = None,
         recipient: FromQuery[str | None] = None,
-        since: FromQuery[dt.datetime | None] = None,
-        until: FromQuery[dt.datetime | None] = None,
-        cursor: FromQuery[str | None] = None,
+        since: Annotated[str | None, QueryParameter(format="date-time")] = None,
+        until: Annotated[str | None, QueryParameter(format="date-time")] = None,
+        cursor: Annotated[str | None, QueryParameter(pattern="^[0-9a-f]{22}$")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> MessageList:
         api = ApiContext.of(request)
@@ -464,8 +471,8 @@ class MessagesController(Controller):
                 status=status,
                 tag=tag,
                 recipient=recipient,
-                since=_epoch(since, "since"),
-                until=_epoch(until, "until"),
+                since=query_time(since, "since"),
+                until=query_time(until, "until"),
                 before_id=cursor,
                 limit=limit,
             )
@@ -579,6 +586,26 @@ async def _raw_submission(
         MessageMeta(tags=tuple(tags)),
         _timestamp(when, api.clock.now()),
     )
+
+
+def _check_raw_message_params(request: Request[Any, Any, Any]) -> None:
+    """The ``message/rfc822`` query parameters are well-formed (they apply to raw messages)."""
+    params = request.query_params
+    if params.get("from") is not None:
+        check_address(params["from"], "from")
+    for i, address in enumerate(params.getall("to", [])):
+        check_address(address, f"to[{i}]")
+    for i, tag in enumerate(params.getall("tag", [])):
+        if not _TAG.match(tag):
+            raise Problem.invalid(f"tag[{i}]", "1-64 characters: letters, digits and _.:/@+-")
+    send_at = params.get("send_at")
+    if send_at is not None:
+        try:
+            when = dt.datetime.fromisoformat(send_at)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise Problem.invalid("send_at", "expected an RFC 3339 time with a zone")
 
 
 def _check_recipient_count(api: ApiContext, count: int) -> None:
@@ -861,20 +888,6 @@ class _BatchSender:
 
 
 # --- views -----------------------------------------------------------------------------------
-
-
-def _epoch(value: dt.datetime | None, field: str) -> float | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise Problem(
-            400,
-            "invalid-parameter",
-            "Invalid parameter",
-            f"{field}: give a time zone, e.g. 2030-01-31T09:00:00Z",
-            field=field,
-        )
-    return value.timestamp()
 
 
 def _time(epoch: float) -> dt.datetime:

@@ -8,11 +8,11 @@ either way, so a load balancer and a person read the same answer.
 from __future__ import annotations
 
 import hmac
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, head, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from gateway.api.auth import bearer_token, requires
 from gateway.api.context import ApiContext
@@ -147,12 +147,8 @@ class WebhooksController(Controller):
         status: FromQuery[Literal["pending", "delivered", "failed"] | None] = None,
         endpoint: FromQuery[str | None] = None,
         before: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 50,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> list[WebhookEventView]:
-        if not 1 <= limit <= 500:
-            raise Problem(
-                400, "invalid-parameter", "Invalid parameter", "limit: 1 to 500", field="limit"
-            )
         api = ApiContext.of(request)
         found = await api.store.list_webhook_events(
             request.state.api_key.tenant,

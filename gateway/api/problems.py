@@ -8,6 +8,7 @@ cannot write) is ``503`` with ``Retry-After``: the client keeps the message and 
 
 from __future__ import annotations
 
+import datetime as dt
 import http
 import json
 import logging
@@ -129,6 +130,26 @@ def _refuse_duplicate_keys(body: bytes) -> None:
         ) from None
     except (ValueError, RecursionError):
         return
+
+
+def query_time(text: str | None, field: str) -> float | None:
+    """A query parameter holding an RFC 3339 time with a zone, as epoch seconds; anything else
+    (a bare date, ``0.5``) is 400."""
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in text.upper():
+        raise Problem(
+            400,
+            "invalid-parameter",
+            "Invalid parameter",
+            f"{field}: an RFC 3339 time with a zone, e.g. 2030-01-31T09:00:00Z",
+            field=field,
+        )
+    return value.timestamp()
 
 
 def problem_response(

@@ -73,3 +73,36 @@ def test_docs_page_loads_its_assets_from_the_gateway_with_integrity(idle_api: Ap
         assert favicon.status_code == 200
         assert favicon.headers["content-type"] == "image/svg+xml"
         assert favicon.content.startswith(b"<svg")
+
+
+def test_the_document_names_every_status_header_and_parameter(idle_api: Api) -> None:
+    with idle_api.anonymous() as client:
+        document = client.get("/docs/openapi.json").json()
+        allow = client.options("/v1/messages").headers["allow"]
+        allow_suppressions = client.options("/v1/suppressions").headers["allow"]
+    paths = document["paths"]
+    assert set(allow.split(", ")) == {"GET", "OPTIONS", "POST"}
+    assert set(allow_suppressions.split(", ")) == {"GET", "OPTIONS", "POST"}
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if "{" in path or path.startswith("/v1/domains"):
+                assert "404" in operation["responses"], (method, path)
+            assert "Retry-After" in operation["responses"]["429"]["headers"], (method, path)
+    send = paths["/v1/messages"]["post"]
+    assert {"415", "409"} <= set(send["responses"])
+    assert "415" in paths["/v1/suppressions/import"]["post"]["responses"]
+    for operation in (send, paths["/v1/messages/batch"]["post"]):
+        params = {(p["in"], p["name"]) for p in operation["parameters"]}
+        assert ("header", "Idempotency-Key") in params
+        assert "Idempotent-Replayed" in operation["responses"]["202"]["headers"]
+    assert {("query", n) for n in ("from", "to", "tag", "send_at")} <= {
+        (p["in"], p["name"]) for p in send["parameters"]
+    }
+    events = {p["name"]: p for p in paths["/v1/webhooks/events"]["get"]["parameters"]}
+    assert (events["limit"]["schema"]["minimum"], events["limit"]["schema"]["maximum"]) == (1, 500)
+    schemas = document["components"]["schemas"]
+    assert schemas["EmailAddress"]["pattern"].startswith("^")
+    assert schemas["SendRequest"]["properties"]["tags"]["items"]["pattern"]
+    with idle_api.client(key="reader") as client:
+        assert client.get("/v1/messages", params={"until": "0.5"}).status_code == 400
+        assert client.get("/v1/stats", params={"until": "0.5"}).status_code == 400
