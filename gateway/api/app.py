@@ -4,7 +4,8 @@ Controllers (one per resource, Structs beside them) are mounted under ``/v1``; e
 through the one map in ``problems``; the OpenAPI 3.1 document is at ``/docs/openapi.json``
 with an interactive page at ``/docs``. Request bodies are decoded by the handlers themselves
 (strictly, with errors naming the field, and ``POST /v1/messages`` also takes
-``message/rfc822``), so their schemas are added to the generated document here.
+``message/rfc822``), so their schemas are added to the generated document by
+``openapi.complete_document``.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class _Worker:
         assert process.stdin is not None and process.stdout is not None
         self.stdin = process.stdin
         self.stdout = process.stdout
-        self._decoder = msgspec.msgpack.Decoder(Rendered)
+        self._decoder = msgspec.msgpack.Decoder(list[Rendered])
 
     async def run(self, job: RenderJob, per_render: float, results: list[Rendered]) -> None:
         """Append one result per recipient to ``results``, stopping early where the worker
@@ -73,9 +73,10 @@ class _Worker:
                 while len(results) < len(job.variables):
                     header = await self.stdout.readexactly(HEADER)
                     body = await self.stdout.readexactly(int.from_bytes(header, "big"))
-                    result = self._decoder.decode(body)
-                    results.append(result)
-                    if result.failure is not None and result.failure.kind != "render":
+                    group = self._decoder.decode(body)
+                    results.extend(group)
+                    last = group[-1].failure if group else None
+                    if last is not None and last.kind != "render":
                         return
                     deadline.reschedule(loop.time() + per_render)
         except TimeoutError:

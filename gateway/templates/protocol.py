@@ -1,6 +1,7 @@
 """What the event loop and a render worker say to each other over the worker's stdin/stdout:
-length-prefixed msgpack frames. One ``RenderJob`` in; one ``Rendered`` frame per recipient out,
-so the loop can time each render, ending early at a compile error or a broken limit."""
+length-prefixed msgpack frames. One ``RenderJob`` in; out, frames of ``Rendered`` lists, one
+per recipient in order, sent every few milliseconds of rendering so the loop sees progress and
+can time the renders; the results end early at a compile error or a broken limit."""
 
 from __future__ import annotations
 
@@ -45,6 +46,6 @@ class Rendered(msgspec.Struct, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 
 
-def frame(message: msgspec.Struct) -> bytes:
+def frame(message: msgspec.Struct | list[Rendered]) -> bytes:
     body = _encoder.encode(message)
     return len(body).to_bytes(HEADER, "big") + body

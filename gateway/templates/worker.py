@@ -54,20 +54,24 @@ class Renderer:
         try:
             templates = self._limited(functools.partial(self._compile, job.templates))
         except TemplateError as e:
-            out.write(frame(Rendered(failure=Failure(e.kind, e.field, e.detail, e.limit))))
+            out.write(frame([Rendered(failure=Failure(e.kind, e.field, e.detail, e.limit))]))
             out.flush()
             return
-        flushed = time.monotonic()
+        # Results go out in groups, one frame each: the event loop wakes and decodes once per
+        # group, and its deadline only needs to see progress every so often.
+        group: list[Rendered] = []
+        started = time.monotonic()
         for variables in job.variables:
             result = self._render_one(templates, variables)
-            out.write(frame(result))
+            group.append(result)
             if result.failure is not None and result.failure.kind == "limit":
                 break
-            # Flushing in groups saves the event loop a wake-up per recipient; its deadline
-            # only needs to see progress every so often.
-            if time.monotonic() - flushed >= FLUSH_EVERY:
+            if time.monotonic() - started >= FLUSH_EVERY:
+                out.write(frame(group))
                 out.flush()
-                flushed = time.monotonic()
+                group, started = [], time.monotonic()
+        if group:
+            out.write(frame(group))
         out.flush()
 
     def _render_one(

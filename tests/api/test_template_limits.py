@@ -56,7 +56,7 @@ def _run(renderer: Renderer, job: RenderJob) -> list[Rendered]:
     data, results = out.getvalue(), []
     while data:
         size = int.from_bytes(data[:HEADER], "big")
-        results.append(msgspec.msgpack.decode(data[HEADER : HEADER + size], type=Rendered))
+        results += msgspec.msgpack.decode(data[HEADER : HEADER + size], type=list[Rendered])
         data = data[HEADER + size :]
     return results
 
