@@ -1,12 +1,11 @@
-# The gateway as a container: non-root, config mounted at /etc/gateway/gateway.toml,
-# state (spool, outbox) in the /var/lib/gateway volume.
+# The gateway as a container: non-root, config at /etc/gateway/gateway.toml (config/docker.toml
+# unless you mount your own over it), certificates mounted at /etc/gateway/tls, state (spool,
+# outbox) in the /var/lib/gateway volume. See config/docker.toml for what it needs.
 #
 #   docker build -t esp-gateway .
-#   docker run -v $PWD/gateway.toml:/etc/gateway/gateway.toml:ro -v gw-data:/var/lib/gateway \
-#              -p 587:587 esp-gateway
-#
-# In the mounted config, bind listeners to 0.0.0.0 (the example binds 127.0.0.1, which is
-# unreachable from outside the container) and set data_dir = "/var/lib/gateway".
+#   docker run -v /etc/letsencrypt/live/mail.example.com:/etc/gateway/tls:ro \
+#              -e GATEWAY_SMTP_PASSWORD_HASH='scrypt$...' -v gw-data:/var/lib/gateway \
+#              -p 587:587 -p 465:465 esp-gateway
 FROM python:3.11-slim
 
 RUN groupadd --system gateway \
@@ -22,6 +21,7 @@ RUN pip install --no-cache-dir --require-hashes -r requirements.txt \
  && mkdir -p /etc/gateway \
  && cp /opt/gateway/README.md /etc/gateway/README.md
 COPY gateway.toml.example /etc/gateway/gateway.toml.example
+COPY config/docker.toml /etc/gateway/gateway.toml
 
 USER gateway
 WORKDIR /var/lib/gateway
@@ -29,5 +29,7 @@ ENV GATEWAY_CONFIG=/etc/gateway/gateway.toml
 VOLUME ["/var/lib/gateway"]
 EXPOSE 25 587 465 2525 8025
 
-HEALTHCHECK --interval=30s --timeout=5s CMD ["gateway", "check-config"]
+# Asks the running gateway (its /healthz, or an SMTP NOOP when [http] is off): exit 1 when the
+# server is down, which check-config (a file check) never noticed.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=15s CMD ["gateway", "health", "--timeout", "5"]
 CMD ["gateway", "serve"]

@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commands.send import add_commands as add_send_commands
 
     add_send_commands(commands)
+    from gateway.commands.health import add_commands as add_health_commands
+
+    add_health_commands(commands)
 
     plugins = commands.add_parser(
         "plugins", help="list loaded plugins and their hooks, in call order"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -54,6 +55,15 @@ def test_builtin_plugins_import_as_gateway_plugins_from_the_plugins_folder() -> 
 
 
 def test_the_wheel_installs_gateway_plugins_and_no_top_level_plugins(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    for folder in ("gateway", "plugins"):
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
     subprocess.run(
         [
             sys.executable,
@@ -65,7 +75,7 @@ def test_the_wheel_installs_gateway_plugins_and_no_top_level_plugins(tmp_path: P
             "--no-build-isolation",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,

@@ -1,1 +1,0 @@
-"""The HTTP API (litestar): ``create_app(gateway)`` and the controllers it mounts."""
