@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.dnsauth.commands import add_commands as add_dns_commands
 
     add_dns_commands(commands)
+    from gateway.commands.suppressions import add_commands as add_suppression_commands
+
+    add_suppression_commands(commands)
     return parser
 
 

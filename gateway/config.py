@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from gateway.durations import parse_duration
+from gateway.streams import StreamSection, check_streams
 
 
 class ConfigError(Exception):
@@ -93,6 +94,9 @@ class ListenerSection(msgspec.Struct, **_STRICT):
     """``starttls`` (submission, 587), ``implicit`` (submissions, 465) or ``none``."""
     insecure_auth: bool = False
     """Allow AUTH without TLS. Only for a listener bound to loopback, for development."""
+    stream: str = ""
+    """The message stream of mail submitted here (``gateway/streams.py``); empty:
+    ``transactional``. An SMTP user's ``stream`` and an ``X-Gateway-Stream`` header win."""
 
 
 class SmtpTlsSection(msgspec.Struct, **_STRICT):
@@ -119,6 +123,8 @@ class SmtpUserSection(msgspec.Struct, **_STRICT):
     username: str
     password_hash: str
     """Output of ``gateway hash-password``; the password itself is never stored."""
+    stream: str = ""
+    """The message stream of this user's mail; empty: the listener's (or ``transactional``)."""
 
 
 class ApiKeySection(msgspec.Struct, **_STRICT):
@@ -144,6 +150,7 @@ WEBHOOK_EVENT_TYPES = (
     "clicked",
     "unsubscribed",
     "rejected",
+    "suppressed",
 )
 """Event types a sender's webhook endpoint may subscribe to (``gateway.events.EventKind``)."""
 
@@ -169,6 +176,8 @@ class TenantSection(msgspec.Struct, **_STRICT):
     """Domains the HTTP API lets this tenant send from (``from`` address); empty means any."""
     webhooks: dict[str, WebhookEndpointSection] = msgspec.field(default_factory=dict)
     """``[tenants.<t>.webhooks.<name>]``: the tenant's own endpoints for event webhooks."""
+    streams: dict[str, StreamSection] = msgspec.field(default_factory=dict)
+    """``[tenants.<t>.streams.<name>]``: message streams besides ``transactional``."""
 
 
 class HttpSection(msgspec.Struct, **_STRICT):
@@ -248,12 +257,19 @@ class DeliverySection(msgspec.Struct, **_STRICT):
     providers: list[str] = msgspec.field(default_factory=lambda: ["capture"])
     """Provider names in failover order: a temporary failure moves on to the next one."""
     concurrency: int = 100
+    broadcast_concurrency: int = 0
+    """Most broadcast-stream deliveries in flight per worker, so transactional mail always
+    finds a free slot; 0: 90 % of ``concurrency`` (at least 1)."""
     batch_size: int = 200
     retry_schedule: list[str] = msgspec.field(default_factory=_default_retry_schedule)
     """Waits between attempts; the last one repeats until ``max_lifetime``."""
     max_lifetime: str = "3d"
     dsn: bool = False
     """Send an RFC 3464 bounce to the envelope sender of SMTP-submitted mail."""
+
+    @property
+    def broadcast_slots(self) -> int:
+        return self.broadcast_concurrency or max(1, self.concurrency * 9 // 10)
 
     @property
     def retry_delays(self) -> list[float]:
@@ -976,6 +992,8 @@ def _check(config: Config, text: str, source: str = "") -> None:
         fail(("delivery", "concurrency"), "must be at least 1")
     if delivery.batch_size < 1:
         fail(("delivery", "batch_size"), "must be at least 1")
+    if not 0 <= delivery.broadcast_concurrency <= delivery.concurrency:
+        fail(("delivery", "broadcast_concurrency"), "must be between 0 and concurrency")
     if not delivery.retry_schedule:
         fail(("delivery", "retry_schedule"), "give at least one wait")
     for i, d in enumerate(delivery.retry_schedule):
@@ -995,6 +1013,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
     _check_routing(config, fail)
     _check_identities(config, fail)
     _check_dns(config.dns, fail)
+    check_streams(config, fail)
 
 
 _DOMAIN = re.compile(

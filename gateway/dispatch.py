@@ -106,6 +106,7 @@ class Dispatcher:
         self._lifetime = settings.max_lifetime_seconds
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._broadcast_in_flight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._meta_cache: collections.OrderedDict[str, MessageMeta] = collections.OrderedDict()
@@ -136,23 +137,34 @@ class Dispatcher:
             free = self.settings.concurrency - len(self._in_flight)
             claimed: list[Claimed] = []
             if free > 0:
+                # Transactional mail is claimed first and always finds a slot: broadcast
+                # deliveries never fill more than ``broadcast_slots`` of them.
+                broadcast = self.settings.broadcast_slots - len(self._broadcast_in_flight)
                 try:
                     claimed = await self.store.claim(
-                        self.clock.now(), min(free, self.settings.batch_size)
+                        self.clock.now(),
+                        min(free, self.settings.batch_size),
+                        broadcast_limit=max(0, broadcast),
                     )
                 except Exception:
                     log.exception("claiming deliveries failed; retrying shortly")
             for item in claimed:
                 task = asyncio.create_task(self._handle(item))
                 self._in_flight.add(task)
+                if item.delivery.broadcast:
+                    self._broadcast_in_flight.add(task)
                 task.add_done_callback(self._finished)
             if claimed and len(claimed) == min(free, self.settings.batch_size):
                 await asyncio.sleep(0)  # more may be due: claim again after yielding once
                 continue
-            await self._idle(free > 0)
+            # With the broadcast slots full, what is due may be broadcast only: wait for a slot
+            # or a new message rather than spin on "something is due now".
+            broadcast_room = self.settings.broadcast_slots > len(self._broadcast_in_flight)
+            await self._idle(free > 0 and broadcast_room)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._broadcast_in_flight.discard(task)
         self._wake.set()  # a slot is free: a loop that was full may claim again now
 
     async def _idle(self, had_room: bool) -> None:
@@ -226,6 +238,7 @@ class Dispatcher:
                     at=self.clock.now(),
                     message_id=message.id,
                     delivery_id=delivery.id,
+                    stream=message.stream,
                     provider=update.provider,
                     bounce="hard" if kind == "bounced" else "",
                     sending_domain=message.mail_from.rpartition("@")[2].lower(),

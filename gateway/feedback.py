@@ -3,8 +3,8 @@
 
 :func:`report` takes normalized events whose ``tenant`` is not known yet and, for each:
 
-1. ties it to the stored message (its tenant comes from there, never from the payload); an
-   event about a message this gateway does not have is dropped as ``unmatched``;
+1. ties it to the stored message (its tenant and stream come from there, never from the
+   payload); an event about a message this gateway does not have is dropped as ``unmatched``;
 2. de-duplicates it on its ``event_id`` with :meth:`Store.first_sighting`, shared by every
    process and node, so a provider's retry or a replayed report counts once;
 3. updates the delivery: a hard bounce or a rejection turns a ``delivered`` delivery into
@@ -40,13 +40,15 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
     outcome = Outcome()
     store = gateway.store
     window = parse_duration(gateway.config.provider_webhooks.dedup_window)
-    tenants: dict[str, str | None] = {}
+    owners: dict[str, tuple[str, str] | None] = {}
     for event in events:
-        if event.message_id not in tenants:
+        if event.message_id not in owners:
             message = await store.get_message(event.message_id) if event.message_id else None
-            tenants[event.message_id] = message.tenant if message is not None else None
-        tenant = tenants[event.message_id]
-        if tenant is None:
+            owners[event.message_id] = (
+                (message.tenant, message.stream) if message is not None else None
+            )
+        owner = owners[event.message_id]
+        if owner is None:
             log.info(
                 "%s %s event for %s matches no stored message (%r)",
                 event.provider,
@@ -62,7 +64,7 @@ async def report(gateway: Any, events: Iterable[Event]) -> Outcome:
         ):
             outcome.duplicates += 1
             continue
-        event = msgspec.structs.replace(event, tenant=tenant)
+        event = msgspec.structs.replace(event, tenant=owner[0], stream=owner[1])
         if event.delivery_id and (
             (event.type == "bounced" and event.bounce == "hard") or event.type == "rejected"
         ):

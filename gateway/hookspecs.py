@@ -100,6 +100,24 @@ def gateway_recipient_filter(gateway: Any, message: Message, delivery: Delivery)
 
 
 @hookspec
+def gateway_suppression_scopes(
+    gateway: Any, message: Message, delivery: Delivery
+) -> list[str] | None:
+    """Name the suppression scopes, besides ``tenant`` and ``stream:<the message's stream>``,
+    whose entries stop this delivery (the audience layer adds ``list:<id>``, ``topic:<id>``).
+
+    :param gateway: the gateway.
+    :param message: the stored message (read only).
+    :param delivery: the recipient's delivery.
+    :return: scopes (``<kind>:<name>``, see :func:`gateway.store.base.is_scope`), or an empty
+        list / ``None``.
+
+    All implementations run; the suppression plugin asks from its
+    :func:`gateway_recipient_filter` and checks every scope with one store lookup.
+    """
+
+
+@hookspec
 def gateway_transform(gateway: Any, message: Message, delivery: Delivery) -> bytes | None:
     """Rewrite this recipient's copy of the message (links, open pixel, headers).
 
@@ -199,7 +217,8 @@ def gateway_delivery_result(
 def gateway_event(gateway: Any, event: Event) -> None:
     """Observe a normalized event: delivered, deferred, bounced, complained, opened, clicked,
     unsubscribed, rejected — from delivery results, provider webhooks, inbound DSN/ARF
-    reports and tracking alike (see :mod:`gateway.events`).
+    reports and tracking alike, each exactly once (see :mod:`gateway.events` and
+    ``docs/events.md``).
 
     :param gateway: the gateway.
     :param event: the :class:`gateway.events.Event`.

@@ -15,6 +15,7 @@ import msgspec
 from gateway.clock import Clock, rfc5322_date
 from gateway.message import Message, Reject, Source, new_message_id
 from gateway.store.base import IdempotencyClaim, MessageMeta, Store
+from gateway.streams import DEFAULT, TRANSACTIONAL, StreamSection, take_header
 
 _HEADER_NAME = re.compile(rb"[!-9;-~]+:")
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
@@ -38,6 +39,11 @@ class Submission(msgspec.Struct, kw_only=True):
     ``ESMTPA``/``ESMTPSA`` (AUTH), or ``HTTP``."""
     meta: MessageMeta | None = None
     """Tags, metadata and tracking switches (HTTP API); stored with the message."""
+    stream: str = ""
+    """The message stream the client asked for explicitly (the HTTP API's ``stream``)."""
+    default_stream: str = ""
+    """The stream when neither ``stream`` nor an ``X-Gateway-Stream`` header names one (the
+    SMTP user's or listener's); empty: ``transactional``."""
 
 
 def content_problem(raw: bytes) -> Reject | None:
@@ -107,6 +113,14 @@ async def _no_policy(submission: Submission) -> Reject | None:
     return None
 
 
+def _only_transactional(tenant: str, name: str) -> StreamSection | None:
+    return DEFAULT if name == TRANSACTIONAL else None
+
+
+def unknown_stream(name: str) -> Reject:
+    return Reject(550, "5.7.1", f"Unknown message stream {name!r}")
+
+
 class Ingress:
     """Turns submissions into stored messages."""
 
@@ -119,6 +133,7 @@ class Ingress:
         lifetime: float,
         on_enqueued: Callable[[], None] = lambda: None,
         policy: Callable[[Submission], Awaitable[Reject | None]] = _no_policy,
+        streams: Callable[[str, str], StreamSection | None] = _only_transactional,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -126,6 +141,8 @@ class Ingress:
         self.lifetime = lifetime
         self.on_enqueued = on_enqueued
         self.policy = policy
+        self.streams = streams
+        """``(tenant, stream name)`` → the stream's settings, ``None`` if it has none."""
         self.observers: list[Callable[[Message, Sequence[str]], None]] = []
         """Called with each accepted message and its recipients, after the durable write
         (metrics)."""
@@ -147,6 +164,17 @@ class Ingress:
             received += f"Date: {date}\r\n".encode()
         return received + submission.raw
 
+    def choose_stream(self, submission: Submission) -> tuple[Submission, StreamSection]:
+        """The submission without its ``X-Gateway-Stream`` header and with its stream named
+        (explicit ``stream``, else the header, else ``default_stream``); ``Rejected`` if the
+        tenant has no such stream."""
+        raw, named = take_header(submission.raw)
+        name = submission.stream or named or submission.default_stream or TRANSACTIONAL
+        stream = self.streams(submission.tenant, name)
+        if stream is None:
+            raise Rejected(unknown_stream(name))
+        return msgspec.structs.replace(submission, raw=raw, stream=name), stream
+
     async def accept(
         self,
         submission: Submission,
@@ -156,7 +184,9 @@ class Ingress:
     ) -> Message:
         """Store the submission; durable when this returns. Raises ``StoreError`` if not
         (``IdempotencyConflict`` if ``idempotency`` names a key already used), and
-        ``Rejected`` when the ``gateway_accept_message`` policy refuses it."""
+        ``Rejected`` when the stream is unknown or the ``gateway_accept_message`` policy
+        refuses it."""
+        submission, stream = self.choose_stream(submission)
         verdict = await self.policy(submission)
         if verdict is not None:
             raise Rejected(verdict)
@@ -170,6 +200,7 @@ class Ingress:
             created_at=now,
             source=submission.source,
             smtp_utf8=submission.smtp_utf8,
+            stream=submission.stream,
         )
         # A scheduled message gets its whole lifetime from the time it is due.
         starts = now if not_before is None else max(now, not_before)
@@ -180,6 +211,7 @@ class Ingress:
             not_before=not_before,
             meta=submission.meta,
             idempotency=idempotency,
+            broadcast=stream.broadcast,
         )
         self.on_enqueued()
         for observe in self.observers:

@@ -67,6 +67,8 @@ class Message(msgspec.Struct, kw_only=True):
     source: Source = "smtp"
     smtp_utf8: bool = False
     """The message or its envelope needs SMTPUTF8 from the next hop."""
+    stream: str = "transactional"
+    """The tenant's message stream (``gateway/streams.py``)."""
 
 
 class Delivery(msgspec.Struct, kw_only=True):
@@ -84,6 +86,8 @@ class Delivery(msgspec.Struct, kw_only=True):
     provider_message_id: str = ""
     updated_at: float = 0.0
     shard: int = 0
+    broadcast: bool = False
+    """Of a broadcast stream: claimed after transactional deliveries (``gateway/streams.py``)."""
 
     @property
     def domain(self) -> str:

@@ -9,7 +9,9 @@ metric and UTC day, so every worker process sees the same numbers.
 
 * ``delivered``, ``bounced`` (permanent), ``deferred`` (a provider's temporary refusal or a
   soft bounce — never the gateway's own holding back by caps, rates or pauses),
-  ``complained``, ``engaged`` (a recipient's first open or click of a message).
+  ``complained``, ``engaged`` (a recipient's first open or click of a message that is not
+  classified as a machine's: scanner opens, Apple Mail Privacy Protection fetches and
+  machine clicks do not count).
 * bounce rate = bounced / (delivered + bounced)
 * complaint rate = complained / delivered
 * delivery rate = delivered / (delivered + bounced + deferred)
@@ -265,7 +267,7 @@ class Reputation:
         if event.type == "complained":
             return "complained"
         if event.type in ("opened", "clicked"):
-            return "engaged"
+            return None if event.by_machine else "engaged"
         return None
 
     async def record(

@@ -43,6 +43,7 @@ from gateway.message import Defer, Delivery, Message, SendResult
 from gateway.mx_lookup import DnsResolver, LookupFailed
 from gateway.providers.base import OutboundMessage, Provider
 from gateway.store.base import Store
+from gateway.streams import settings_of
 
 log = logging.getLogger("gateway.routing")
 
@@ -205,6 +206,7 @@ class Router:
         self.store = store
         self.clock = clock
         routing = config.routing
+        self._config = config
         self._default = list(config.delivery.providers)
         self._default_failover = routing.failover
         rng = rng or random.Random()
@@ -232,7 +234,16 @@ class Router:
     # --- choosing candidates -----------------------------------------------------------------
 
     async def plan(self, message: Message, delivery: Delivery) -> RoutePlan:
-        """The providers to try for this delivery, in order."""
+        """The providers to try for this delivery, in order: the message stream's own
+        providers when it has them, else the first matching ``[[routes]]`` entry, else
+        ``delivery.providers``."""
+        stream = settings_of(self._config, message.tenant, message.stream)
+        if stream.providers:
+            return RoutePlan(
+                route=f"stream:{message.stream}",
+                providers=list(stream.providers),
+                failover=self._default_failover,
+            )
         if self._routes:
             facts = _Facts(self, message, delivery)
             for route in self._routes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ from gateway.smtp import (
 )
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore, existing_shards
+from gateway.streams import stream_section
 from gateway.verp import VerpSigner
 
 if TYPE_CHECKING:
@@ -150,6 +152,7 @@ class Gateway:
             lifetime=config.delivery.max_lifetime_seconds,
             on_enqueued=self.dispatcher.wake,
             policy=self._accept_policy,
+            streams=functools.partial(stream_section, config),
         )
         self.ingress.observers.append(self.metrics.message_accepted)
         self.directory = TenantDirectory(config.tenants)

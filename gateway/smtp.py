@@ -227,6 +227,8 @@ class GatewaySMTP(SMTP):
         if tenant is None:
             log.info("auth failed user=%r peer=%s", login, _peer_address(self.session))
             return AuthResult(success=False, handled=False, message=smtp_reply(BAD_CREDENTIALS))
+        self.login = login
+        """Who authenticated on this connection (their default message stream)."""
         return AuthResult(success=True, auth_data=tenant)
 
 
@@ -283,7 +285,17 @@ class TenantDirectory:
             for name, tenant in tenants.items()
             for network in tenant.smtp_networks
         ]
+        self._streams = {
+            user.username.encode(): user.stream
+            for tenant in tenants.values()
+            for user in tenant.smtp_users
+            if user.stream
+        }
         self._cache = CredentialCache()
+
+    def stream_of(self, username: bytes | None) -> str:
+        """The SMTP user's default message stream ("" when it has none)."""
+        return self._streams.get(username, "") if username else ""
 
     def tenant_for_address(self, address: str) -> str | None:
         try:
@@ -405,6 +417,9 @@ class SubmissionHandler:
             client_address=peer,
             client_name=session.host_name or "",
             protocol=_protocol(server, session),
+            default_stream=(
+                self.directory.stream_of(getattr(server, "login", None)) or self.listener.stream
+            ),
         )
         try:
             message = await self.ingress.accept(submission)

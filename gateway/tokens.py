@@ -76,6 +76,10 @@ class TokenPayload(msgspec.Struct, array_like=True, omit_defaults=True, frozen=T
     recipient: str = ""
     url: str = ""
     list_id: str = ""
+    stream: str = ""
+    """The message's stream ("" for tokens made before streams: ``transactional``)."""
+    trap: bool = False
+    """A click token of the hidden link no reader can see (click classification)."""
 
     @property
     def kind_name(self) -> Kind:

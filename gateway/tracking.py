@@ -11,6 +11,8 @@
   base64, or none) undone and redone with :mod:`binascii` (C code).
 * :func:`message_meta` — the HTTP API's per-message ``tracking`` switches and ``tags``, looked
   up once per message and cached (SMTP mail has none, and costs nothing).
+* :func:`publish_tracked` — how an open, click or unsubscribe becomes an event: through
+  :func:`gateway.events.publish`, like every other event, never written to the store directly.
 
 HTML is handled as bytes. That is exact for every ASCII-compatible charset (UTF-8, Latin-n,
 Windows-125x …), which is what mail uses; a part in UTF-16 or UTF-32 is left alone.
@@ -25,12 +27,22 @@ import re
 from typing import Any, NamedTuple
 
 from gateway.config import ConfigError
+from gateway.events import DEFAULT_STREAM, Event, EventKind, publish
 from gateway.message import Delivery, Message
 from gateway.store.base import MessageMeta
+from gateway.streams import TRANSACTIONAL, settings_of
 from gateway.tokens import Kind, TokenPayload, TokenSigner, kind_code
 
 STATE_KEY = "tracking"
 _META_CACHE_SIZE = 1024
+
+SCANNER_AGENTS = re.compile(
+    r"python-requests|python-urllib|aiohttp|httpx|curl/|wget/|go-http-client|java/|okhttp"
+    r"|barracuda|mimecast|proofpoint|symantec|trend ?micro|forcepoint|zscaler|cisco|ironport"
+    r"|safelinks|\bbot\b|crawler|spider|scanner|headless",
+    re.I,
+)
+"""User agents of HTTP libraries and mail-security products (open and click classification)."""
 
 
 class Tracker:
@@ -68,6 +80,7 @@ class Tracker:
             tenant=message.tenant,
             issued_at=int(now),
             expires_at=int(now + self.lifetime) if self.lifetime else 0,
+            stream="" if message.stream == TRANSACTIONAL else message.stream,
             **fields,
         )
 
@@ -92,11 +105,52 @@ class Tracker:
         return meta
 
 
+async def publish_tracked(
+    gateway: Any,
+    tracker: Tracker,
+    kind: EventKind,
+    payload: TokenPayload,
+    *,
+    detail: str = "",
+    url: str = "",
+    classification: str = "",
+    signals: tuple[str, ...] = (),
+) -> Event:
+    """Publish what a tracking link saw, with what the token and the stored message tell:
+    tenant, stream, recipient, sending domain, tags and metadata."""
+    message: Message | None = await gateway.store.get_message(payload.message_id)  # None: purged
+    meta = await tracker.meta(gateway, message) if message is not None else None
+    sender = message.mail_from.rpartition("@")[2].lower() if message is not None else ""
+    event = Event(
+        type=kind,
+        tenant=payload.tenant,
+        recipient=await recipient_of(gateway, payload),
+        at=gateway.clock.now(),
+        message_id=payload.message_id,
+        delivery_id=payload.delivery_id,
+        stream=payload.stream or DEFAULT_STREAM,
+        sending_domain=sender,
+        detail=detail,
+        url=url,
+        classification=classification,
+        signals=signals,
+        tags=meta.tags if meta is not None else (),
+        metadata=dict(meta.metadata) if meta is not None else {},
+    )
+    await publish(gateway, event)
+    return event
+
+
 async def switched_off(tracker: Tracker, gateway: Any, message: Message, switch: str) -> bool:
     """True when an HTTP API sender turned ``switch`` (``opens``/``clicks``) off for this
-    message (``"tracking": {"clicks": false}``)."""
+    message (``"tracking": {"clicks": false}``), or else the message's stream does not track
+    it (``[tenants.<t>.streams.<s>] tracking``)."""
     meta = await tracker.meta(gateway, message)
-    return meta is not None and meta.tracking.get(switch) is False
+    chosen = meta.tracking.get(switch) if meta is not None else None
+    if chosen is not None:
+        return not chosen
+    stream = settings_of(gateway.config, message.tenant, message.stream)
+    return not bool(getattr(stream.tracking, switch))
 
 
 # --- finding body parts by offset -------------------------------------------------------------

@@ -9,13 +9,30 @@ already pointing at the tracking base URL, and links marked to skip — an ``<a>
 attribute ``data-gateway-notrack`` or the class ``gateway-notrack``. See
 ``docs/plugins/click_tracking.md``.
 
-``GET /t/c/<token>`` records a ``clicked`` event and answers ``302`` to the signed URL; a
-token that is not genuine, is cut short or has expired gets ``400``/``404`` and no
-``Location``: the endpoint is never an open redirect.
+``GET /t/c/<token>`` (and ``HEAD``) publishes a ``clicked`` event and answers ``302`` to the
+signed URL; a token that is not genuine, is cut short or has expired gets ``400``/``404`` and
+no ``Location``: the endpoint is never an open redirect.
+
+Every click is classified ``human`` or ``machine`` from these signals (any one makes it a
+machine's; see ``docs/plugins/click_tracking.md`` for where each comes from):
+
+* ``prefetch`` — a ``HEAD`` request, or a prefetch header (``Sec-Purpose``/``Purpose``/
+  ``X-Moz: prefetch``, ``X-Purpose: preview``);
+* ``immediate`` — within ``immediate_window`` of the link being made (the send);
+* ``burst`` — the ``burst_links``-th distinct link of one recipient's copy in the same second;
+* ``scanner-agent`` — no user agent, or one of an HTTP library or mail-security product;
+* ``scanner-network`` — a client address in ``scanner_networks``;
+* ``honeypot`` — the hidden link no reader can see or click (``honeypot = true``), and
+  ``after-honeypot`` — any click on that recipient's copy within ``honeypot_window`` after it.
+
+Machine clicks still redirect — a link never breaks — but are labelled, and reputation's
+engagement does not count them.
 """
 
 import collections
+import hashlib
 import html
+import ipaddress
 import logging
 import re
 from typing import Any, NamedTuple
@@ -23,20 +40,22 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
-from gateway.config import plugin_settings
+from gateway.config import ConfigError, plugin_settings
+from gateway.durations import parse_duration
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
 from gateway.tracking import (
     PLAIN_ENCODINGS,
     REFUSAL_STATUS,
+    SCANNER_AGENTS,
     SMTP_LINE_LIMIT,
     SOFT_BREAK,
     Tracker,
     decode_body,
     encode_body,
     longest_line,
+    publish_tracked,
     qp_segment,
-    recipient_of,
     switched_off,
     text_parts,
     with_encoding,
@@ -54,6 +73,16 @@ _CACHE_SIZE = 256
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rewrite_text: bool = False
     """Also rewrite bare http(s) URLs in ``text/plain`` parts."""
+    immediate_window: str = "10s"
+    """A click this soon after the send is a security scanner's."""
+    burst_links: int = 2
+    """Distinct links of one recipient's copy clicked in one second that make a burst (0: off)."""
+    scanner_networks: list[str] = msgspec.field(default_factory=list)
+    """Client addresses (CIDRs) of link scanners, e.g. your mail-security vendor's."""
+    honeypot: bool = False
+    """Add a hidden link (first in the HTML body) that only machines follow."""
+    honeypot_window: str = "60s"
+    """After the hidden link is followed, this recipient's clicks this soon after are machines'."""
 
 
 # --- finding links ---------------------------------------------------------------------------
@@ -128,6 +157,8 @@ class PartTemplate(NamedTuple):
     encoded: list[bytes] | None = None
     """Quoted-printable: each chunk encoded on its own, once; a recipient's links are
     spliced in between at soft line breaks, so no per-recipient encoding is needed."""
+    trap: int = -1
+    """Index in ``urls`` of the hidden honeypot link, or -1."""
 
     def render(self, links: list[bytes]) -> bytes:
         if self.encoded is not None:
@@ -153,6 +184,27 @@ class Template(NamedTuple):
     """Unchanged bytes and parts to render, in order; empty when there is nothing to track."""
 
 
+_BODY_TAG = re.compile(rb"<body[^>]*>", re.I)
+_TRAP = (
+    b'<a data-gateway-trap aria-hidden="true" tabindex="-1" '
+    b'style="display:none!important;font-size:0;line-height:0;max-height:0" href="{href}"></a>'
+)
+
+
+def with_trap(
+    content: bytes, spans: list[Span], charset: str, own_prefix: str
+) -> tuple[bytes, list[Span], int]:
+    """``content`` with a hidden link to the first link's target after ``<body>``, its spans,
+    and the hidden link's index among them."""
+    found = _BODY_TAG.search(content)
+    at = found.end() if found else 0
+    href = html.escape(spans[0][2], quote=True).encode("ascii")
+    content = content[:at] + _TRAP.replace(b"{href}", href) + content[at:]
+    spans = html_links(content, charset, own_prefix)
+    trap = next(i for i, (start, _, _) in enumerate(spans) if start >= at)
+    return content, spans, trap
+
+
 def build_template(raw: bytes, settings: Settings, tracker: Tracker, sample: Any) -> Template:
     """Parse ``raw`` once. ``sample`` (a payload made for this message) sizes the tracking
     URLs, so an unencoded part whose lines would grow past 998 octets is switched to
@@ -160,6 +212,7 @@ def build_template(raw: bytes, settings: Settings, tracker: Tracker, sample: Any
     own_prefix = tracker.base_url + "/t/"
     pieces: list[bytes | PartTemplate] = []
     done = 0
+    trapped = not settings.honeypot
     for part in text_parts(raw):
         if part.content_type == b"text/html":
             finder = html_links
@@ -171,9 +224,14 @@ def build_template(raw: bytes, settings: Settings, tracker: Tracker, sample: Any
         content = decode_body(body, part.encoding)
         if content is None:
             continue
-        spans = finder(content, part.charset.decode("ascii", "replace"), own_prefix)
+        charset = part.charset.decode("ascii", "replace")
+        spans = finder(content, charset, own_prefix)
         if not spans:
             continue
+        trap = -1
+        if finder is html_links and not trapped:
+            content, spans, trap = with_trap(content, spans, charset, own_prefix)
+            trapped = True
         chunks, at = [], 0
         for start, end, _ in spans:
             chunks.append(content[at:start])
@@ -197,7 +255,7 @@ def build_template(raw: bytes, settings: Settings, tracker: Tracker, sample: Any
         pieces += [
             raw[done : part.header_start],
             header,
-            PartTemplate(chunks, urls, encoding, tail, encoded),
+            PartTemplate(chunks, urls, encoding, tail, encoded, trap),
         ]
         done = part.body_end
     if pieces:
@@ -208,9 +266,86 @@ def build_template(raw: bytes, settings: Settings, tracker: Tracker, sample: Any
 # --- hooks -------------------------------------------------------------------------------------
 
 
+# --- click classification ----------------------------------------------------------------------
+
+_PREFETCH = re.compile(r"prefetch|preview", re.I)
+
+
+class ClickClassifier:
+    """Which machine signals a click shows (empty: a human's). Burst and honeypot state live
+    in store counters, so every worker and node sees the same recipient's clicks."""
+
+    def __init__(self, settings: Settings) -> None:
+        try:
+            self.immediate = parse_duration(settings.immediate_window)
+            self.honeypot_window = parse_duration(settings.honeypot_window)
+        except ValueError as e:
+            raise ConfigError(f"plugins.{NAME}: {e}") from None
+        if settings.burst_links < 0:
+            raise ConfigError(f"plugins.{NAME}.burst_links: must be 0 (off) or more")
+        self.burst_links = settings.burst_links
+        self.networks = []
+        for i, network in enumerate(settings.scanner_networks):
+            try:
+                self.networks.append(ipaddress.ip_network(network, strict=False))
+            except ValueError:
+                raise ConfigError(
+                    f"plugins.{NAME}.scanner_networks[{i}]: not an IP network: {network!r}"
+                ) from None
+
+    async def signals(
+        self, gateway: Any, payload: Any, method: str, headers: Any, client: str
+    ) -> list[str]:
+        now = gateway.clock.now()
+        found = []
+        purpose = " ".join(
+            headers.get(h, "") for h in ("sec-purpose", "purpose", "x-moz", "x-purpose")
+        )
+        if method == "HEAD" or _PREFETCH.search(purpose):
+            found.append("prefetch")
+        if now - payload.issued_at < self.immediate:
+            found.append("immediate")
+        agent = headers.get("user-agent", "")
+        if not agent.strip() or SCANNER_AGENTS.search(agent):
+            found.append("scanner-agent")
+        if self.networks and self._in_networks(client):
+            found.append("scanner-network")
+        found += await self._shared_signals(gateway.store, payload, now)
+        return found
+
+    def _in_networks(self, client: str) -> bool:
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    async def _shared_signals(self, store: Any, payload: Any, now: float) -> list[str]:
+        found = []
+        copy = f"clicks:{payload.message_id}:{payload.delivery_id}"
+        if payload.trap:
+            found.append("honeypot")
+            await store.add_to_counter(
+                f"{copy}:trap", 1, expires_at=now + self.honeypot_window, now=now
+            )
+        elif await store.counter(f"{copy}:trap", now):
+            found.append("after-honeypot")
+        if self.burst_links:
+            second = f"{copy}:{int(now)}"
+            url = hashlib.sha256(payload.url.encode()).hexdigest()[:16]
+            if await store.first_sighting(f"{second}:{url}", expires_at=now + 2, now=now):
+                links = await store.add_to_counter(second, 1, expires_at=now + 2, now=now)
+            else:
+                links = await store.counter(second, now)
+            if links >= self.burst_links:
+                found.append("burst")
+        return found
+
+
 class ClickTracking:
     def __init__(self, gateway: Any) -> None:
         self.settings = plugin_settings(gateway.config, NAME, Settings)
+        self.classifier = ClickClassifier(self.settings)
         self.tracker = Tracker.of(gateway, NAME)
         self._templates: collections.OrderedDict[str, Template] = collections.OrderedDict()
 
@@ -231,18 +366,19 @@ class ClickTracking:
         if not template.pieces:
             return None
         base = self.tracker.payload("click", message, delivery)
-        tokens: dict[str, bytes] = {}
+        tokens: dict[tuple[str, bool], bytes] = {}
         out = []
         for piece in template.pieces:
             if isinstance(piece, bytes):
                 out.append(piece)
                 continue
             links = []
-            for url in piece.urls:
-                link = tokens.get(url)
+            for i, url in enumerate(piece.urls):
+                trap = i == piece.trap
+                link = tokens.get((url, trap))
                 if link is None:
-                    payload = msgspec.structs.replace(base, url=url)
-                    link = tokens[url] = self.tracker.url("c", payload).encode()
+                    payload = msgspec.structs.replace(base, url=url, trap=trap)
+                    link = tokens[url, trap] = self.tracker.url("c", payload).encode()
                 links.append(link)
             out.append(piece.render(links))
         return b"".join(out)
@@ -270,18 +406,18 @@ async def gateway_transform(gateway: Any, message: Message, delivery: Delivery) 
 def gateway_register_routes(gateway: Any) -> list[Any]:
     # litestar is imported only when the HTTP API is served; annotations below are real
     # objects (no ``from __future__ import annotations``) so litestar can read them.
-    from litestar import get
+    from litestar import Request, route
     from litestar.params import FromPath
     from litestar.response import Redirect
 
     from gateway.api.problems import Problem
-    from gateway.store.base import MessageEvent
     from gateway.tokens import TokenError
 
-    tracker = _state(gateway).tracker
+    state = _state(gateway)
+    tracker = state.tracker
 
-    @get("/t/c/{token:str}", include_in_schema=False)
-    async def click(token: FromPath[str]) -> Redirect:
+    @route("/t/c/{token:str}", http_method=["GET", "HEAD"], include_in_schema=False)
+    async def click(token: FromPath[str], request: Request[Any, Any, Any]) -> Redirect:
         try:
             payload = tracker.verify(token, "click")
         except TokenError as e:
@@ -295,15 +431,21 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
         if not url.isascii() or not url.isprintable() or " " in url:  # never from our signer
             raise Problem(404, "invalid-link", "Invalid link", "link refused: bad-target")
         try:
-            recipient = await recipient_of(gateway, payload)
-            await gateway.store.record_event(
-                MessageEvent(
-                    message_id=payload.message_id,
-                    at=gateway.clock.now(),
-                    type="clicked",
-                    recipient=recipient,
-                    detail=url,
-                )
+            signals = await state.classifier.signals(
+                gateway,
+                payload,
+                request.method,
+                request.headers,
+                request.client.host if request.client else "",
+            )
+            await publish_tracked(
+                gateway,
+                tracker,
+                "clicked",
+                payload,
+                url=url,
+                classification="machine" if signals else "human",
+                signals=tuple(signals),
             )
         except Exception:  # the reader must still reach the link
             log.exception("recording a click on %s failed", payload.message_id)

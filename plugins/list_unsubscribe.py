@@ -8,6 +8,8 @@ A bulk message gets, per recipient::
 
 A message is *bulk* when any of these holds (checked in this order):
 
+0. its message stream adds List-Unsubscribe: every ``broadcast`` stream, and a transactional
+   stream with ``list_unsubscribe = true`` (``gateway/streams.py``);
 1. it has ``X-Gateway-Bulk: yes`` (or ``no``, which wins over everything below); the gateway
    removes this header before sending;
 2. ``all_bulk = true`` in ``[plugins.list_unsubscribe]``;
@@ -17,9 +19,11 @@ A message is *bulk* when any of these holds (checked in this order):
 A message that already has its own ``List-Unsubscribe`` is left as the application made it.
 
 ``POST /t/u/<token>`` with the body ``List-Unsubscribe=One-Click`` — what a mailbox provider
-sends — adds the recipient to the tenant's suppression list (reason ``unsubscribe``, the
-``List-Id`` in the detail) with no page and no login. ``GET`` only shows a small page whose
-button makes that POST: link scanners fetch every URL, so a GET must never unsubscribe.
+sends — adds the recipient to the tenant's suppression list for the message's stream only
+(scope ``stream:<name>``, reason ``unsubscribe``, the ``List-Id`` in the detail) with no page
+and no login: an opt-out from a newsletter never stops receipts or password resets. ``GET``
+only shows a small page whose button makes that POST: link scanners fetch every URL, so a GET
+must never unsubscribe.
 """
 
 import logging
@@ -32,7 +36,9 @@ import msgspec
 from gateway.config import ConfigError, plugin_settings
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
-from gateway.tracking import REFUSAL_STATUS, Tracker, headers_of
+from gateway.streams import TRANSACTIONAL, settings_of
+from gateway.suppressions import publish_added
+from gateway.tracking import REFUSAL_STATUS, Tracker, headers_of, publish_tracked
 
 NAME = "list_unsubscribe"
 DEFAULT_ENABLED = False
@@ -64,6 +70,8 @@ class ListUnsubscribe:
         self.bulk_tags = set(self.settings.bulk_tags)
 
     async def bulk(self, gateway: Any, headers: dict[bytes, bytes], message: Message) -> bool:
+        if settings_of(gateway.config, message.tenant, message.stream).adds_list_unsubscribe:
+            return True
         marked = headers.get(b"x-gateway-bulk")
         if marked is not None:
             return marked.lower() in _YES
@@ -142,7 +150,7 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
     from litestar import Request, Response, get, post
     from litestar.params import FromPath
 
-    from gateway.store.base import MessageEvent, Suppression
+    from gateway.store.base import Suppression, stream_scope
     from gateway.tokens import TokenError, TokenPayload
 
     tracker = _state(gateway).tracker
@@ -180,30 +188,27 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
             )
         now = gateway.clock.now()
         detail = "one-click" + (f"; list-id {payload.list_id}" if payload.list_id else "")
-        await gateway.store.add_suppressions(
-            [
-                Suppression(
-                    tenant=payload.tenant,
-                    address=payload.recipient.strip(),
-                    reason="unsubscribe",
-                    created_at=now,
-                    detail=detail,
-                )
-            ]
+        entry = Suppression(
+            tenant=payload.tenant,
+            address=payload.recipient.strip(),
+            reason="unsubscribe",
+            created_at=now,
+            detail=detail,
+            scope=stream_scope(payload.stream or TRANSACTIONAL),
         )
+        await gateway.store.add_suppressions([entry])
         try:
-            await gateway.store.record_event(
-                MessageEvent(
-                    message_id=payload.message_id,
-                    at=now,
-                    type="unsubscribed",
-                    recipient=payload.recipient,
-                    detail=detail,
-                )
-            )
+            cause = await publish_tracked(gateway, tracker, "unsubscribed", payload, detail=detail)
+            await publish_added(gateway, entry, cause=cause)
         except Exception:  # the suppression is what matters; it is stored
             log.exception("recording an unsubscribe of %s failed", payload.message_id)
-        log.info("unsubscribed tenant=%s rcpt=%s %s", payload.tenant, payload.recipient, detail)
+        log.info(
+            "unsubscribed tenant=%s stream=%s rcpt=%s %s",
+            payload.tenant,
+            payload.stream or TRANSACTIONAL,
+            payload.recipient,
+            detail,
+        )
         done = page("Unsubscribed", "<p>You will not receive these emails any more.</p>")
         return Response(done, media_type="text/html", headers=no_store)
 

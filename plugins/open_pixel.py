@@ -29,11 +29,12 @@ from gateway.durations import parse_duration
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
 from gateway.tracking import (
+    SCANNER_AGENTS,
     SOFT_BREAK,
     Tracker,
     decode_body,
     encode_body,
-    recipient_of,
+    publish_tracked,
     switched_off,
     text_parts,
 )
@@ -57,12 +58,6 @@ PROXY_AGENTS: dict[str, str] = {
     "ggpht.com": "proxy:gmail",
     "YahooMailProxy": "proxy:yahoo",
 }
-SCANNER_AGENTS = re.compile(
-    r"python-requests|python-urllib|aiohttp|httpx|curl/|wget/|go-http-client|java/|okhttp"
-    r"|barracuda|mimecast|proofpoint|symantec|trend ?micro|forcepoint|zscaler|cisco|ironport"
-    r"|safelinks|\bbot\b|crawler|spider|scanner|headless",
-    re.I,
-)
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -166,7 +161,6 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
     from litestar import Request, Response, get
     from litestar.params import FromPath
 
-    from gateway.store.base import MessageEvent
     from gateway.tokens import TokenError
 
     state = _state(gateway)
@@ -193,14 +187,8 @@ def gateway_register_routes(gateway: Any) -> list[Any]:
             state.networks,
         )
         try:
-            await gateway.store.record_event(
-                MessageEvent(
-                    message_id=payload.message_id,
-                    at=now,
-                    type="opened",
-                    recipient=await recipient_of(gateway, payload),
-                    detail=kind,
-                )
+            await publish_tracked(
+                gateway, state.tracker, "opened", payload, detail=kind, classification=kind
             )
         except Exception:
             log.exception("recording an open of %s failed", payload.message_id)

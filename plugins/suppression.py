@@ -1,10 +1,15 @@
 """Suppression: never deliver to a recipient on the tenant's suppression list.
 
 Before every delivery, the recipient is looked up in the tenant's list (entries come from the
-HTTP API, CSV imports, one-click unsubscribes, bounces and complaints). A match records the
-delivery as ``skipped`` with a reason named after the entry's — ``bounced``, ``complained``,
-``unsubscribed`` or ``suppressed`` (manual) — so it is visible in ``gateway queue`` and the API,
-never silently dropped.
+HTTP API, CSV imports, one-click unsubscribes, bounces and complaints). Every entry has a
+*scope*: ``tenant`` (hard bounces, complaints, manual and API entries by default) stops all the
+tenant's mail to the address; ``stream:<name>`` (a one-click unsubscribe from a message of that
+stream) stops only that stream's mail, so unsubscribing from a newsletter never stops password
+resets. Plugins may add scopes that apply to a delivery (``gateway_suppression_scopes``: the
+audience layer's lists and topics). A match records the delivery as ``skipped`` with a reason
+named after the entry's — ``bounced``, ``complained``, ``unsubscribed`` or ``suppressed``
+(manual), followed by the scope when it is not tenant-wide (``unsubscribed (stream:news)``) —
+so it is visible in ``gateway queue`` and the API, never silently dropped.
 
 Addresses match after :func:`gateway.store.base.suppression_key`: whitespace stripped and the
 whole address lower-cased, domain *and* local part (see that function for why).
@@ -30,8 +35,15 @@ from gateway.config import ConfigError, plugin_settings
 from gateway.durations import parse_duration
 from gateway.events import Event
 from gateway.message import Delivery, Message, Skip
-from gateway.plugin_manager import hookimpl
-from gateway.store.base import Suppression, SuppressionReason, suppression_key
+from gateway.plugin_manager import call_all, has_impls, hookimpl
+from gateway.store.base import (
+    TENANT_SCOPE,
+    Suppression,
+    SuppressionReason,
+    stream_scope,
+    suppression_key,
+)
+from gateway.suppressions import add_and_publish
 
 NAME = "suppression"
 
@@ -83,15 +95,42 @@ def gateway_configure(gateway: Any, config: Any) -> None:
     )
 
 
+def skip_reason(entry: Suppression) -> str:
+    reason = REASONS[entry.reason]
+    return reason if entry.scope == TENANT_SCOPE else f"{reason} ({entry.scope})"
+
+
+async def scopes_of(gateway: Any, message: Message, delivery: Delivery) -> list[str]:
+    """The scopes whose entries stop this delivery, tenant-wide first."""
+    scopes = [TENANT_SCOPE, stream_scope(message.stream)]
+    if has_impls(gateway.pm, "gateway_suppression_scopes"):
+        found = await call_all(
+            gateway.pm,
+            "gateway_suppression_scopes",
+            gateway=gateway,
+            message=message,
+            delivery=delivery,
+        )
+        scopes += [s for more in found if more for s in more if s not in scopes]
+    return scopes
+
+
 @hookimpl
 async def gateway_recipient_filter(
     gateway: Any, message: Message, delivery: Delivery
 ) -> Skip | None:
-    entry = await gateway.store.find_suppression(message.tenant, delivery.recipient)
+    scopes = await scopes_of(gateway, message, delivery)
     state = gateway.plugin_state.get(NAME)
-    if entry is None or (state is not None and entry.reason in state.ignore):
-        return None
-    return Skip(REASONS[entry.reason])
+    ignore = state.ignore if state is not None else frozenset()
+    while scopes:
+        entry = await gateway.store.find_suppression(message.tenant, delivery.recipient, scopes)
+        if entry is None:
+            return None
+        if entry.reason not in ignore:
+            return Skip(skip_reason(entry))
+        # An ignored reason in one scope must not hide an entry in another.
+        scopes = [s for s in scopes if s != entry.scope]
+    return None
 
 
 @hookimpl
@@ -163,4 +202,4 @@ async def _suppress(gateway: Any, event: Event, reason: SuppressionReason, detai
         created_at=gateway.clock.now(),
         detail=detail[:500],
     )
-    await gateway.store.add_suppressions([entry])
+    await add_and_publish(gateway, entry, cause=event)

@@ -15,7 +15,7 @@ store.
 Every normalized event feeds :class:`gateway.reputation.Reputation`; an identity whose rates
 breach the thresholds is paused (sticky, in the store) until an operator resumes it, and its
 mail waits in the queue. ``gateway_modify_routes`` drops routes whose IP is paused or outside
-the domain's pool, and tries healthier IPs first.
+the pool (the message stream's ``pool``, else the domain's), and tries healthier IPs first.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from gateway.reputation import (
     Tier,
 )
 from gateway.store.base import Store
+from gateway.streams import settings_of
 
 NAME = "warming"
 DEFAULT_ENABLED = False
@@ -450,6 +451,7 @@ class Warming:
     async def modify_routes(self, message: Message, routes: list[str]) -> None:
         domain = self.domain_identity(message.mail_from)
         pool = domain.section.pool if domain is not None and domain.section is not None else ""
+        pool = settings_of(self.config, message.tenant, message.stream).pool or pool
         await self.refresh_ranks()
         paused = await self.reputation.paused()
         keep = []

@@ -45,6 +45,7 @@ from gateway.api.problems import (
 from gateway.ingress import Rejected, Submission, content_problem
 from gateway.message import DeliveryStatus
 from gateway.store.base import (
+    TENANT_SCOPE,
     IdempotencyClaim,
     IdempotencyConflict,
     IdempotencyEntry,
@@ -54,7 +55,9 @@ from gateway.store.base import (
     MessageRecord,
     StoreError,
     Suppression,
+    stream_scope,
 )
+from gateway.streams import TRANSACTIONAL, stream_section, take_header
 from gateway.templates.protocol import TemplateSource
 from gateway.tenants import ApiKey
 
@@ -89,6 +92,8 @@ class _Content(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracking: Tracking = msgspec.field(default_factory=Tracking)
     send_at: dt.datetime | None = None
     """RFC 3339 time with a zone; the message is held until then (at most 30 days ahead)."""
+    stream: str | None = None
+    """The tenant's message stream (``transactional`` when not given)."""
 
 
 class SendRequest(_Content, kw_only=True):
@@ -122,6 +127,8 @@ class RecipientResult(msgspec.Struct, omit_defaults=True, kw_only=True):
     email: str
     status: RecipientState
     reason: str | None = None
+    scope: str | None = None
+    """For ``suppressed``: the entry's scope (``tenant`` or ``stream:<name>``)."""
 
 
 class SendResponse(msgspec.Struct, kw_only=True):
@@ -172,6 +179,7 @@ class MessageView(msgspec.Struct, kw_only=True):
     message_id: str
     """The Message-ID header."""
     source: str
+    stream: str
     size: int
     tags: list[str]
     metadata: dict[str, str]
@@ -245,6 +253,21 @@ class _Prepared(msgspec.Struct, kw_only=True):
     attachments: list[DecodedAttachment]
     meta: MessageMeta
     not_before: float | None
+    stream: str
+
+
+def _check_stream(api: ApiContext, key: ApiKey, name: str | None, field: str = "stream") -> str:
+    """The stream a send names (``transactional`` when none), if the tenant has it."""
+    chosen = name or TRANSACTIONAL
+    if stream_section(api.config, key.tenant, chosen) is None:
+        raise Problem.invalid(field, f"this tenant has no message stream {chosen!r}")
+    return chosen
+
+
+def _scopes(stream: str) -> tuple[str, ...]:
+    """The suppression scopes that stop a send in ``stream`` (plugins' extra scopes, such as
+    lists, are checked when the delivery is processed)."""
+    return (TENANT_SCOPE, stream_scope(stream))
 
 
 def _prepare(api: ApiContext, key: ApiKey, request: _Content) -> _Prepared:
@@ -259,6 +282,7 @@ def _prepare(api: ApiContext, key: ApiKey, request: _Content) -> _Prepared:
         attachments=check_attachments(request.attachments),
         meta=_check_meta(request),
         not_before=_timestamp(request.send_at, api.clock.now()),
+        stream=_check_stream(api, key, request.stream),
     )
 
 
@@ -401,7 +425,9 @@ class MessagesController(Controller):
             entries = await api.store.find_idempotency(key.tenant, idempotency, api.clock.now())
             _check_replay(entries, fingerprint)
             done = {e.part: e for e in entries}
-        suppressed = await api.store.suppressed(key.tenant, [a.email for a in addresses])
+        suppressed = await api.store.suppressed(
+            key.tenant, [a.email for a in addresses], _scopes(prepared.stream)
+        )
         sender = _BatchSender(
             api,
             key,
@@ -449,6 +475,7 @@ class MessagesController(Controller):
         request: Request[Any, Any, Any],
         status: FromQuery[DeliveryStatus | None] = None,
         tag: FromQuery[str | None] = None,
+        stream: FromQuery[str | None] = None,
         recipient: FromQuery[str | None] = None,
         since: Annotated[str | None, QueryParameter(format="date-time")] = None,
         until: Annotated[str | None, QueryParameter(format="date-time")] = None,
@@ -470,6 +497,7 @@ class MessagesController(Controller):
                 tenant=key.tenant,
                 status=status,
                 tag=tag,
+                stream=stream,
                 recipient=recipient,
                 since=query_time(since, "since"),
                 until=query_time(until, "until"),
@@ -514,7 +542,15 @@ async def _json_submission(
     )
     utf8 = any(a.utf8 for a in (prepared.sender, *everyone))
     return await _submission(
-        api, key, prepared.sender.email, everyone, raw, utf8, prepared.meta, prepared.not_before
+        api,
+        key,
+        prepared.sender.email,
+        everyone,
+        raw,
+        utf8,
+        prepared.meta,
+        prepared.not_before,
+        prepared.stream,
     )
 
 
@@ -576,6 +612,7 @@ async def _raw_submission(
         except ValueError:
             raise Problem.invalid("send_at", "expected an RFC 3339 time") from None
     utf8 = not raw.isascii() or any(a.utf8 for a in (sender, *recipients))
+    stream = _check_stream(api, key, params.get("stream") or take_header(raw)[1])
     return await _submission(
         api,
         key,
@@ -585,6 +622,7 @@ async def _raw_submission(
         utf8,
         MessageMeta(tags=tuple(tags)),
         _timestamp(when, api.clock.now()),
+        stream,
     )
 
 
@@ -623,12 +661,18 @@ async def _submission(
     utf8: bool,
     meta: MessageMeta,
     not_before: float | None,
+    stream: str,
 ) -> tuple[Submission, float | None, SendResponse]:
     unique = list(dict.fromkeys(a.email for a in recipients))
-    suppressed = await api.store.suppressed(key.tenant, unique)
+    suppressed = await api.store.suppressed(key.tenant, unique, _scopes(stream))
     state: Literal["queued", "scheduled"] = "scheduled" if not_before is not None else "queued"
     results = [
-        RecipientResult(email=a, status="suppressed", reason=suppressed[a.lower()].reason)
+        RecipientResult(
+            email=a,
+            status="suppressed",
+            reason=suppressed[a.lower()].reason,
+            scope=suppressed[a.lower()].scope,
+        )
         if a.lower() in suppressed
         else RecipientResult(email=a, status=state)
         for a in unique
@@ -652,6 +696,7 @@ async def _submission(
         client_name=key.name,
         protocol="HTTP",
         meta=meta,
+        stream=stream,
     )
     send_at = None if not_before is None else dt.datetime.fromtimestamp(not_before, dt.UTC)
     return (
@@ -823,6 +868,7 @@ class _BatchSender:
             client_address=self.client_address,
             protocol="HTTP",
             meta=meta,
+            stream=self.prepared.stream,
         )
         claim = None
         if self.idempotency is not None:
@@ -910,6 +956,7 @@ def _view(record: MessageRecord) -> MessageView:
         tags=list(record.meta.tags),
         metadata=record.meta.metadata,
         tracking=record.meta.tracking,
+        stream=record.stream,
         send_at=None if record.send_at is None else _time(record.send_at),
         recipients=[
             DeliveryView(

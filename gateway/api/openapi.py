@@ -251,6 +251,13 @@ def _raw_message_parameters() -> list[Parameter]:
             explode=True,
         ),
         Parameter(
+            name="stream",
+            param_in="query",
+            description="message/rfc822 only: the tenant's message stream (default: the "
+            "message's stream header, else transactional)",
+            schema=Schema(type=OpenAPIType.STRING),
+        ),
+        Parameter(
             name="send_at",
             param_in="query",
             description="message/rfc822 only: hold until this RFC 3339 time (with a zone)",

@@ -1,8 +1,9 @@
 """``/v1/suppressions``: a tenant's list of recipients it must not send to.
 
 Sends over HTTP skip suppressed recipients (reported per recipient as ``suppressed``).
-Entries carry a reason — ``bounce``, ``complaint``, ``unsubscribe`` or ``manual`` — and the
-time they were added. Listing and export need ``read``; changes need ``admin``.
+Entries carry a scope — ``tenant`` (the default: every message) or ``stream:<name>`` (that
+stream's messages only) — a reason — ``bounce``, ``complaint``, ``unsubscribe`` or ``manual``
+— and the time they were added. Listing and export need ``read``; changes need ``admin``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gateway.api.auth import requires
 from gateway.api.context import ApiContext
 from gateway.api.mime import check_address, check_header_text
 from gateway.api.problems import Problem, decode_json
-from gateway.store.base import Suppression, SuppressionReason
+from gateway.store.base import TENANT_SCOPE, Suppression, SuppressionReason, is_scope
 
 MAX_ENTRIES = 10_000
 MAX_IMPORT = 100_000
@@ -31,6 +32,8 @@ class SuppressionIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     email: str
     reason: SuppressionReason = "manual"
     detail: str = ""
+    scope: str = TENANT_SCOPE
+    """``tenant`` or ``stream:<name>``."""
 
 
 class SuppressionAdd(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -39,6 +42,7 @@ class SuppressionAdd(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class SuppressionView(msgspec.Struct, kw_only=True):
     email: str
+    scope: str
     reason: SuppressionReason
     created_at: dt.datetime
     detail: str
@@ -56,6 +60,7 @@ class Changed(msgspec.Struct, kw_only=True):
 def _view(entry: Suppression) -> SuppressionView:
     return SuppressionView(
         email=entry.address,
+        scope=entry.scope,
         reason=entry.reason,
         created_at=dt.datetime.fromtimestamp(entry.created_at, dt.UTC),
         detail=entry.detail,
@@ -74,6 +79,13 @@ def csv_cell(value: str) -> str:
 def _uncell(value: str) -> str:
     """The inverse of ``csv_cell``, so an export imports as it was."""
     return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA_START) else value
+
+
+def _check_scope(value: str, field: str) -> str:
+    scope = value.strip() or TENANT_SCOPE
+    if not is_scope(scope):
+        raise Problem.invalid(field, "'tenant' or 'stream:<name>'")
+    return scope
 
 
 def _parse_csv(text: str, tenant: str, now: float) -> list[Suppression]:
@@ -96,6 +108,7 @@ def _parse_csv(text: str, tenant: str, now: float) -> list[Suppression]:
                 detail=check_header_text(
                     _uncell(row.get("detail") or ""), f"line {line}.detail", max_length=500
                 ),
+                scope=_check_scope(row.get("scope") or "", f"line {line}.scope"),
             )
         )
         if len(entries) > MAX_IMPORT:
@@ -112,16 +125,21 @@ class SuppressionsController(Controller):
         self,
         request: Request[Any, Any, Any],
         reason: FromQuery[SuppressionReason | None] = None,
+        in_scope: Annotated[str | None, QueryParameter(name="scope")] = None,
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> SuppressionList:
         api = ApiContext.of(request)
         entries = await api.store.list_suppressions(
-            request.state.api_key.tenant, reason=reason, after=cursor, limit=limit
+            request.state.api_key.tenant,
+            reason=reason,
+            scope=_check_scope(in_scope, "scope") if in_scope is not None else None,
+            after=cursor,
+            limit=limit,
         )
         return SuppressionList(
             data=[_view(e) for e in entries],
-            next_cursor=entries[-1].address if len(entries) == limit else None,
+            next_cursor=entries[-1].key if len(entries) == limit else None,
         )
 
     @post("/", guards=[requires("admin")], status_code=200, summary="Add or update entries")
@@ -136,15 +154,27 @@ class SuppressionsController(Controller):
                 reason=e.reason,
                 created_at=now,
                 detail=check_header_text(e.detail, f"entries[{i}].detail", max_length=500),
+                scope=_check_scope(e.scope, f"entries[{i}].scope"),
             )
             for i, e in enumerate(data.entries)
         ]
         return Changed(count=await api.store.add_suppressions(entries))
 
-    @delete("/{email:str}", guards=[requires("admin")], status_code=204, summary="Remove an entry")
-    async def remove(self, request: Request[Any, Any, Any], email: FromPath[str]) -> None:
+    @delete(
+        "/{email:str}",
+        guards=[requires("admin")],
+        status_code=204,
+        summary="Remove an address's entries (in one scope with ?scope=)",
+    )
+    async def remove(
+        self,
+        request: Request[Any, Any, Any],
+        email: FromPath[str],
+        in_scope: Annotated[str | None, QueryParameter(name="scope")] = None,
+    ) -> None:
         api = ApiContext.of(request)
-        if not await api.store.remove_suppression(request.state.api_key.tenant, email):
+        chosen = _check_scope(in_scope, "scope") if in_scope is not None else None
+        if not await api.store.remove_suppression(request.state.api_key.tenant, email, chosen):
             raise Problem(
                 404, "not-found", "Not found", f"{email} is not suppressed", field="email"
             )
@@ -154,8 +184,8 @@ class SuppressionsController(Controller):
         guards=[requires("admin")],
         status_code=200,
         summary="Import entries from CSV",
-        description="`text/csv` with a header row: `email` (required), `reason` and `detail` "
-        "(optional; reason defaults to manual).",
+        description="`text/csv` with a header row: `email` (required), `reason`, `detail` and "
+        "`scope` (optional; reason defaults to manual, scope to tenant).",
     )
     async def import_csv(self, request: Request[Any, Any, Any]) -> Changed:
         api = ApiContext.of(request)
@@ -190,16 +220,17 @@ class SuppressionsController(Controller):
         tenant = request.state.api_key.tenant
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(["email", "reason", "created_at", "detail"])
+        writer.writerow(["email", "reason", "created_at", "detail", "scope"])
         after: str | None = None
         while True:
             page = await api.store.list_suppressions(tenant, after=after, limit=1000)
             for e in page:
                 created = dt.datetime.fromtimestamp(e.created_at, dt.UTC).isoformat()
-                writer.writerow([csv_cell(e.address), e.reason, created, csv_cell(e.detail)])
+                row = [e.address, e.reason, created, e.detail, e.scope]
+                writer.writerow([csv_cell(cell) for cell in row])
             if len(page) < 1000:
                 break
-            after = page[-1].address
+            after = page[-1].key
         return Response(
             out.getvalue(),
             media_type="text/csv",

@@ -82,8 +82,8 @@ class GatewayMetrics:
         )
         self.accepted = Counter(
             "gateway_messages_accepted",
-            "Messages accepted (durably spooled), by tenant and entry point",
-            ["tenant", "source"],
+            "Messages accepted (durably spooled), by tenant, stream and entry point",
+            ["tenant", "stream", "source"],
             registry=r,
         )
         self.recipients = Counter(
@@ -94,8 +94,8 @@ class GatewayMetrics:
         )
         self.deliveries = Counter(
             "gateway_deliveries",
-            "Delivery outcomes by tenant, route (provider) and status",
-            ["tenant", "route", "status"],
+            "Delivery outcomes by tenant, stream, route (provider) and status",
+            ["tenant", "stream", "route", "status"],
             registry=r,
         )
         self.latency = Histogram(
@@ -107,8 +107,8 @@ class GatewayMetrics:
         )
         self.events = Counter(
             "gateway_events",
-            "Normalized events (delivery results, provider webhooks, tracking) by type",
-            ["tenant", "type"],
+            "Normalized events (delivery results, provider webhooks, tracking) by stream and type",
+            ["tenant", "stream", "type"],
             registry=r,
         )
         self.webhook_posts = Counter(
@@ -165,7 +165,7 @@ class GatewayMetrics:
     # --- moved by what happens -----------------------------------------------------------------
 
     def message_accepted(self, message: Message, recipients: Sequence[str]) -> None:
-        self.accepted.labels(message.tenant, message.source).inc()
+        self.accepted.labels(message.tenant, message.stream, message.source).inc()
         self.recipients.labels(message.tenant).inc(len(recipients))
 
     def session_changed(self, listener: str, open_sessions: int, opened: bool) -> None:
@@ -194,9 +194,10 @@ class GatewayMetrics:
     @hookimpl
     def gateway_event(self, event: Event) -> None:
         self.recent_events.append(event)
-        self.events.labels(event.tenant, event.type).inc()
+        self.events.labels(event.tenant, event.stream, event.type).inc()
         if event.type in _DELIVERY_EVENTS and event.delivery_id:
-            self.deliveries.labels(event.tenant, event.provider or "-", event.type).inc()
+            route = event.provider or "-"
+            self.deliveries.labels(event.tenant, event.stream, route, event.type).inc()
             if event.type == "delivered":
                 # gateway_delivery_result (next) knows the message's age but not the route.
                 self._routes[event.delivery_id] = event.provider or "-"
@@ -208,7 +209,8 @@ class GatewayMetrics:
             age = max(0.0, self.gateway.clock.now() - message.created_at)
             self.latency.labels(message.tenant, route or delivery.provider or "-").observe(age)
         elif status in (DeliveryStatus.EXPIRED.value, DeliveryStatus.SKIPPED.value):
-            self.deliveries.labels(message.tenant, delivery.provider or "-", status).inc()
+            route = delivery.provider or "-"
+            self.deliveries.labels(message.tenant, message.stream, route, status).inc()
 
     # --- read when scraped ----------------------------------------------------------------------
 

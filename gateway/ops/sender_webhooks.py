@@ -33,7 +33,7 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway import __version__
 from gateway.config import WebhookEndpointSection
-from gateway.events import Event
+from gateway.events import SCHEMA_VERSION, Event
 from gateway.message import new_message_id
 from gateway.plugin_manager import hookimpl
 from gateway.store.base import WebhookAttempt, WebhookEvent
@@ -59,22 +59,34 @@ def _iso(timestamp: float) -> str:
 
 
 def event_body(event: Event) -> bytes:
-    """The JSON body for ``event`` (compact, keys in a fixed order)."""
+    """The JSON body for ``event`` (compact, keys in a fixed order; ``docs/events.md``)."""
     data: dict[str, Any] = {
         "tenant": event.tenant,
+        "stream": event.stream,
         "message_id": event.message_id,
         "recipient": event.recipient,
         "provider": event.provider,
         "sending_domain": event.sending_domain,
         "detail": event.detail,
     }
-    if event.bounce:
-        data["bounce"] = event.bounce
-    if event.event_id:
-        data["event_id"] = event.event_id
-    if event.data:
-        data["data"] = event.data
-    body = {"type": event_type_name(event.type), "timestamp": _iso(event.at), "data": data}
+    optional: dict[str, Any] = {
+        "bounce": event.bounce,
+        "url": event.url,
+        "classification": event.classification,
+        "signals": list(event.signals),
+        "tags": list(event.tags),
+        "metadata": event.metadata,
+        "event_id": event.event_id,
+        "data": event.data,
+    }
+    data.update((k, v) for k, v in optional.items() if v)
+    body = {
+        "type": event_type_name(event.type),
+        "version": SCHEMA_VERSION,
+        "id": event.id,
+        "timestamp": _iso(event.at),
+        "data": data,
+    }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

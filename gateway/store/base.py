@@ -12,6 +12,7 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -109,14 +110,50 @@ def suppression_key(address: str) -> str:
     return address.strip().lower()
 
 
+TENANT_SCOPE = "tenant"
+"""A suppression for every message of the tenant: bounces, complaints, manual entries."""
+_SCOPE = re.compile(r"^(?:tenant|[a-z]{1,16}:[A-Za-z0-9][A-Za-z0-9_.:-]{0,127})$")
+
+
+def stream_scope(stream: str) -> str:
+    """The scope of an opt-out from one message stream (``stream:<name>``)."""
+    return f"stream:{stream}"
+
+
+def is_scope(value: str) -> bool:
+    """``tenant`` or ``<kind>:<name>``: ``stream:<name>`` today; the audience layer adds
+    ``list:<id>`` and ``topic:<id>`` without a store change."""
+    return bool(_SCOPE.match(value))
+
+
+def entry_key(address: str, scope: str) -> str:
+    """How entries sort and page: the folded address, then the scope (tenant-wide first).
+    Also the listing cursor (``after``)."""
+    key = suppression_key(address)
+    return key if scope == TENANT_SCOPE else f"{key} {scope}"
+
+
+def cursor_key(after: str) -> str:
+    """A listing cursor (an :func:`entry_key`, or a bare address) in :func:`entry_key` form."""
+    address, _, scope = after.strip().partition(" ")
+    return entry_key(address, scope or TENANT_SCOPE)
+
+
 class Suppression(msgspec.Struct, kw_only=True, frozen=True):
-    """A recipient a tenant must not send to, and why."""
+    """A recipient a tenant must not send to, in which scope, and why."""
 
     tenant: str
     address: str
     reason: SuppressionReason
     created_at: float
     detail: str = ""
+    scope: str = TENANT_SCOPE
+    """``tenant`` (every message) or ``stream:<name>`` (that stream's messages only)."""
+
+    @property
+    def key(self) -> str:
+        """Its :func:`entry_key`: the listing order and cursor."""
+        return entry_key(self.address, self.scope)
 
 
 class MessageQuery(msgspec.Struct, kw_only=True):
@@ -126,6 +163,7 @@ class MessageQuery(msgspec.Struct, kw_only=True):
     status: DeliveryStatus | None = None
     """Messages with at least one delivery in this state."""
     tag: str | None = None
+    stream: str | None = None
     recipient: str | None = None
     since: float | None = None
     until: float | None = None
@@ -148,6 +186,7 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     meta: MessageMeta
     send_at: float | None = None
     """When it was scheduled for, if it was."""
+    stream: str = "transactional"
     deliveries: list[Delivery]
 
 
@@ -176,6 +215,8 @@ class MessageEvent(msgspec.Struct, kw_only=True, frozen=True):
     recipient: str = ""
     provider: str = ""
     detail: str = ""
+    classification: str = ""
+    """For opens and clicks: ``human``, ``machine``, ``scanner``, ``proxy:<which>``."""
 
 
 class DeliveryStats(msgspec.Struct, kw_only=True):
@@ -185,6 +226,10 @@ class DeliveryStats(msgspec.Struct, kw_only=True):
     by_tag: dict[str, dict[str, int]]
     by_day: dict[str, dict[str, int]]
     """``YYYY-MM-DD`` (UTC, day the message was accepted) → status → count."""
+    by_stream: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    engagement: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """``opened`` / ``clicked`` → classification (``human``, ``machine``, ``scanner``…) →
+    events recorded for those messages."""
 
 
 # --- operations: event webhooks to senders, and what health checks and metrics read ----------
@@ -244,11 +289,13 @@ class Store(abc.ABC):
         not_before: float | None = None,
         meta: MessageMeta | None = None,
         idempotency: IdempotencyClaim | None = None,
+        broadcast: bool = False,
     ) -> list[Delivery]:
         """Store ``message`` with one delivery per recipient; durable when it returns.
 
         ``meta`` and ``idempotency`` (HTTP API) are written in the same transaction; a claim
         whose key and part are already stored raises ``IdempotencyConflict`` and stores nothing.
+        ``broadcast`` puts the deliveries in the broadcast lane (see ``claim``).
         """
 
     @abc.abstractmethod
@@ -256,8 +303,12 @@ class Store(abc.ABC):
         """Return deliveries left in ``sending`` by a dead process to the queue; count them."""
 
     @abc.abstractmethod
-    async def claim(self, now: float, limit: int) -> list[Claimed]:
-        """Mark up to ``limit`` due deliveries ``sending`` and return them, oldest due first."""
+    async def claim(
+        self, now: float, limit: int, *, broadcast_limit: int | None = None
+    ) -> list[Claimed]:
+        """Mark up to ``limit`` due deliveries ``sending`` and return them: every due
+        transactional delivery first (oldest due first), then broadcast ones, at most
+        ``broadcast_limit`` of them (default: ``limit``)."""
 
     @abc.abstractmethod
     async def complete(self, updates: Sequence[DeliveryUpdate], now: float) -> None:
@@ -305,10 +356,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_suppressions(self, entries: Sequence[Suppression]) -> int:
-        """Insert or replace entries (one per tenant and address); count them."""
+        """Insert or replace entries (one per tenant, address and scope); count them."""
 
     @abc.abstractmethod
-    async def remove_suppression(self, tenant: str, address: str) -> bool: ...
+    async def remove_suppression(self, tenant: str, address: str, scope: str | None = None) -> bool:
+        """Remove the address's entry in ``scope`` (every scope when ``None``); whether any
+        was there."""
 
     @abc.abstractmethod
     async def list_suppressions(
@@ -316,23 +369,30 @@ class Store(abc.ABC):
         tenant: str,
         *,
         reason: SuppressionReason | None = None,
+        scope: str | None = None,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
-        """Entries ordered by address; ``after`` is the cursor (the last address seen)."""
+        """Entries ordered by :func:`entry_key`; ``after`` is the cursor (the last entry's
+        key)."""
 
     @abc.abstractmethod
-    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
-        """The entries for those of ``addresses`` that are suppressed, by
-        :func:`suppression_key`."""
+    async def suppressed(
+        self, tenant: str, addresses: Sequence[str], scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> dict[str, Suppression]:
+        """For those of ``addresses`` suppressed in any of ``scopes``, by
+        :func:`suppression_key`: the entry of the first of ``scopes`` that has one."""
 
-    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
-        """The entry for one recipient (matched by :func:`suppression_key`), or ``None``.
+    async def find_suppression(
+        self, tenant: str, address: str, scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> Suppression | None:
+        """The entry that stops mail to one recipient in any of ``scopes`` (the first of
+        ``scopes`` that has one), or ``None``.
 
         Called for every delivery, so engines override it with a cheap exact lookup that does
         not wait behind writes.
         """
-        return (await self.suppressed(tenant, [address])).get(suppression_key(address))
+        return (await self.suppressed(tenant, [address], scopes)).get(suppression_key(address))
 
     @abc.abstractmethod
     async def list_messages(self, query: MessageQuery) -> list[MessageRecord]: ...
@@ -350,7 +410,11 @@ class Store(abc.ABC):
         """Store an event that delivery records cannot tell (opened, clicked, complained…)."""
 
     @abc.abstractmethod
-    async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats: ...
+    async def delivery_stats(
+        self, tenant: str, since: float, until: float, *, stream: str | None = None
+    ) -> DeliveryStats:
+        """Deliveries of ``tenant``'s messages accepted in ``[since, until)`` (of one
+        ``stream`` when given), and the opens and clicks recorded for them."""
 
     async def mark_delivery(
         self,

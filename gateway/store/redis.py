@@ -34,6 +34,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
 from gateway.store import redis_lua, redis_webhooks
 from gateway.store.base import (
+    TENANT_SCOPE,
     Claimed,
     DeliveryFilter,
     DeliveryStats,
@@ -52,6 +53,8 @@ from gateway.store.base import (
     WebhookAttempt,
     WebhookEvent,
     WebhookStatus,
+    cursor_key,
+    entry_key,
     suppression_key,
 )
 from gateway.store.redis_client import (
@@ -62,6 +65,7 @@ from gateway.store.redis_client import (
     parse_redis_url,
 )
 from gateway.store.redis_pipeline import AutoPipeline
+from gateway.streams import TRANSACTIONAL
 
 log = logging.getLogger("gateway.store.redis")
 
@@ -73,9 +77,12 @@ RECLAIMED = "interrupted: the node sending it stopped renewing its lease"
 RELEASED = "interrupted: the gateway stopped during this attempt"
 _OUTCOME_EVENT = {"sent": "delivered", "soft_fail": "deferred", "hard_fail": "bounced"}
 _STATUS_EVENT = {"sending": "attempted", "expired": "expired", "skipped": "suppressed"}
-_DELIVERY_FIELDS = ("id", "mid", "rcpt", "st", "att", "next", "exp", "err", "prov", "pmid", "upd")
+_DELIVERY_FIELDS = (
+    "id", "mid", "rcpt", "st", "att", "next", "exp", "err", "prov", "pmid", "upd", "lane"
+)  # fmt: skip
 _FILTER_FIELDS = (*_DELIVERY_FIELDS, "ten", "dom")
-_RECORD_FIELDS = ("ten", "src", "from", "at", "size", "head", "meta", "send")
+_RECORD_FIELDS = ("ten", "src", "from", "at", "size", "head", "meta", "send", "stream")
+_MESSAGE_FIELDS = ("ten", "src", "from", "utf8", "at", "raw", "stream")
 _BATCH = 500
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -113,6 +120,24 @@ def _delivery(fields: Sequence[Any]) -> Delivery:
         provider=_s(fields[8]),
         provider_message_id=_s(fields[9]),
         updated_at=float(fields[10]),
+        broadcast=_s(fields[11]) == "b",
+    )
+
+
+def _message(message_id: str, fields: Sequence[Any]) -> Message | None:
+    """A message from its ``_MESSAGE_FIELDS``; ``None`` if it does not exist."""
+    tenant, source, mail_from, utf8, created_at, raw, stream = fields
+    if raw is None:
+        return None
+    return Message(
+        id=message_id,
+        tenant=_s(tenant),
+        source=_s(source),  # type: ignore[arg-type]
+        mail_from=_s(mail_from),
+        smtp_utf8=_s(utf8) == "1",
+        created_at=float(created_at),
+        raw=raw,
+        stream=_s(stream) or TRANSACTIONAL,
     )
 
 
@@ -286,6 +311,7 @@ class RedisStore(Store):
         not_before: float | None = None,
         meta: MessageMeta | None = None,
         idempotency: IdempotencyClaim | None = None,
+        broadcast: bool = False,
     ) -> list[Delivery]:
         from redis.exceptions import ResponseError
 
@@ -332,6 +358,8 @@ class RedisStore(Store):
                     _f(expires_at),
                     *idem,
                     str(len(recipients)),
+                    message.stream,
+                    "b" if broadcast else "",
                     *pairs,
                 ],
             )
@@ -357,6 +385,7 @@ class RedisStore(Store):
                 next_attempt_at=due,
                 expires_at=expires_at,
                 updated_at=message.created_at,
+                broadcast=broadcast,
             )
             for i, r in zip(ids, recipients, strict=True)
         ]
@@ -365,36 +394,37 @@ class RedisStore(Store):
         """Return deliveries whose lease ran out (their node died) to the queue.
 
         Unlike SQLite's, this never touches deliveries other live nodes are sending."""
-        reclaimed, _, _ = await self._run("CLAIM", _f(now), "0", "0", self.owner, RECLAIMED)
+        reclaimed, _, _ = await self._run("CLAIM", _f(now), "0", "0", self.owner, RECLAIMED, "0")
         return int(reclaimed)
 
-    async def claim(self, now: float, limit: int) -> list[Claimed]:
+    async def claim(
+        self, now: float, limit: int, *, broadcast_limit: int | None = None
+    ) -> list[Claimed]:
+        broadcast = limit if broadcast_limit is None else max(0, broadcast_limit)
         reclaimed, rows, message_rows = await self._run(
-            "CLAIM", _f(now), str(limit), _f(now + self.lease_seconds), self.owner, RECLAIMED
+            "CLAIM",
+            _f(now),
+            str(limit),
+            _f(now + self.lease_seconds),
+            self.owner,
+            RECLAIMED,
+            str(broadcast),
         )
         if reclaimed:
             log.warning("took over %d deliveries whose lease had run out", reclaimed)
         messages = {}
         for row in message_rows:
-            mid, tenant, source, mail_from, utf8, created_at, raw = row
-            if raw is None:
-                continue  # cannot happen: a message goes only with its last delivery
-            messages[_s(mid)] = Message(
-                id=_s(mid),
-                tenant=_s(tenant),
-                source=_s(source),  # type: ignore[arg-type]
-                mail_from=_s(mail_from),
-                smtp_utf8=_s(utf8) == "1",
-                created_at=float(created_at),
-                raw=raw,
-            )
+            # A message goes only with its last delivery, so it always exists here.
+            message = _message(_s(row[0]), row[1:])
+            if message is not None:
+                messages[message.id] = message
         claimed = []
         for row in rows:
             delivery = _delivery(row)
             self._leased.add(delivery.id)
             if delivery.message_id in messages:
                 claimed.append(Claimed(delivery, messages[delivery.message_id]))
-        claimed.sort(key=lambda c: c.delivery.next_attempt_at)
+        claimed.sort(key=lambda c: (c.delivery.broadcast, c.delivery.next_attempt_at))
         return claimed
 
     async def complete(self, updates: Sequence[DeliveryUpdate], now: float) -> None:
@@ -417,26 +447,17 @@ class RedisStore(Store):
 
     async def next_due(self) -> float | None:
         with self._errors():
-            first = await self._redis.zrange(self._p + "due", 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
+            firsts = [
+                await self._redis.zrange(self._p + key, 0, 0, withscores=True)
+                for key in ("due", "dueb")
+            ]
+        found = [float(first[0][1]) for first in firsts if first]
+        return min(found) if found else None
 
     async def get_message(self, message_id: str) -> Message | None:
         with self._errors():
-            row = await self._batch.execute(
-                "HMGET", self._p + "m:" + message_id, "ten", "src", "from", "utf8", "at", "raw"
-            )
-        tenant, source, mail_from, utf8, created_at, raw = row
-        if raw is None:
-            return None
-        return Message(
-            id=message_id,
-            tenant=_s(tenant),
-            source=_s(source),  # type: ignore[arg-type]
-            mail_from=_s(mail_from),
-            smtp_utf8=_s(utf8) == "1",
-            created_at=float(created_at),
-            raw=raw,
-        )
+            row = await self._batch.execute("HMGET", self._p + "m:" + message_id, *_MESSAGE_FIELDS)
+        return _message(message_id, row)
 
     async def _delivery_rows(self, ids: Sequence[bytes | int]) -> list[list[Any]]:
         keys = [self._p + "d:" + (_s(i) if isinstance(i, bytes) else str(i)) for i in ids]
@@ -464,11 +485,11 @@ class RedisStore(Store):
         for row in await self._delivery_rows(ids):
             if wanted is not None and _s(row[3]) not in wanted:
                 continue
-            if where.tenant is not None and _s(row[11]) != where.tenant:
+            if where.tenant is not None and _s(row[12]) != where.tenant:
                 continue
             if recipient is not None and _s(row[2]).lower() != recipient:
                 continue
-            if domain is not None and _s(row[12]) != domain:
+            if domain is not None and _s(row[13]) != domain:
                 continue
             found.append(_delivery(row))
         found.sort(key=lambda d: (d.message_id, -d.id), reverse=True)
@@ -557,12 +578,13 @@ class RedisStore(Store):
             args: list[Any] = []
             for e in entries[start : start + _BATCH]:
                 stored = msgspec.structs.replace(e, address=suppression_key(e.address))
-                args += [e.tenant, stored.address, _encode(stored)]
+                args += [e.tenant, stored.key, _encode(stored)]
             await self._run("ADD_SUPPRESSIONS", *args)
         return len(entries)
 
-    async def remove_suppression(self, tenant: str, address: str) -> bool:
-        removed = await self._run("REMOVE_SUPPRESSION", tenant, suppression_key(address))
+    async def remove_suppression(self, tenant: str, address: str, scope: str | None = None) -> bool:
+        field = entry_key(address, scope) if scope is not None else ""
+        removed = await self._run("REMOVE_SUPPRESSION", tenant, suppression_key(address), field)
         return int(removed) > 0
 
     async def list_suppressions(
@@ -570,11 +592,12 @@ class RedisStore(Store):
         tenant: str,
         *,
         reason: SuppressionReason | None = None,
+        scope: str | None = None,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
         found: list[Suppression] = []
-        cursor = "(" + suppression_key(after) if after is not None else "-"
+        cursor = "(" + cursor_key(after) if after is not None else "-"
         while len(found) < limit:
             with self._errors():
                 page = await self._redis.zrangebylex(
@@ -587,25 +610,33 @@ class RedisStore(Store):
                 if blob is None:
                     continue
                 entry = _SUPPRESSION.decode(blob)
-                if reason is None or entry.reason == reason:
+                if (reason is None or entry.reason == reason) and (
+                    scope is None or entry.scope == scope
+                ):
                     found.append(entry)
             cursor = "(" + _s(page[-1])
         return found[:limit]
 
-    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
+    async def suppressed(
+        self, tenant: str, addresses: Sequence[str], scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> dict[str, Suppression]:
         wanted = sorted({suppression_key(a) for a in addresses})
-        if not wanted:
+        if not wanted or not scopes:
             return {}
+        fields = [entry_key(a, scope) for a in wanted for scope in scopes]
         with self._errors():
-            blobs = await self._batch.execute("HMGET", self._p + "sup:" + tenant, *wanted)
-        return {a: _SUPPRESSION.decode(b) for a, b in zip(wanted, blobs, strict=True) if b}
+            blobs = await self._batch.execute("HMGET", self._p + "sup:" + tenant, *fields)
+        found: dict[str, Suppression] = {}
+        for blob in blobs:  # in the order of ``scopes`` per address: the first one wins
+            if blob:
+                entry = _SUPPRESSION.decode(blob)
+                found.setdefault(entry.address, entry)
+        return found
 
-    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
-        with self._errors():
-            blob = await self._batch.execute(
-                "HGET", self._p + "sup:" + tenant, suppression_key(address)
-            )
-        return _SUPPRESSION.decode(blob) if blob else None
+    async def find_suppression(
+        self, tenant: str, address: str, scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> Suppression | None:
+        return (await self.suppressed(tenant, [address], scopes)).get(suppression_key(address))
 
     # --- messages as the API shows them -------------------------------------------------------
 
@@ -619,7 +650,7 @@ class RedisStore(Store):
                 replies = await pipe.execute()
         records, delivery_ids = [], []
         for mid, row, ids in zip(message_ids, replies[::2], replies[1::2], strict=True):
-            tenant, source, mail_from, created_at, size, head, meta, send_at = row
+            tenant, source, mail_from, created_at, size, head, meta, send_at, stream = row
             if tenant is None:
                 continue
             records.append(
@@ -633,6 +664,7 @@ class RedisStore(Store):
                     head=head,
                     meta=_META.decode(meta) if meta else MessageMeta(),
                     send_at=float(send_at) if send_at else None,
+                    stream=_s(stream) or TRANSACTIONAL,
                     deliveries=[],
                 )
             )
@@ -663,6 +695,8 @@ class RedisStore(Store):
                 if query.until is not None and record.created_at >= query.until:
                     continue
                 if query.tag is not None and query.tag not in record.meta.tags:
+                    continue
+                if query.stream is not None and record.stream != query.stream:
                     continue
                 if query.status is not None and all(
                     d.status is not query.status for d in record.deliveries
@@ -741,23 +775,41 @@ class RedisStore(Store):
         with self._errors():
             await self._redis.rpush(self._p + "ev:" + event.message_id, _encode(event))
 
-    async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats:
+    async def delivery_stats(
+        self, tenant: str, since: float, until: float, *, stream: str | None = None
+    ) -> DeliveryStats:
         with self._errors():
             ids = await self._redis.zrangebyscore(
                 self._p + "tt:" + tenant, _f(since), "(" + _f(until)
             )
         stats = DeliveryStats(by_status={}, by_tag={}, by_day={})
         for start in range(0, len(ids), _BATCH):
-            for record in await self._records([_s(i) for i in ids[start : start + _BATCH]]):
+            records = [
+                r
+                for r in await self._records([_s(i) for i in ids[start : start + _BATCH]])
+                if stream is None or r.stream == stream
+            ]
+            for record in records:
                 day = dt.datetime.fromtimestamp(record.created_at, dt.UTC).strftime("%Y-%m-%d")
                 for d in record.deliveries:
                     status = d.status.value
                     stats.by_status[status] = stats.by_status.get(status, 0) + 1
                     for bucket in [
                         stats.by_day.setdefault(day, {}),
+                        stats.by_stream.setdefault(record.stream, {}),
                         *(stats.by_tag.setdefault(t, {}) for t in dict.fromkeys(record.meta.tags)),
                     ]:
                         bucket[status] = bucket.get(status, 0) + 1
+            with self._errors():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for record in records:
+                        pipe.lrange(self._p + "ev:" + record.id, 0, -1)
+                    blobs = await pipe.execute()
+            for event in (_EVENT.decode(b) for found in blobs for b in found):
+                if event.type in ("opened", "clicked"):
+                    bucket = stats.engagement.setdefault(event.type, {})
+                    label = event.classification or "unclassified"
+                    bucket[label] = bucket.get(label, 0) + 1
         return stats
 
     # --- counters and sightings -------------------------------------------------------------

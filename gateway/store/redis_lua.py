@@ -8,7 +8,9 @@ lives in one slot and scripts may touch them all):
 ``P md:<id>``       list: its delivery ids
 ``P d:<n>``         hash: a delivery (status, attempts, next attempt, lease owner…)
 ``P d:<n>:a``       list: its attempts (msgpack)
-``P due``           sorted set: waiting (queued/deferred) delivery ids by next attempt time
+``P due``           sorted set: waiting (queued/deferred) transactional delivery ids by next
+                    attempt time; ``P dueb`` the same for broadcast ones (delivery field
+                    ``lane`` = ``b``), claimed only after ``due`` has none due
 ``P leases``        sorted set: ``sending`` delivery ids by lease deadline
 ``P s:<status>``    set: delivery ids in that status (counts, listings)
 ``P seq``           counter: delivery ids, never reused
@@ -16,7 +18,9 @@ lives in one slot and scripts may touch them all):
 ``P tt:<tenant>``   sorted set: a tenant's messages by creation time (stats)
 ``P ev:<id>``       list: recorded events of a message (msgpack)
 ``P idem:<t>:<k>``  hash: idempotency entries by part, and ``<part>:exp``
-``P sup:<tenant>``  hash: suppression entries by address; ``P supx:<tenant>`` orders them
+``P sup:<tenant>``  hash: suppression entries by ``entry_key`` (the address for tenant-wide
+                    entries, ``<address> <scope>`` for the others); ``P supx:<tenant>``
+                    orders them
 ``P c:<key>``       hash: a counter (``v``, ``exp``); ``P seen:<key>``: a first sighting
 
 Timestamps travel as the strings Python wrote (``repr(float)``) and are stored unchanged: Lua
@@ -45,25 +49,35 @@ end
 local tenant = ARGV[3]
 redis.call('HSET', mkey, 'ten', tenant, 'src', ARGV[4], 'from', ARGV[5], 'utf8', ARGV[6],
   'at', ARGV[7], 'raw', ARGV[8], 'size', ARGV[9], 'head', ARGV[10], 'meta', ARGV[11],
-  'send', ARGV[12])
+  'send', ARGV[12], 'stream', ARGV[21])
+local lane = ARGV[22]
 redis.call('ZADD', P .. 'tm:' .. tenant, 0, mid)
 redis.call('ZADD', P .. 'tt:' .. tenant, ARGV[7], mid)
 local n = tonumber(ARGV[20])
 local ids = {}
 for i = 0, n - 1 do
   local id = redis.call('INCR', P .. 'seq')
-  redis.call('HSET', P .. 'd:' .. id, 'id', id, 'mid', mid, 'rcpt', ARGV[21 + 2 * i],
-    'dom', ARGV[22 + 2 * i], 'ten', tenant, 'st', 'queued', 'att', 0, 'next', ARGV[13],
-    'exp', ARGV[14], 'err', '', 'prov', '', 'pmid', '', 'upd', ARGV[7], 'own', '')
+  redis.call('HSET', P .. 'd:' .. id, 'id', id, 'mid', mid, 'rcpt', ARGV[23 + 2 * i],
+    'dom', ARGV[24 + 2 * i], 'ten', tenant, 'st', 'queued', 'att', 0, 'next', ARGV[13],
+    'exp', ARGV[14], 'err', '', 'prov', '', 'pmid', '', 'upd', ARGV[7], 'own', '',
+    'lane', lane)
   redis.call('RPUSH', P .. 'md:' .. mid, id)
   redis.call('SADD', P .. 's:queued', id)
-  redis.call('ZADD', P .. 'due', ARGV[13], id)
+  redis.call('ZADD', P .. 'due' .. lane, ARGV[13], id)
   ids[#ids + 1] = id
 end
 return ids
 """
 
-_RECLAIM = """
+_DUE = """
+local function due_key(P, key)
+  return P .. 'due' .. (redis.call('HGET', key, 'lane') or '')
+end
+"""
+
+_RECLAIM = (
+    _DUE
+    + """
 local function reclaim(P, now, reason)
   local count = 0
   local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, 1000)
@@ -73,13 +87,14 @@ local function reclaim(P, now, reason)
     if redis.call('HGET', key, 'st') == 'sending' then
       redis.call('HSET', key, 'st', 'deferred', 'next', now, 'upd', now, 'err', reason, 'own', '')
       redis.call('SMOVE', P .. 's:sending', P .. 's:deferred', id)
-      redis.call('ZADD', P .. 'due', now, id)
+      redis.call('ZADD', due_key(P, key), now, id)
       count = count + 1
     end
   end
   return count
 end
 """
+)
 
 CLAIM = (
     _RECLAIM
@@ -87,10 +102,20 @@ CLAIM = (
 local P, now, limit, deadline, owner = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local reclaimed = reclaim(P, now, ARGV[6])
 local deliveries, messages, seen = {}, {}, {}
+local due = {}
 if limit > 0 then
-  local due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', now, 'LIMIT', 0, limit)
+  due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', now, 'LIMIT', 0, limit)
+  local more = math.min(limit - #due, tonumber(ARGV[7]))
+  if more > 0 then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'dueb', '-inf', now, 'LIMIT', 0, more)) do
+      due[#due + 1] = id
+    end
+  end
+end
+if #due > 0 then
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'due', id)
+    redis.call('ZREM', P .. 'dueb', id)
     local key = P .. 'd:' .. id
     local st = redis.call('HGET', key, 'st')
     if st == 'queued' or st == 'deferred' then
@@ -98,13 +123,13 @@ if limit > 0 then
       redis.call('HSET', key, 'st', 'sending', 'upd', now, 'own', owner)
       redis.call('ZADD', P .. 'leases', deadline, id)
       local d = redis.call('HMGET', key, 'id', 'mid', 'rcpt', 'st', 'att', 'next', 'exp',
-        'err', 'prov', 'pmid', 'upd')
+        'err', 'prov', 'pmid', 'upd', 'lane')
       deliveries[#deliveries + 1] = d
       local mid = d[2]
       if not seen[mid] then
         seen[mid] = true
         messages[#messages + 1] = redis.call('HMGET', P .. 'm:' .. mid, 'ten', 'src', 'from',
-          'utf8', 'at', 'raw')
+          'utf8', 'at', 'raw', 'stream')
         table.insert(messages[#messages], 1, mid)
       end
     end
@@ -128,7 +153,9 @@ end
 return kept
 """
 
-RELEASE = """
+RELEASE = (
+    _DUE
+    + """
 local P, owner, now, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local released = 0
 for i = 5, #ARGV do
@@ -138,14 +165,17 @@ for i = 5, #ARGV do
     redis.call('ZREM', P .. 'leases', id)
     redis.call('HSET', key, 'st', 'deferred', 'next', now, 'upd', now, 'err', reason, 'own', '')
     redis.call('SMOVE', P .. 's:sending', P .. 's:deferred', id)
-    redis.call('ZADD', P .. 'due', now, id)
+    redis.call('ZADD', due_key(P, key), now, id)
     released = released + 1
   end
 end
 return released
 """
+)
 
-COMPLETE = """
+COMPLETE = (
+    _DUE
+    + """
 local P, now = ARGV[1], ARGV[2]
 local i = 4
 local applied = 0
@@ -161,9 +191,9 @@ for _ = 1, tonumber(ARGV[3]) do
     if tried > 0 then redis.call('HINCRBY', key, 'att', tried) end
     redis.call('ZREM', P .. 'leases', id)
     if st == 'queued' or st == 'deferred' then
-      redis.call('ZADD', P .. 'due', nxt, id)
+      redis.call('ZADD', due_key(P, key), nxt, id)
     else
-      redis.call('ZREM', P .. 'due', id)
+      redis.call('ZREM', due_key(P, key), id)
     end
     for a = 1, n do redis.call('RPUSH', key .. ':a', ARGV[i + 7 + a]) end
     applied = applied + 1
@@ -172,8 +202,11 @@ for _ = 1, tonumber(ARGV[3]) do
 end
 return applied
 """
+)
 
-RETRY = """
+RETRY = (
+    _DUE
+    + """
 local P, now, fresh = ARGV[1], ARGV[2], ARGV[3]
 local count = 0
 for i = 4, #ARGV do
@@ -186,18 +219,20 @@ for i = 4, #ARGV do
     if tonumber(redis.call('HGET', key, 'exp')) < tonumber(fresh) then
       redis.call('HSET', key, 'exp', fresh)
     end
-    redis.call('ZADD', P .. 'due', now, id)
+    redis.call('ZADD', due_key(P, key), now, id)
     count = count + 1
   end
 end
 return count
 """
+)
 
 _FORGET = """
 local function forget_delivery(P, id, st)
   redis.call('DEL', P .. 'd:' .. id, P .. 'd:' .. id .. ':a')
   if st then redis.call('SREM', P .. 's:' .. st, id) end
   redis.call('ZREM', P .. 'due', id)
+  redis.call('ZREM', P .. 'dueb', id)
   redis.call('ZREM', P .. 'leases', id)
 end
 
@@ -282,9 +317,15 @@ return (#ARGV - 1) / 3
 """
 
 REMOVE_SUPPRESSION = """
-local P, tenant, address = ARGV[1], ARGV[2], ARGV[3]
-redis.call('ZREM', P .. 'supx:' .. tenant, address)
-return redis.call('HDEL', P .. 'sup:' .. tenant, address)
+local P, tenant, address, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fields = {field}
+if field == '' then
+  -- Every scope: the entry keys are the address alone, or the address, a space and a scope.
+  fields = redis.call('ZRANGEBYLEX', P .. 'supx:' .. tenant, '[' .. address, '(' .. address .. '!')
+  if #fields == 0 then return 0 end
+end
+redis.call('ZREM', P .. 'supx:' .. tenant, unpack(fields))
+return redis.call('HDEL', P .. 'sup:' .. tenant, unpack(fields))
 """
 
 ADD_TO_COUNTER = """

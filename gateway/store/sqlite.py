@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
-from gateway.store import sqlite_api, sqlite_webhooks
+from gateway.store import sqlite_api, sqlite_migrations, sqlite_webhooks
 from gateway.store.base import (
+    TENANT_SCOPE,
     Claimed,
     DeliveryFilter,
     DeliveryStats,
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS messages (
     mail_from TEXT NOT NULL,
     smtp_utf8 INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    raw BLOB NOT NULL
+    raw BLOB NOT NULL,
+    stream TEXT NOT NULL DEFAULT 'transactional'
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,7 +74,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error TEXT NOT NULL DEFAULT '',
     provider TEXT NOT NULL DEFAULT '',
     provider_message_id TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    lane INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(next_attempt_at)
     WHERE status IN ('queued', 'deferred');
@@ -112,10 +115,15 @@ class _Writer:
     """One SQLite connection on its own thread, committing whatever work is waiting, together."""
 
     def __init__(
-        self, path: Path, max_batch: int = 512, schema: str = SCHEMA + sqlite_api.SHARD_SCHEMA
+        self,
+        path: Path,
+        max_batch: int = 512,
+        schema: str = SCHEMA + sqlite_api.SHARD_SCHEMA,
+        migrate: Callable[[sqlite3.Connection], None] = sqlite_migrations.migrate_shard,
     ) -> None:
         self.path = path
         self._schema = schema
+        self._migrate = migrate
         self._max_batch = max_batch
         self._work: queue.SimpleQueue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
@@ -155,6 +163,7 @@ class _Writer:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.executescript(self._schema)
+        self._migrate(conn)
         return conn
 
     def _run(self) -> None:
@@ -228,7 +237,15 @@ def _row_to_message(row: tuple[Any, ...]) -> Message:
         smtp_utf8=bool(row[4]),
         created_at=row[5],
         raw=row[6],
+        stream=row[7],
     )
+
+
+_MESSAGE_COLUMNS = "id, tenant, source, mail_from, smtp_utf8, created_at, raw, stream"
+"""The ``messages`` columns, in the order ``_row_to_message`` reads them."""
+TRANSACTIONAL_LANE = 0
+BROADCAST_LANE = 1
+"""``deliveries.lane``: claimed in this order (``gateway/streams.py``)."""
 
 
 def _where_sql(where: DeliveryFilter) -> tuple[str, list[Any]]:
@@ -281,6 +298,7 @@ class SqliteStore(Store):
         self._tenants = _Writer(
             self.directory / "tenants.db",
             schema=sqlite_api.TENANT_SCHEMA + sqlite_webhooks.SCHEMA,
+            migrate=sqlite_migrations.migrate_tenants,
         )
         self._reader = sqlite_api.ShardReader(self.directory, self._shard_files)
         # Per-delivery suppression checks read tenants.db on their own thread and connection:
@@ -334,14 +352,15 @@ class SqliteStore(Store):
         not_before: float | None = None,
         meta: MessageMeta | None = None,
         idempotency: IdempotencyClaim | None = None,
+        broadcast: bool = False,
     ) -> list[Delivery]:
         shard = self.write_shard
         due = message.created_at if not_before is None else not_before
+        lane = BROADCAST_LANE if broadcast else TRANSACTIONAL_LANE
 
         def insert(conn: sqlite3.Connection) -> list[Delivery]:
             conn.execute(
-                "INSERT INTO messages (id, tenant, source, mail_from, smtp_utf8, created_at, raw)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.id,
                     message.tenant,
@@ -350,13 +369,15 @@ class SqliteStore(Store):
                     int(message.smtp_utf8),
                     message.created_at,
                     message.raw,
+                    message.stream,
                 ),
             )
             deliveries = []
             for recipient in recipients:
                 cursor = conn.execute(
                     "INSERT INTO deliveries (message_id, recipient, domain, status,"
-                    " next_attempt_at, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " next_attempt_at, expires_at, updated_at, lane)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         message.id,
                         recipient,
@@ -365,6 +386,7 @@ class SqliteStore(Store):
                         due,
                         expires_at,
                         message.created_at,
+                        lane,
                     ),
                 )
                 assert cursor.lastrowid is not None
@@ -400,15 +422,22 @@ class SqliteStore(Store):
 
         return sum(await self._on_all(requeue))
 
-    async def claim(self, now: float, limit: int) -> list[Claimed]:
+    async def claim(
+        self, now: float, limit: int, *, broadcast_limit: int | None = None
+    ) -> list[Claimed]:
         claimed: list[Claimed] = []
+        broadcast = limit if broadcast_limit is None else broadcast_limit
         shards = self.shards
         # Rotate the starting shard so a busy shard cannot starve the others.
         self._claim_cursor = (self._claim_cursor + 1) % len(shards)
         for shard in shards[self._claim_cursor :] + shards[: self._claim_cursor]:
             if len(claimed) >= limit:
                 break
-            claimed.extend(await self._on(shard, _claim_op(now, limit - len(claimed), shard)))
+            more = await self._on(
+                shard, _claim_op(now, limit - len(claimed), shard, max(0, broadcast))
+            )
+            broadcast -= sum(1 for c in more if c.delivery.broadcast)
+            claimed.extend(more)
         return claimed
 
     async def complete(self, updates: Sequence[DeliveryUpdate], now: float) -> None:
@@ -462,8 +491,7 @@ class SqliteStore(Store):
     async def get_message(self, message_id: str) -> Message | None:
         def select(conn: sqlite3.Connection, shard: int) -> Message | None:
             row = conn.execute(
-                "SELECT id, tenant, source, mail_from, smtp_utf8, created_at, raw"
-                " FROM messages WHERE id = ?",
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",
                 (message_id,),
             ).fetchone()
             return None if row is None else _row_to_message(row)
@@ -623,9 +651,9 @@ class SqliteStore(Store):
     async def add_suppressions(self, entries: Sequence[Suppression]) -> int:
         return await self._tenants.submit(lambda conn: sqlite_api.add_suppressions(conn, entries))
 
-    async def remove_suppression(self, tenant: str, address: str) -> bool:
+    async def remove_suppression(self, tenant: str, address: str, scope: str | None = None) -> bool:
         return await self._tenants.submit(
-            lambda conn: sqlite_api.remove_suppression(conn, tenant, address)
+            lambda conn: sqlite_api.remove_suppression(conn, tenant, address, scope)
         )
 
     async def list_suppressions(
@@ -633,21 +661,24 @@ class SqliteStore(Store):
         tenant: str,
         *,
         reason: SuppressionReason | None = None,
+        scope: str | None = None,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
         found = await self._suppression_reader.read(
-            lambda conn: sqlite_api.list_suppressions(conn, tenant, reason, after, limit)
+            lambda conn: sqlite_api.list_suppressions(conn, tenant, reason, scope, after, limit)
         )
         return found[0] if found else []
 
-    async def suppressed(self, tenant: str, addresses: Sequence[str]) -> dict[str, Suppression]:
-        if not addresses:
+    async def suppressed(
+        self, tenant: str, addresses: Sequence[str], scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> dict[str, Suppression]:
+        if not addresses or not scopes:
             return {}
         # A read: through the reader, never the writer (whose BEGIN IMMEDIATE would take
         # tenants.db's write lock from every other worker for every API send).
         found = await self._suppression_reader.read(
-            lambda conn: sqlite_api.suppressed(conn, tenant, addresses)
+            lambda conn: sqlite_api.suppressed(conn, tenant, addresses, scopes)
         )
         return found[0] if found else {}
 
@@ -693,9 +724,11 @@ class SqliteStore(Store):
             lambda conn: sqlite_api.first_sighting(conn, key, expires_at, now)
         )
 
-    async def find_suppression(self, tenant: str, address: str) -> Suppression | None:
+    async def find_suppression(
+        self, tenant: str, address: str, scopes: Sequence[str] = (TENANT_SCOPE,)
+    ) -> Suppression | None:
         found = await self._suppression_reader.read(
-            lambda conn: sqlite_api.find_suppression(conn, tenant, address)
+            lambda conn: sqlite_api.find_suppression(conn, tenant, address, scopes)
         )
         return found[0] if found else None
 
@@ -717,9 +750,11 @@ class SqliteStore(Store):
     async def record_event(self, event: MessageEvent) -> None:
         await self._on(self.write_shard, lambda conn: sqlite_api.insert_event(conn, event))
 
-    async def delivery_stats(self, tenant: str, since: float, until: float) -> DeliveryStats:
+    async def delivery_stats(
+        self, tenant: str, since: float, until: float, *, stream: str | None = None
+    ) -> DeliveryStats:
         found = await self._reader.read(
-            lambda conn: sqlite_api.delivery_stats(conn, tenant, since, until)
+            lambda conn: sqlite_api.delivery_stats(conn, tenant, since, until, stream)
         )
         return sqlite_api.merge_stats(found)
 
@@ -798,14 +833,25 @@ def _update_elsewhere(paths: list[Path], sql: str, args: tuple[Any, ...]) -> boo
     return False
 
 
-def _claim_op(now: float, limit: int, shard: int) -> Callable[[sqlite3.Connection], list[Claimed]]:
+_CLAIM_LANE = (
+    "UPDATE deliveries SET status = ?, updated_at = ? WHERE id IN ("
+    " SELECT id FROM deliveries WHERE status IN ('queued', 'deferred') AND lane = ?"
+    " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+    f" RETURNING {_DELIVERY_COLUMNS}"
+)
+"""Literal statuses: SQLite uses the partial index ``deliveries_lane_due`` only when the
+query's WHERE visibly implies the index's."""
+
+
+def _claim_op(
+    now: float, limit: int, shard: int, broadcast_limit: int
+) -> Callable[[sqlite3.Connection], list[Claimed]]:
     def operation(conn: sqlite3.Connection) -> list[Claimed]:
-        rows = conn.execute(
-            f"UPDATE deliveries SET status = ?, updated_at = ? WHERE id IN ("
-            f" SELECT id FROM deliveries WHERE status IN (?, ?) AND next_attempt_at <= ?"
-            f" ORDER BY next_attempt_at LIMIT ?) RETURNING {_DELIVERY_COLUMNS}",
-            (DeliveryStatus.SENDING.value, now, *_WAITING, now, limit),
-        ).fetchall()
+        sending = DeliveryStatus.SENDING.value
+        rows = conn.execute(_CLAIM_LANE, (sending, now, TRANSACTIONAL_LANE, now, limit)).fetchall()
+        more = min(limit - len(rows), broadcast_limit)
+        if more > 0:
+            rows += conn.execute(_CLAIM_LANE, (sending, now, BROADCAST_LANE, now, more)).fetchall()
         if not rows:
             return []
         deliveries = [_row_to_delivery(r, shard) for r in rows]
@@ -814,12 +860,12 @@ def _claim_op(now: float, limit: int, shard: int) -> Callable[[sqlite3.Connectio
         for start in range(0, len(message_ids), 500):
             chunk = message_ids[start : start + 500]
             for row in conn.execute(
-                "SELECT id, tenant, source, mail_from, smtp_utf8, created_at, raw FROM messages"
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
                 f" WHERE id IN ({','.join('?' * len(chunk))})",
                 chunk,
             ):
                 messages[row[0]] = _row_to_message(row)
-        deliveries.sort(key=lambda d: d.next_attempt_at)
+        deliveries.sort(key=lambda d: (d.broadcast, d.next_attempt_at))
         return [Claimed(d, messages[d.message_id]) for d in deliveries]
 
     return operation

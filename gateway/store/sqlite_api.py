@@ -34,6 +34,7 @@ from gateway.store.base import (
     StoreError,
     Suppression,
     SuppressionReason,
+    cursor_key,
     suppression_key,
 )
 
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL,
     recipient TEXT NOT NULL,
     provider TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    classification TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_message ON events(message_id);
 """
@@ -82,10 +84,11 @@ TENANT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
     tenant TEXT NOT NULL,
     address TEXT NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'tenant',
     reason TEXT NOT NULL,
     created_at REAL NOT NULL,
     detail TEXT NOT NULL,
-    PRIMARY KEY (tenant, address)
+    PRIMARY KEY (tenant, address, scope)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
@@ -106,7 +109,7 @@ HEAD_BYTES = 16384
 _OUTCOME_EVENT = {"sent": "delivered", "soft_fail": "deferred", "hard_fail": "bounced"}
 DELIVERY_COLUMNS = (
     "id, message_id, recipient, status, attempts, next_attempt_at, expires_at, "
-    "last_error, provider, provider_message_id, updated_at"
+    "last_error, provider, provider_message_id, updated_at, lane"
 )
 """The ``deliveries`` columns, in the order ``row_to_delivery`` reads them."""
 
@@ -125,6 +128,7 @@ def row_to_delivery(row: Sequence[Any], shard: int = 0) -> Delivery:
         provider_message_id=row[9],
         updated_at=row[10],
         shard=shard,
+        broadcast=bool(row[11]),
     )
 
 
@@ -220,9 +224,17 @@ def purge_messages(conn: sqlite3.Connection, before: float, batch: int) -> int:
 
 def insert_event(conn: sqlite3.Connection, event: MessageEvent) -> None:
     conn.execute(
-        "INSERT INTO events (message_id, at, type, recipient, provider, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (event.message_id, event.at, event.type, event.recipient, event.provider, event.detail),
+        "INSERT INTO events (message_id, at, type, recipient, provider, detail, classification)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.message_id,
+            event.at,
+            event.type,
+            event.recipient,
+            event.provider,
+            event.detail,
+            event.classification,
+        ),
     )
 
 
@@ -390,6 +402,9 @@ def _message_filters(query: MessageQuery) -> tuple[str, list[Any]]:
             "EXISTS (SELECT 1 FROM message_tags t WHERE t.tag = ? AND t.message_id = m.id)"
         )
         args.append(query.tag)
+    if query.stream is not None:
+        clauses.append("m.stream = ?")
+        args.append(query.stream)
     if query.status is not None:
         clauses.append(
             "EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.status = ?)"
@@ -406,7 +421,7 @@ def _message_filters(query: MessageQuery) -> tuple[str, list[Any]]:
 
 _RECORD_SELECT = (
     "SELECT m.id, m.tenant, m.source, m.mail_from, m.created_at, length(m.raw),"
-    f" substr(m.raw, 1, {HEAD_BYTES}), mm.tags, mm.metadata, mm.tracking, mm.send_at"
+    f" substr(m.raw, 1, {HEAD_BYTES}), mm.tags, mm.metadata, mm.tracking, mm.send_at, m.stream"
     " FROM messages m LEFT JOIN message_meta mm ON mm.message_id = m.id"
 )
 
@@ -448,6 +463,7 @@ def _row_to_record(row: tuple[Any, ...]) -> MessageRecord:
         head=head[: end + 2] if end >= 0 else head,
         meta=meta,
         send_at=row[10],
+        stream=row[11],
         deliveries=[],
     )
 
@@ -525,8 +541,9 @@ def timeline(conn: sqlite3.Connection, message_id: str) -> list[MessageEvent]:
                 detail=last_error,
             )
         )
-    for at, kind, recipient, provider, detail in conn.execute(
-        "SELECT at, type, recipient, provider, detail FROM events WHERE message_id = ? ORDER BY id",
+    for at, kind, recipient, provider, detail, classification in conn.execute(
+        "SELECT at, type, recipient, provider, detail, classification FROM events"
+        " WHERE message_id = ? ORDER BY id",
         (message_id,),
     ):
         events.append(
@@ -537,17 +554,22 @@ def timeline(conn: sqlite3.Connection, message_id: str) -> list[MessageEvent]:
                 recipient=recipient,
                 provider=provider,
                 detail=detail,
+                classification=classification,
             )
         )
     return events
 
 
 def delivery_stats(
-    conn: sqlite3.Connection, tenant: str, since: float, until: float
+    conn: sqlite3.Connection, tenant: str, since: float, until: float, stream: str | None = None
 ) -> list[tuple[str, str, str, int]]:
-    """Rows of (dimension, key, status, count): dimension is ``status``, ``day`` or ``tag``."""
+    """Rows of (dimension, key, status, count): dimension is ``status``, ``day``, ``tag``,
+    ``stream`` or ``engagement`` (key: event type, status: classification)."""
     period = "m.tenant = ? AND m.created_at >= ? AND m.created_at < ?"
-    args = (tenant, since, until)
+    args: tuple[Any, ...] = (tenant, since, until)
+    if stream is not None:
+        period += " AND m.stream = ?"
+        args += (stream,)
     rows: list[tuple[str, str, str, int]] = []
     for status, count in conn.execute(
         "SELECT d.status, COUNT(*) FROM deliveries d JOIN messages m ON m.id = d.message_id"
@@ -568,6 +590,19 @@ def delivery_stats(
         args,
     ):
         rows.append(("tag", tag, status, count))
+    for name, status, count in conn.execute(
+        "SELECT m.stream, d.status, COUNT(*) FROM deliveries d"
+        f" JOIN messages m ON m.id = d.message_id WHERE {period} GROUP BY 1, 2",
+        args,
+    ):
+        rows.append(("stream", name, status, count))
+    for kind, label, count in conn.execute(
+        "SELECT e.type, e.classification, COUNT(*) FROM events e"
+        f" JOIN messages m ON m.id = e.message_id WHERE {period}"
+        " AND e.type IN ('opened', 'clicked') GROUP BY 1, 2",
+        args,
+    ):
+        rows.append(("engagement", kind, label or "unclassified", count))
     return rows
 
 
@@ -578,7 +613,12 @@ def merge_stats(found: Iterable[list[tuple[str, str, str, int]]]) -> DeliverySta
             if dimension == "status":
                 stats.by_status[status] = stats.by_status.get(status, 0) + count
                 continue
-            table = stats.by_day if dimension == "day" else stats.by_tag
+            table = {
+                "day": stats.by_day,
+                "tag": stats.by_tag,
+                "stream": stats.by_stream,
+                "engagement": stats.engagement,
+            }[dimension]
             bucket = table.setdefault(key, {})
             bucket[status] = bucket.get(status, 0) + count
     return stats
@@ -587,27 +627,38 @@ def merge_stats(found: Iterable[list[tuple[str, str, str, int]]]) -> DeliverySta
 # --- suppressions (tenants.db) ----------------------------------------------------------------
 
 
+_SUPPRESSION_COLUMNS = "tenant, address, reason, created_at, detail, scope"
+_ENTRY_KEY = "address || CASE scope WHEN 'tenant' THEN '' ELSE ' ' || scope END"
+"""SQL for :func:`gateway.store.base.entry_key`: the listing order and cursor."""
+
+
 def add_suppressions(conn: sqlite3.Connection, entries: Sequence[Suppression]) -> int:
     conn.executemany(
-        "INSERT OR REPLACE INTO suppressions (tenant, address, reason, created_at, detail)"
-        " VALUES (?, ?, ?, ?, ?)",
-        [(e.tenant, suppression_key(e.address), e.reason, e.created_at, e.detail) for e in entries],
+        f"INSERT OR REPLACE INTO suppressions ({_SUPPRESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (e.tenant, suppression_key(e.address), e.reason, e.created_at, e.detail, e.scope)
+            for e in entries
+        ],
     )
     return len(entries)
 
 
-def remove_suppression(conn: sqlite3.Connection, tenant: str, address: str) -> bool:
-    cursor = conn.execute(
-        "DELETE FROM suppressions WHERE tenant = ? AND address = ?",
-        (tenant, suppression_key(address)),
-    )
-    return cursor.rowcount > 0
+def remove_suppression(
+    conn: sqlite3.Connection, tenant: str, address: str, scope: str | None
+) -> bool:
+    sql, args = "DELETE FROM suppressions WHERE tenant = ? AND address = ?", [tenant]
+    args.append(suppression_key(address))
+    if scope is not None:
+        sql += " AND scope = ?"
+        args.append(scope)
+    return conn.execute(sql, args).rowcount > 0
 
 
 def list_suppressions(
     conn: sqlite3.Connection,
     tenant: str,
     reason: SuppressionReason | None,
+    scope: str | None,
     after: str | None,
     limit: int,
 ) -> list[Suppression]:
@@ -615,46 +666,68 @@ def list_suppressions(
     if reason is not None:
         clauses.append("reason = ?")
         args.append(reason)
+    if scope is not None:
+        clauses.append("scope = ?")
+        args.append(scope)
     if after is not None:
-        clauses.append("address > ?")
-        args.append(suppression_key(after))
+        clauses.append(f"{_ENTRY_KEY} > ?")
+        args.append(cursor_key(after))
     rows = conn.execute(
-        "SELECT tenant, address, reason, created_at, detail FROM suppressions"
-        f" WHERE {' AND '.join(clauses)} ORDER BY address LIMIT ?",
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions"
+        f" WHERE {' AND '.join(clauses)} ORDER BY {_ENTRY_KEY} LIMIT ?",
         [*args, limit],
     ).fetchall()
     return [_row_to_suppression(r) for r in rows]
 
 
+def _first_in_order(rows: Iterable[tuple[Any, ...]], scopes: Sequence[str]) -> dict[str, Any]:
+    """Address → the row whose scope comes first in ``scopes``."""
+    rank = {scope: i for i, scope in enumerate(scopes)}
+    best: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        held = best.get(row[1])
+        if held is None or rank[row[5]] < rank[held[5]]:
+            best[row[1]] = row
+    return best
+
+
 def suppressed(
-    conn: sqlite3.Connection, tenant: str, addresses: Sequence[str]
+    conn: sqlite3.Connection, tenant: str, addresses: Sequence[str], scopes: Sequence[str]
 ) -> dict[str, Suppression]:
     wanted = sorted({suppression_key(a) for a in addresses})
-    found: dict[str, Suppression] = {}
+    marks = ",".join("?" * len(scopes))
+    rows: list[tuple[Any, ...]] = []
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        for row in conn.execute(
-            "SELECT tenant, address, reason, created_at, detail FROM suppressions"
-            f" WHERE tenant = ? AND address IN ({','.join('?' * len(chunk))})",
-            [tenant, *chunk],
-        ):
-            found[row[1]] = _row_to_suppression(row)
-    return found
+        rows += conn.execute(
+            f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE tenant = ?"
+            f" AND address IN ({','.join('?' * len(chunk))}) AND scope IN ({marks})",
+            [tenant, *chunk, *scopes],
+        ).fetchall()
+    return {a: _row_to_suppression(r) for a, r in _first_in_order(rows, scopes).items()}
 
 
-def find_suppression(conn: sqlite3.Connection, tenant: str, address: str) -> Suppression | None:
-    """One primary-key lookup: the per-delivery check."""
-    row = conn.execute(
-        "SELECT tenant, address, reason, created_at, detail FROM suppressions"
-        " WHERE tenant = ? AND address = ?",
-        (tenant, suppression_key(address)),
-    ).fetchone()
-    return None if row is None else _row_to_suppression(row)
+def find_suppression(
+    conn: sqlite3.Connection, tenant: str, address: str, scopes: Sequence[str]
+) -> Suppression | None:
+    """Primary-key lookups, one per scope: the per-delivery check."""
+    rows = conn.execute(
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE tenant = ? AND address = ?"
+        f" AND scope IN ({','.join('?' * len(scopes))})",
+        [tenant, suppression_key(address), *scopes],
+    ).fetchall()
+    best = _first_in_order(rows, scopes)
+    return _row_to_suppression(next(iter(best.values()))) if best else None
 
 
 def _row_to_suppression(row: tuple[Any, ...]) -> Suppression:
     return Suppression(
-        tenant=row[0], address=row[1], reason=row[2], created_at=row[3], detail=row[4]
+        tenant=row[0],
+        address=row[1],
+        reason=row[2],
+        created_at=row[3],
+        detail=row[4],
+        scope=row[5],
     )
 
 

@@ -100,7 +100,12 @@ def test_suppressed_recipients_are_skipped_and_reported(api: Api) -> None:
     assert response.status_code == 202
     assert response.json()["recipients"] == [
         {"email": "ann@example.org", "status": "queued"},
-        {"email": "GONE@example.org", "status": "suppressed", "reason": "bounce"},
+        {
+            "email": "GONE@example.org",
+            "status": "suppressed",
+            "reason": "bounce",
+            "scope": "tenant",
+        },
     ]
     assert [d.recipient for d in api.deliveries(response.json()["id"])] == ["ann@example.org"]
 
@@ -146,3 +151,52 @@ def test_csv_export_cannot_carry_a_spreadsheet_formula(api: Api) -> None:
     listed = {e["email"]: e["detail"] for e in admin.get("/v1/suppressions").json()["data"]}
     assert listed["-dash@example.org"] == "plain"
     assert listed["f0@example.org"] == formulas[0]
+
+
+def test_scopes_are_accepted_shown_filtered_and_removed_one_at_a_time(api: Api) -> None:
+    admin = api.client(key="admin")
+    added = admin.post(
+        "/v1/suppressions",
+        json={
+            "entries": [
+                {"email": "ann@example.org", "reason": "unsubscribe", "scope": "stream:news"},
+                {"email": "ann@example.org", "reason": "bounce"},
+            ]
+        },
+    )
+    assert added.status_code == 200 and added.json() == {"count": 2}
+    listed = admin.get("/v1/suppressions").json()["data"]
+    assert [(e["email"], e["scope"], e["reason"]) for e in listed] == [
+        ("ann@example.org", "tenant", "bounce"),
+        ("ann@example.org", "stream:news", "unsubscribe"),
+    ]
+    page = admin.get("/v1/suppressions", params={"limit": 1}).json()
+    assert page["next_cursor"] == "ann@example.org"
+    rest = admin.get("/v1/suppressions", params={"cursor": page["next_cursor"]}).json()["data"]
+    assert [e["scope"] for e in rest] == ["stream:news"]
+    only = admin.get("/v1/suppressions", params={"scope": "stream:news"}).json()["data"]
+    assert [e["scope"] for e in only] == ["stream:news"]
+    bad = admin.post("/v1/suppressions", json={"entries": [{"email": "x@e.org", "scope": "a b"}]})
+    assert bad.status_code == 422 and bad.json()["field"] == "entries[0].scope"
+
+    removed = admin.delete("/v1/suppressions/ann@example.org", params={"scope": "tenant"})
+    assert removed.status_code == 204
+    assert [e["scope"] for e in admin.get("/v1/suppressions").json()["data"]] == ["stream:news"]
+
+    # A send in that stream reports the scoped entry; other streams are not stopped by it.
+    stopped = admin.post("/v1/messages", json={**SEND, "to": ["ann@example.org", "b@e.org"]})
+    assert stopped.status_code == 202
+    assert [r["status"] for r in stopped.json()["recipients"]] == ["queued", "queued"]
+
+    text = "email,reason,scope\r\nc@example.org,unsubscribe,stream:news\r\nd@example.org,,\r\n"
+    imported = admin.post(
+        "/v1/suppressions/import", content=text.encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert imported.json() == {"count": 2}
+    exported = list(csv.reader(io.StringIO(admin.get("/v1/suppressions/export").text)))
+    assert exported[0] == ["email", "reason", "created_at", "detail", "scope"]
+    assert [(row[0], row[4]) for row in exported[1:]] == [
+        ("ann@example.org", "stream:news"),
+        ("c@example.org", "stream:news"),
+        ("d@example.org", "tenant"),
+    ]

@@ -34,7 +34,16 @@ def test_counters_and_gauges_follow_real_traffic(
     gateway = gateway_factory(config)
     http = gateway.gateway.http_port
     before = scrape(http)
-    assert value(before, "gateway_messages_accepted_total", tenant="acme", source="smtp") == 0
+    assert (
+        value(
+            before,
+            "gateway_messages_accepted_total",
+            tenant="acme",
+            stream="transactional",
+            source="smtp",
+        )
+        == 0
+    )
     assert value(before, "gateway_provider_breaker_state", provider="relay", state="closed") == 1
     sink.script("gone@example.org", "RCPT", ["550 5.1.1 no such user"])
     sink.script("later@example.org", "RCPT", ["451 4.3.0 try later"])
@@ -61,27 +70,60 @@ def test_counters_and_gauges_follow_real_traffic(
                 samples,
                 "gateway_deliveries_total",
                 tenant="acme",
+                stream="transactional",
                 route="relay",
                 status="delivered",
             )
             == 5
             and value(
-                samples, "gateway_deliveries_total", tenant="acme", route="relay", status="bounced"
+                samples,
+                "gateway_deliveries_total",
+                tenant="acme",
+                stream="transactional",
+                route="relay",
+                status="bounced",
             )
             == 1
             and value(
-                samples, "gateway_deliveries_total", tenant="acme", route="relay", status="deferred"
+                samples,
+                "gateway_deliveries_total",
+                tenant="acme",
+                stream="transactional",
+                route="relay",
+                status="deferred",
             )
             == 1
         )
 
     wait_until(settled, 20, "delivery counters to settle")
     after = scrape(http)
-    assert value(after, "gateway_messages_accepted_total", tenant="acme", source="smtp") == 6
+    assert (
+        value(
+            after,
+            "gateway_messages_accepted_total",
+            tenant="acme",
+            stream="transactional",
+            source="smtp",
+        )
+        == 6
+    )
     assert value(after, "gateway_recipients_accepted_total", tenant="acme") == 7
     assert value(after, "gateway_smtp_sessions_total", listener="dev") == 2
-    assert value(after, "gateway_delivery_latency_seconds_count", tenant="acme", route="relay") == 5
-    assert value(after, "gateway_events_total", tenant="acme", type="delivered") == 5
+    assert (
+        value(
+            after,
+            "gateway_delivery_latency_seconds_count",
+            tenant="acme",
+            route="relay",
+        )
+        == 5
+    )
+    assert (
+        value(
+            after, "gateway_events_total", tenant="acme", stream="transactional", type="delivered"
+        )
+        == 5
+    )
     assert value(after, "gateway_queue_deliveries", status="delivered") == 5
     assert value(after, "gateway_queue_deliveries", status="bounced") == 1
     assert value(after, "gateway_queue_deliveries", status="deferred") == 1

@@ -169,5 +169,7 @@ def test_after_one_click_the_next_message_is_skipped_as_unsubscribed(
     t.send(message("Precedence: bulk"), "ann@example.org")
     assert t.deliver() == 1
     skipped = [d for d in t.deliveries() if d.status is DeliveryStatus.SKIPPED]
-    assert [(d.recipient, d.last_error) for d in skipped] == [("ann@example.org", "unsubscribed")]
+    assert [(d.recipient, d.last_error) for d in skipped] == [
+        ("ann@example.org", "unsubscribed (stream:transactional)")
+    ]
     assert len(t.sink.to("ann@example.org")) == 1

@@ -158,6 +158,12 @@ async def test_counting_rules(tmp_path) -> None:
         await rep.record(event("deferred", 2, provider="relay"), who)  # type: ignore[arg-type]
         await rep.record(event("bounced", 3, bounce="soft"), who)  # type: ignore[arg-type]
         await rep.record(event("bounced", 4, bounce="hard"), who)  # type: ignore[arg-type]
+        # Machines' opens and clicks are not engagement: a scanner, Apple's prefetch.
+        for label, kind in [("scanner", "opened"), ("proxy:apple-mpp", "opened"),
+                            ("machine", "clicked")]:  # fmt: skip
+            machine = event(kind, 5, message_id="m5", classification=label)
+            await rep.record(machine, who)  # type: ignore[arg-type]
+        assert (await rep.counts("ip", "198.51.100.7")).engaged == 0
         await rep.record(event("opened", 5, message_id="m5"), who)  # type: ignore[arg-type]
         await rep.record(event("clicked", 5, message_id="m5"), who)  # type: ignore[arg-type]
         dup = event("complained", 6, event_id="sns-1")
