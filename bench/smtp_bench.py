@@ -9,7 +9,9 @@ Usage::
 
     .venv/bin/python bench/smtp_bench.py [--size 5120] [--sessions 20] [--messages 5000]
         [--workers 2 | --workers 1,2] [--target gateway|postfix|both]
-        [--clients smtp-source,python] [--repeat N] [--gateway-rev HEAD] [--profile DIR]
+        [--modes new-connection,reuse,single-session,pipeline] [--dkim]
+        [--clients smtp-source,python,pipelined] [--repeat N] [--gateway-rev HEAD]
+        [--profile DIR]
 
 ``python bench/smtp_bench.py client ...`` is the asyncio load client on its own; the harness
 runs it as a subprocess so its CPU is not shared with the harness's sampling threads.
@@ -54,7 +56,38 @@ SENDER = "from@example.com"
 RECIPIENT = "to@example.org"
 HELO_NAME = "bench.localhost"
 CLIENTS = ("smtp-source", "python", "pipelined")
-DEFAULT_CLIENTS = ("smtp-source", "python")
+DEFAULT_CLIENTS = ("smtp-source",)
+MODES = ("new-connection", "reuse", "single-session", "pipeline")
+"""How clients load the server: a new connection per message (what most applications do;
+the headline figures), ``--sessions`` connections each reused, one session sending one
+message at a time, and the full default pipeline on an HTML newsletter (new connection per
+message) against plain Postfix and the plain gateway."""
+DEFAULT_MODES = ("new-connection",)
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one run's client does."""
+
+    client: str
+    mode: str
+    sessions: int
+    messages: int
+    size: int
+    timeout: float
+
+    @property
+    def reconnect(self) -> bool:
+        """A new TCP connection (and EHLO/HELO) for every message."""
+        return self.mode in ("new-connection", "pipeline")
+
+    @property
+    def html(self) -> bool:
+        return self.mode == "pipeline"
+
+    @property
+    def label(self) -> str:
+        return f"{self.client} {self.mode}"
 
 
 # --- /proc accounting ---------------------------------------------------------------------------
@@ -730,18 +763,19 @@ class ClientRun:
     errors: list[str] = field(default_factory=list)
 
 
-def run_smtp_source(port: int, args: argparse.Namespace) -> ClientRun:
-    """Postfix's ``smtp-source``: ``--sessions`` connections, each reused (``-d``)."""
+def run_smtp_source(port: int, load: Load) -> ClientRun:
+    """Postfix's ``smtp-source``: ``load.sessions`` concurrent sessions, each reused for the
+    next message (``-d``) unless the load reconnects for every message."""
     command = [
         str(SBIN / "smtp-source"),
         "-c",
-        "-d",
+        *([] if load.reconnect else ["-d"]),
         "-s",
-        str(args.sessions),
+        str(load.sessions),
         "-l",
-        str(args.size),
+        str(load.size),
         "-m",
-        str(args.messages),
+        str(load.messages),
         "-M",
         HELO_NAME,
         "-f",
@@ -753,7 +787,7 @@ def run_smtp_source(port: int, args: argparse.Namespace) -> ClientRun:
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out, err = process.communicate(timeout=args.phase_timeout)
+        out, err = process.communicate(timeout=load.timeout)
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         out, err = process.communicate()
@@ -763,10 +797,10 @@ def run_smtp_source(port: int, args: argparse.Namespace) -> ClientRun:
     errors = err.decode(errors="replace").strip().splitlines()[-5:]
     if process.returncode:
         errors.append(f"smtp-source exit status {process.returncode}")
-    return ClientRun(accepted, args.messages - accepted, started, elapsed, errors=errors)
+    return ClientRun(accepted, load.messages - accepted, started, elapsed, errors=errors)
 
 
-def run_python_client(port: int, args: argparse.Namespace, *, pipelined: bool = False) -> ClientRun:
+def run_python_client(port: int, load: Load) -> ClientRun:
     """One of the asyncio clients below, in a child process."""
     command = [
         sys.executable,
@@ -775,29 +809,30 @@ def run_python_client(port: int, args: argparse.Namespace, *, pipelined: bool = 
         "--port",
         str(port),
         "--size",
-        str(args.size),
+        str(load.size),
         "--sessions",
-        str(args.sessions),
+        str(load.sessions),
         "--messages",
-        str(args.messages),
+        str(load.messages),
         "--timeout",
-        str(args.phase_timeout),
-        *(["--html"] if args.pipeline else []),
-        *(["--pipelined"] if pipelined else []),
+        str(load.timeout),
+        *(["--html"] if load.html else []),
+        *(["--pipelined"] if load.client == "pipelined" else []),
+        *(["--reconnect"] if load.reconnect else []),
     ]
     try:
-        done = subprocess.run(command, capture_output=True, timeout=args.phase_timeout + 30)
+        done = subprocess.run(command, capture_output=True, timeout=load.timeout + 30)
     except subprocess.TimeoutExpired:
         return ClientRun(
             0,
-            args.messages,
+            load.messages,
             time.monotonic(),
-            args.phase_timeout,
+            load.timeout,
             errors=["python client did not finish"],
         )
     if done.returncode:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
-        return ClientRun(0, args.messages, time.monotonic(), 0.0, errors=tail)
+        return ClientRun(0, load.messages, time.monotonic(), 0.0, errors=tail)
     return ClientRun(**json.loads(done.stdout))
 
 
@@ -851,9 +886,16 @@ def make_body(size: int) -> bytes:
 
 
 async def python_client(
-    port: int, size: int, sessions: int, messages: int, limit: float, html: bool = False
+    port: int,
+    size: int,
+    sessions: int,
+    messages: int,
+    limit: float,
+    html: bool = False,
+    reconnect: bool = False,
 ) -> ClientRun:
-    """``sessions`` aiosmtplib connections send ``messages`` messages in all; the latency of
+    """``sessions`` aiosmtplib connections send ``messages`` messages in all (with
+    ``reconnect``, each message on a connection of its own, ended with QUIT); the latency of
     each is DATA sent → final 250 received."""
     import aiosmtplib
 
@@ -887,6 +929,9 @@ async def python_client(
                 content = newsletter(index, size) if html else make_message(index, body)
                 await client.data(content)
                 latencies.append(time.perf_counter() - sent)
+                if reconnect:
+                    await client.quit()
+                    client = None
             except (aiosmtplib.SMTPException, OSError) as e:
                 failed += 1
                 if len(errors) < 5:
@@ -916,11 +961,18 @@ async def python_client(
 
 
 async def pipelined_client(
-    port: int, size: int, sessions: int, messages: int, limit: float, html: bool = False
+    port: int,
+    size: int,
+    sessions: int,
+    messages: int,
+    limit: float,
+    html: bool = False,
+    reconnect: bool = False,
 ) -> ClientRun:
     """A lean client on bare asyncio streams: like smtp-source, but it can send any content.
     Each session says EHLO once, then per message writes MAIL, RCPT and DATA together
-    (RFC 2920 PIPELINING), reads their three replies, sends the content, reads the final one.
+    (RFC 2920 PIPELINING), reads their three replies, sends the content, reads the final one;
+    with ``reconnect`` it connects, says EHLO and QUIT for every message.
     Latency: content sent → final reply."""
     body = make_body(size)
     latencies: list[float] = []
@@ -938,7 +990,8 @@ async def pipelined_client(
             if line[3:4] != b"-":
                 return line
 
-    async def session() -> None:
+    async def connection() -> None:
+        """One connection: EHLO, then messages (just one with ``reconnect``), then QUIT."""
         nonlocal next_index, failed
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -965,10 +1018,16 @@ async def pipelined_client(
                     failed += 1
                     if len(errors) < 5:
                         errors.append(f"message {index}: {final!r}")
+                if reconnect:
+                    break
             writer.write(b"QUIT\r\n")
             await reply(reader)
         finally:
             writer.close()
+
+    async def session() -> None:
+        while next_index < messages:
+            await connection()
 
     try:
         await asyncio.wait_for(asyncio.gather(*(session() for _ in range(sessions))), limit)
@@ -1116,7 +1175,7 @@ class Result:
 
 
 def measure(
-    server: Server, sink: Sink, client: str, args: argparse.Namespace, run_name: str
+    server: Server, sink: Sink, load: Load, args: argparse.Namespace, run_name: str
 ) -> Result:
     """Start ``server``, load it with ``client``, wait for every message at the sink, stop it."""
     profiler: Profiler | None = None
@@ -1131,16 +1190,16 @@ def measure(
             profiler = Profiler(args.profile, run_name, server.root_pid)
         background = Background(*roots)
         base = sink.count
-        sink.expect(base + args.messages)
+        sink.expect(base + load.messages)
         cpu_before = tree_cpu(server.root_pid)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with MemorySampler(server.root_pid) as memory:
             run = (
-                run_smtp_source(server.port, args)
-                if client == "smtp-source"
-                else run_python_client(server.port, args, pipelined=client == "pipelined")
+                run_smtp_source(server.port, load)
+                if load.client == "smtp-source"
+                else run_python_client(server.port, load)
             )
-            if run.accepted < args.messages:
+            if run.accepted < load.messages:
                 sink.expect(base + run.accepted)
             reached = sink.wait(time.monotonic() + args.phase_timeout)
             settle(server.root_pid)
@@ -1157,7 +1216,7 @@ def measure(
     )
     return Result(
         target=server.label,
-        client=client,
+        client=load.label,
         run=run,
         delivered=delivered,
         deliver_seconds=None if reached is None else reached - run.started,
@@ -1329,6 +1388,14 @@ def parse_clients(text: str) -> list[str]:
     return values
 
 
+def parse_modes(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [v for v in values if v not in MODES]
+    if unknown or not values:
+        raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)}; got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=5120, help="body bytes per message")
@@ -1345,7 +1412,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--clients",
         type=parse_clients,
         default=list(DEFAULT_CLIENTS),
-        help="comma list of load clients: smtp-source,python",
+        help="comma list of load clients: smtp-source,python,pipelined",
     )
     parser.add_argument(
         "--repeat",
@@ -1392,11 +1459,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--modes",
+        type=parse_modes,
+        default=list(DEFAULT_MODES),
+        help="comma list: new-connection (a TCP connection per message, the default),"
+        " reuse (SESSIONS connections reused), single-session (one session, one message"
+        " at a time), pipeline (full default plugin pipeline on an HTML newsletter with"
+        " 10 links, new connection per message; also runs the plain gateway)",
+    )
+    parser.add_argument(
+        "--single-messages",
+        type=int,
+        default=2000,
+        help="messages of the single-session mode",
+    )
+    parser.add_argument(
         "--pipeline",
         action="store_true",
-        help="the full default plugin pipeline (click, open, unsubscribe, DKIM"
-        " RSA-2048) on a SIZE-byte HTML newsletter with 10 links; gateway"
-        " and the python client only",
+        help="same as adding 'pipeline' to --modes",
+    )
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="also print DKIM gateway_sign against raw OpenSSL RSA-2048 signatures per"
+        " CPU-second (bench/pipeline_bench.py --dkim-only)",
     )
     return parser
 
@@ -1417,7 +1503,11 @@ def reproduce_command(args: argparse.Namespace) -> str:
         args.target,
         "--clients",
         ",".join(args.clients),
+        "--modes",
+        ",".join(args.modes),
     ]
+    if "single-session" in args.modes:
+        parts += ["--single-messages", str(args.single_messages)]
     if args.repeat != 1:
         parts += ["--repeat", str(args.repeat)]
     if args.wait_idle != 30.0:
@@ -1432,8 +1522,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--gateway-src", str(args.gateway_src)]
     if args.profile is not None:
         parts += ["--profile", str(args.profile)]
-    if args.pipeline:
-        parts.append("--pipeline")
+    if args.dkim:
+        parts.append("--dkim")
     return f"cd {REPO} && {shlex.join(parts)}"
 
 
@@ -1476,23 +1566,51 @@ def export_rev(rev: str, directory: Path) -> Path:
     return directory
 
 
-def plan(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
-    """(target, gateway workers or 0, client) for every run, in order; repeats are
-    interleaved so that every configuration meets the same changes in machine load."""
-    servers = [("gateway", w) for w in args.workers] if args.target != "postfix" else []
-    if args.target != "gateway":
-        servers.append(("postfix", 0))
+@dataclass(frozen=True)
+class Step:
+    """One run of the plan: which server, how configured, and the load."""
+
+    target: str
+    workers: int
+    """``gateway.workers``; 0 for Postfix."""
+    pipeline: bool
+    """The gateway runs the full default plugin pipeline."""
+    load: Load
+
+
+def mode_clients(mode: str, clients: list[str]) -> list[str]:
+    """The clients a mode runs with: the pipeline needs HTML, which smtp-source cannot send."""
+    if mode != "pipeline":
+        return clients
+    return [c for c in clients if c != "smtp-source"] or ["pipelined"]
+
+
+def plan(args: argparse.Namespace) -> Iterator[Step]:
+    """Every run, in order; repeats are interleaved so that every configuration meets the
+    same changes in machine load. The pipeline mode runs the plain gateway too, so the
+    pipeline's own cost is the difference of two runs with the same client and content."""
     for _ in range(args.repeat):
-        for target, workers in servers:
-            for client in args.clients:
-                yield target, workers, client
+        for mode in args.modes:
+            sessions, messages = args.sessions, args.messages
+            if mode == "single-session":
+                sessions, messages = 1, args.single_messages
+            servers: list[tuple[str, int, bool]] = []
+            if args.target != "postfix":
+                for workers in args.workers:
+                    servers.append(("gateway", workers, False))
+                    if mode == "pipeline":
+                        servers.append(("gateway", workers, True))
+            if args.target != "gateway":
+                servers.append(("postfix", 0, False))
+            for target, workers, pipeline in servers:
+                for client in mode_clients(mode, args.clients):
+                    load = Load(client, mode, sessions, messages, args.size, args.phase_timeout)
+                    yield Step(target, workers, pipeline, load)
 
 
 def bench(args: argparse.Namespace) -> int:
-    if args.pipeline:
-        # smtp-source sends no HTML
-        args.target = "gateway"
-        args.clients = [c for c in args.clients if c != "smtp-source"] or ["pipelined"]
+    if args.pipeline and "pipeline" not in args.modes:
+        args.modes = [*args.modes, "pipeline"]
     ensure_postfix()
     become_subreaper()
     workdir = Path(tempfile.mkdtemp(prefix="smtp-bench-"))
@@ -1501,8 +1619,9 @@ def bench(args: argparse.Namespace) -> int:
     print(f"# gateway sources: {describe_source(args)}")
     print(f"# {machine_summary()}")
     print(
-        f"# {args.messages} messages of {args.size} body bytes over {args.sessions} sessions"
-        f" per run; work directory {workdir}",
+        f"# modes {', '.join(args.modes)}; {args.messages} messages of {args.size} body bytes"
+        f" over {args.sessions} sessions per run ({args.single_messages} over one session in"
+        f" single-session); work directory {workdir}",
         flush=True,
     )
     try:
@@ -1510,27 +1629,29 @@ def bench(args: argparse.Namespace) -> int:
             args.gateway_src = export_rev(args.gateway_rev, workdir / "gateway-src")
         sink = Sink(workdir)
         try:
-            for number, (target, workers, client) in enumerate(plan(args), start=1):
-                rundir = workdir / f"{number}-{target}{workers or ''}-{client}"
+            for number, step in enumerate(plan(args), start=1):
+                name = f"{step.target}{step.workers or ''}{'p' if step.pipeline else ''}"
+                rundir = workdir / f"{number}-{name}-{step.load.client}-{step.load.mode}"
                 rundir.mkdir()
                 server: Server = (
                     GatewayServer(
                         rundir,
                         sink.port,
-                        workers=workers,
+                        workers=step.workers,
                         pool_size=args.pool_size,
                         concurrency=args.concurrency,
                         source=args.gateway_src,
-                        pipeline=args.pipeline,
+                        pipeline=step.pipeline,
                     )
-                    if target == "gateway"
+                    if step.target == "gateway"
                     else PostfixServer(rundir, sink.port)
                 )
-                result = measure(server, sink, client, args, rundir.name)
+                result = measure(server, sink, step.load, args, rundir.name)
                 results.append(result)
-                print(describe(result, args.messages), flush=True)
+                print(describe(result, step.load.messages), flush=True)
         finally:
             sink.stop()
+        dkim = dkim_rates(args) if args.dkim else ""
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -1542,8 +1663,54 @@ def bench(args: argparse.Namespace) -> int:
     if args.target == "both":
         print()
         print(comparison(results))
+    cost = pipeline_cost(results)
+    if cost:
+        print()
+        print(cost)
+    if dkim:
+        print()
+        print(dkim)
     print(f"\nreproduce: {reproduce_command(args)}")
     return 0 if all(r.complete for r in results) else 1
+
+
+def pipeline_cost(results: list[Result]) -> str:
+    """CPU per message of the gateway with the full pipeline less the plain gateway's, on the
+    same client and content (medians when runs were repeated)."""
+    groups = {(s.target, s.client): s for s in summaries(results)}
+    lines = []
+    for (target, client), full in groups.items():
+        if not target.endswith(" +pipeline"):
+            continue
+        plain = groups.get((target.removesuffix(" +pipeline"), client))
+        if plain is None:
+            continue
+        full_ms = full.median([r.cpu_ms_per_message for r in full.runs])
+        plain_ms = plain.median([r.cpu_ms_per_message for r in plain.runs])
+        lines.append(
+            f"pipeline cost ({target}, {client}): {full_ms:.2f} - {plain_ms:.2f}"
+            f" = {full_ms - plain_ms:.2f} CPU ms/msg over the plain relay"
+        )
+    return "\n".join(lines)
+
+
+def dkim_rates(args: argparse.Namespace) -> str:
+    """``bench/pipeline_bench.py --dkim-only``: gateway_sign against raw OpenSSL RSA-2048
+    signatures per CPU-second, interleaved, with the gateway sources under test."""
+    env = dict(os.environ)
+    if args.gateway_src is not None:
+        env["PYTHONPATH"] = str(args.gateway_src)
+    script = (args.gateway_src or REPO) / "bench" / "pipeline_bench.py"
+    if not script.exists():
+        script = REPO / "bench" / "pipeline_bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--dkim-only", "--seconds", "1", "--rounds", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    return (done.stdout + done.stderr).strip()
 
 
 def machine_summary() -> str:
@@ -1580,10 +1747,19 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--html", action="store_true")
     parser.add_argument("--pipelined", action="store_true")
+    parser.add_argument("--reconnect", action="store_true")
     args = parser.parse_args(argv)
     client = pipelined_client if args.pipelined else python_client
     run = asyncio.run(
-        client(args.port, args.size, args.sessions, args.messages, args.timeout, args.html)
+        client(
+            args.port,
+            args.size,
+            args.sessions,
+            args.messages,
+            args.timeout,
+            args.html,
+            args.reconnect,
+        )
     )
     print(json.dumps(run.__dict__))
     return 0

@@ -1021,6 +1021,13 @@ _DOMAIN = re.compile(
 )
 
 
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z]{2,63}$"
+)
+"""A DNS name that need not be a host name: ``_spf.google.com``, ``_dmarc.example.com``
+(RFC 2181 §11 allows any label; underscores are common in TXT owner names)."""
+
+
 def is_domain_name(value: str) -> bool:
     """A syntactically valid DNS domain name with at least two labels."""
     return bool(_DOMAIN.match(value))
@@ -1249,7 +1256,7 @@ def _check_domain_dns(
     """The DNS identity fields of ``[domains."<name>"]``: host names, networks, URIs."""
     for key in ("spf_include",):
         for i, host in enumerate(getattr(domain, key)):
-            if not _DOMAIN.match(host):
+            if not _DNS_NAME.match(host):
                 fail(("domains", name, key, i), f"not a domain: {host!r}")
     for key in ("return_path", "return_path_mx", "return_path_cname", "tracking_host"):
         host = getattr(domain, key)

@@ -68,6 +68,7 @@ from gateway.plugin_manager import (
     make_plugin_manager,
 )
 from gateway.providers import OutboundMessage
+from gateway.providers.capabilities import NotCarriable, cannot_carry, for_the_wire
 from gateway.routing import RoutePlan, Router
 from gateway.store.base import Claimed, DeliveryUpdate, MessageMeta, Store
 from gateway.verp import VerpSigner, verp_routes
@@ -336,15 +337,24 @@ class Dispatcher:
             metadata=meta.metadata,
         )
         attempts: list[Attempt] = []
+        try:
+            outbound = for_the_wire(outbound)
+        except NotCarriable as e:
+            return attempts, SendResult.hard_fail(str(e), enhanced="5.1.3"), "", None
         result = SendResult.soft_fail(f"route {plan.route}: no provider left to try")
         name = ""
         deferral: Defer | None = None
+        uncarried: list[str] = []
         if not plan.providers:
             wait = self.clock.now() + self._delays[0]
             deferral = Defer(wait, f"route {plan.route}: gateway_modify_routes left no provider")
         router = self.router
         check_permits = has_impls(self.pm, "gateway_permit")
         for name in plan.providers:
+            why_not = cannot_carry(router.providers[name], outbound)
+            if why_not:
+                uncarried.append(why_not)
+                continue
             held = router.available(name)
             if held is None and check_permits:
                 held = await call_first(
@@ -370,6 +380,10 @@ class Dispatcher:
             )
             if result.kind != "soft_fail" or result.maybe_sent or not plan.failover:
                 break
+        if uncarried and len(uncarried) == len(plan.providers):
+            # This delivery alone: the message's other recipients may be carriable.
+            detail = "no provider can carry this delivery: " + "; ".join(uncarried)
+            return attempts, SendResult.hard_fail(detail, enhanced="5.6.7"), "", None
         return attempts, result, name, deferral
 
     async def _route(self, delivery: Delivery, message: Message) -> RoutePlan:

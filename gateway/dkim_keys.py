@@ -11,7 +11,12 @@ A key's place on disk is its state, so the signer (plugins/dkim.py, which loads
 
 Rotation: ``keygen`` with a new selector moves the domain's signing keys of the same type to
 ``published/`` (an RSA and an ed25519 key keep dual-signing side by side); ``retire`` ends a
-published key. The gateway loads keys at start-up: restart it after a change.
+published key. The gateway loads keys at start-up and on SIGHUP.
+
+The signer marks each key it signs with: ``<domain>/.in-use/<selector>``, whose modification
+time is when it last loaded or used the key (refreshed at most every few minutes). ``retire``
+refuses a key that ``[plugins.dkim] selectors`` still names or that was in use within the
+grace period, so a record is never removed while mail signed with it may still be checked.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +51,27 @@ DEFAULT_KEY_DIR = "dns/keys"
 def configured_key_dir(config: Config) -> Path:
     """Where the DKIM signing plugin reads its keys from."""
     return Path(str(config.plugins.get("dkim", {}).get("key_dir", DEFAULT_KEY_DIR)))
+
+
+def configured_selectors(config: Config) -> list[str]:
+    """``[plugins.dkim] selectors``: when set, only keys with these selectors sign."""
+    return [str(s) for s in config.plugins.get("dkim", {}).get("selectors", [])]
+
+
+def configured_keys(config: Config, domain: str | None = None) -> list[DkimKey]:
+    """The keys as the running configuration uses them: a key in the signing place whose
+    selector ``[plugins.dkim] selectors`` leaves out does not sign, so it counts as
+    ``published`` — ``dns check`` then checks exactly the keys that sign."""
+    selectors = configured_selectors(config)
+    keys = list_keys(configured_key_dir(config), domain)
+    if not selectors:
+        return keys
+    return [
+        msgspec.structs.replace(k, state="published")
+        if k.state == "signing" and k.selector not in selectors
+        else k
+        for k in keys
+    ]
 
 
 class DkimKeyError(Exception):
@@ -199,12 +226,51 @@ def _move(key: DkimKey, state: KeyState) -> DkimKey:
     return msgspec.structs.replace(key, state=state, path=str(target))
 
 
-def retire(key_dir: Path, domain: str, selector: str) -> DkimKey:
-    """End a published (no longer signing) key: its DNS record may then be removed."""
+IN_USE_DIR = ".in-use"
+RETIRE_GRACE = 7 * 86400.0
+"""How long after its last use a key may be retired: receivers verify on arrival, but mail
+can sit in queues (ours and theirs) for days."""
+
+
+def in_use_mark(key_dir: Path, domain: str, selector: str) -> Path:
+    return key_dir / domain.lower() / IN_USE_DIR / selector
+
+
+def last_used(key_dir: Path, domain: str, selector: str) -> float | None:
+    """When a signer last loaded or used the key (``None``: never seen in use)."""
+    try:
+        return in_use_mark(key_dir, domain, selector).stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def retire(
+    key_dir: Path,
+    domain: str,
+    selector: str,
+    *,
+    now: float,
+    configured: Sequence[str] = (),
+    grace: float = RETIRE_GRACE,
+) -> DkimKey:
+    """End a published (no longer signing) key: its DNS record may then be removed.
+    ``configured`` is ``[plugins.dkim] selectors``."""
     domain, selector = _check_names(domain, selector)
     for key in list_keys(key_dir, domain):
         if key.selector != selector:
             continue
+        if key.state != "retired" and selector in configured:
+            raise DkimKeyError(
+                f"{selector} is still in [plugins.dkim] selectors: remove it there and reload "
+                "the gateway (SIGHUP) first"
+            )
+        used = last_used(key_dir, domain, selector)
+        if key.state == "published" and used is not None and now - used < grace:
+            raise DkimKeyError(
+                f"{selector} of {domain} signed mail {_ago(now - used)} ago: a running gateway "
+                f"may still sign with it (reload it with SIGHUP) and receivers may still check "
+                f"it; retire it once {_ago(grace)} have passed since its last use"
+            )
         if key.state == "signing":
             raise DkimKeyError(
                 f"{selector} still signs mail for {domain}: generate its successor with "
@@ -214,3 +280,11 @@ def retire(key_dir: Path, domain: str, selector: str) -> DkimKey:
             raise DkimKeyError(f"{selector} of {domain} is already retired")
         return _move(key, "retired")
     raise DkimKeyError(f"no DKIM key {selector} for {domain} in {key_dir}")
+
+
+def _ago(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{max(seconds, 0) / 60:.0f} minutes"

@@ -75,7 +75,9 @@ def _status_of(delivery: Delivery) -> tuple[str, str]:
         return "5.4.7", error  # RFC 3463: delivery time expired
     parts = error.split(maxsplit=2)
     if len(parts) > 1 and _PERMANENT_STATUS.fullmatch(parts[1]):
-        return parts[1], error
+        return parts[1], error  # "550 5.1.1 …", a next hop's reply
+    if parts and _PERMANENT_STATUS.fullmatch(parts[0]):
+        return parts[0], error  # "5.1.10 …", the gateway's own finding (null MX)
     return "5.0.0", error
 
 

@@ -57,6 +57,16 @@ def gateway_startup(gateway: Any) -> None:
 
 
 @hookspec
+def gateway_reload(gateway: Any) -> None:
+    """SIGHUP: the configuration was re-read and its reloadable parts applied
+    (:mod:`gateway.ops.reload`). Re-read what a plugin keeps outside the TOML (keys on disk);
+    keep the running state when the new one does not load. All implementations run.
+
+    :param gateway: the gateway, already switched to the reloaded configuration.
+    """
+
+
+@hookspec
 def gateway_shutdown(gateway: Any) -> None:
     """Close what :func:`gateway_startup` opened.
 

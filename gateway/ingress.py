@@ -46,6 +46,11 @@ class Submission(msgspec.Struct, kw_only=True):
     SMTP user's or listener's); empty: ``transactional``."""
 
 
+MAX_LINE_OCTETS = 998
+"""RFC 5322 2.1.1: at most 998 characters per line, excluding the CRLF."""
+_LONG_LINE = re.compile(rb"(?:^|(?<=\n))[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
+
+
 def content_problem(raw: bytes) -> Reject | None:
     """Why ``raw`` cannot be accepted as an RFC 5322 message, or ``None``.
 
@@ -64,6 +69,20 @@ def content_problem(raw: bytes) -> Reject | None:
     nul = raw.find(b"\x00")
     if nul >= 0:
         return Reject(550, "5.6.0", f"Message refused: NUL byte at byte {nul}")
+    long_line = _LONG_LINE.search(raw)
+    if long_line is not None:
+        # Refused, not re-encoded: the sender may have signed these bytes, and a relay that
+        # wraps the line would break the signature or the content (RFC 5322 2.1.1).
+        start = long_line.start()
+        end = raw.find(b"\r\n", start)
+        length = (len(raw) if end < 0 else end) - start
+        number = raw.count(b"\r\n", 0, start) + 1
+        return Reject(
+            554,
+            "5.6.0",
+            f"Message refused: line {number} is {length} octets; RFC 5322 allows at most "
+            f"{MAX_LINE_OCTETS} (encode long content as quoted-printable or base64)",
+        )
     head, separator, _ = raw.partition(b"\r\n\r\n")
     if not separator and not raw.endswith(b"\r\n"):
         head = raw

@@ -27,9 +27,12 @@ class LookupFailed(Exception):
     """A look-up did not give a usable answer; ``permanent`` when it never will (NXDOMAIN,
     null MX), otherwise it may work later (timeouts, SERVFAIL)."""
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, *, permanent: bool, enhanced: str | None = None) -> None:
+        super().__init__(f"{enhanced} {reason}" if enhanced else reason)
         self.permanent = permanent
+        self.enhanced = enhanced
+        """RFC 3463 status of a permanent failure: 5.1.10 null MX (RFC 7505), 5.1.2 no such
+        domain."""
 
 
 class DnsResolver:
@@ -54,14 +57,18 @@ class DnsResolver:
         except dns.resolver.NoAnswer:
             return [MxHost(0, domain.lower().rstrip("."))]
         except dns.resolver.NXDOMAIN:
-            raise LookupFailed(f"{domain}: no such domain", permanent=True) from None
+            raise LookupFailed(
+                f"{domain}: no such domain", permanent=True, enhanced="5.1.2"
+            ) from None
         except dns.exception.DNSException as e:
             raise LookupFailed(f"{domain}: MX look-up failed: {e}", permanent=False) from None
         hosts = [
             MxHost(r.preference, r.exchange.to_text(omit_final_dot=True).lower()) for r in answer
         ]
         if any(h.host in ("", ".") for h in hosts):  # RFC 7505 null MX: "0 ."
-            raise LookupFailed(f"{domain}: the domain accepts no mail (null MX)", permanent=True)
+            raise LookupFailed(
+                f"{domain}: the domain accepts no mail (null MX)", permanent=True, enhanced="5.1.10"
+            )
         return sorted(hosts, key=lambda h: h.preference)
 
     async def addresses(self, host: str) -> list[str]:

@@ -114,7 +114,8 @@ def ses_events(record: dict[str, Any], *, sns_message_id: str, now: float) -> li
     kind = record.get("eventType") or record.get("notificationType")
     mail = _object(record.get("mail"), "mail")
     tags = _optional_object(mail.get("tags"))
-    ids = {k: (v[0] if isinstance(v, list) and v else v) for k, v in tags.items()}
+    # A tag SES lists with two different values cannot say which delivery it means.
+    ids = {k: v[0] for k, v in tags.items() if isinstance(v, list) and len(set(v)) == 1}
     pmid = str(mail.get("messageId", ""))
     destination: list[Any] = mail.get("destination") or []
     if not isinstance(destination, list):

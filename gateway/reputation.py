@@ -17,6 +17,11 @@ metric and UTC day, so every worker process sees the same numbers.
 * delivery rate = delivered / (delivered + bounced + deferred)
 * engagement rate = engaged / delivered
 
+Each delivery counts once, in the rate of its final fate: ``delivered`` is counted once per
+delivery however many reports say so, and a hard bounce that arrives after ``delivered`` (an
+ESP's bounce webhook, a late DSN) takes the delivery out of ``delivered`` as it adds it to
+``bounced``.
+
 **Health score** 0-100: each rate maps to a 0-100 sub-score, linearly and clamped —
 
 * bounce: 100 at 0 %, 0 at 10 % or more: ``100 * (1 - rate / 0.10)``
@@ -291,9 +296,22 @@ class Reputation:
             )
             if not event.message_id or not first:
                 return []
+        fate = f"{event.message_id}:{event.recipient.lower()}" if event.message_id else ""
+        if fate and metric in ("delivered", "bounced"):
+            # Each delivery counts once, in the rate of its final fate: a second report of
+            # the same fate (the dispatcher's hand-over, then the provider's webhook) is not
+            # counted again, and a hard bounce after "delivered" moves it from one to the other.
+            if not await self.store.first_sighting(
+                f"rep:fate:{metric}:{fate}", expires_at=horizon, now=now
+            ):
+                return []
+            if metric == "bounced":
+                await self._undo_delivered(fate, identities, now)
         day = int(now // DAY)
         await self._refresh()
         buffered = metric == "delivered"
+        if buffered and fate:
+            self._buffered[f"rep:fate:at:{fate}"] = (int(now), horizon)
         for kind, name in identities:
             epoch = self._epochs.get(_key(kind, name), "0")
             for key in (
@@ -314,6 +332,27 @@ class Reputation:
             return []
         await self.flush()
         return self.unjudged()
+
+    async def _undo_delivered(
+        self, fate: str, identities: list[tuple[IdentityKind, str]], now: float
+    ) -> None:
+        """Take back the ``delivered`` count of a delivery that bounced after all."""
+        await self.flush()
+        key = f"rep:fate:at:{fate}"
+        delivered_at = await self.store.counter(key, now)
+        if delivered_at <= 0:
+            return
+        await self.store.add_to_counter(key, -delivered_at, expires_at=now + DAY, now=now)
+        day = int(delivered_at // DAY)
+        await self._refresh()
+        expires_at = now + (self.window_days + 1) * DAY
+        for kind, name in identities:
+            keys = [f"rep:{kind}:{name}:delivered:{day}"]
+            epoch = self._epochs.get(_key(kind, name), "0")
+            if delivered_at * 1000 >= int(epoch):  # counted since the last resume too
+                keys.append(f"rep:{kind}:{name}:e{epoch}:delivered:{day}")
+            for counter_key in keys:
+                await self.store.add_to_counter(counter_key, -1, expires_at=expires_at, now=now)
 
     def unjudged(self) -> list[tuple[IdentityKind, str]]:
         """Identities whose delivered counts were buffered since they were last handed out

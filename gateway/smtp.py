@@ -36,6 +36,7 @@ from gateway.config import ListenerSection, SmtpSection, TenantSection
 from gateway.ingress import Ingress, Rejected, Submission, content_problem
 from gateway.message import Reject
 from gateway.passwords import CredentialCache, verify_password
+from gateway.smtp_prepared import PreparedSMTP
 
 log = logging.getLogger("gateway.smtp")
 
@@ -104,7 +105,7 @@ class GatewaySession(Session):
         self._login_data = value
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(PreparedSMTP):
     """aiosmtpd's protocol with enhanced status codes everywhere and non-blocking AUTH."""
 
     _in_greeting_reply = False

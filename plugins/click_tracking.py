@@ -50,6 +50,7 @@ from gateway.tracking import (
     SCANNER_AGENTS,
     SMTP_LINE_LIMIT,
     SOFT_BREAK,
+    Part,
     Tracker,
     decode_body,
     encode_body,
@@ -68,6 +69,8 @@ DEFAULT_ENABLED = False
 log = logging.getLogger("gateway.plugins.click_tracking")
 
 _CACHE_SIZE = 256
+_CACHED_PART_BYTES = 256 * 1024
+"""Parts up to this size are remembered by content (at most ``_CACHE_SIZE`` of them)."""
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -205,62 +208,86 @@ def with_trap(
     return content, spans, trap
 
 
-def build_template(raw: bytes, settings: Settings, tracker: Tracker, sample: Any) -> Template:
+PartKey = tuple[bytes, bytes, bytes, bytes, str, int, bool]
+"""A part's encoded body, content type, transfer encoding and charset, what sizes a token (the
+tenant and the length of the message id), and whether it gets the honeypot link."""
+
+
+def build_template(
+    raw: bytes,
+    settings: Settings,
+    tracker: Tracker,
+    sample: Any,
+    parts: dict[PartKey, PartTemplate | None] | None = None,
+) -> Template:
     """Parse ``raw`` once. ``sample`` (a payload made for this message) sizes the tracking
     URLs, so an unencoded part whose lines would grow past 998 octets is switched to
-    quoted-printable here, once, rather than per recipient."""
-    own_prefix = tracker.base_url + "/t/"
+    quoted-printable here, once, rather than per recipient. ``parts`` caches each part's
+    result by its bytes: bulk mail sent one message per recipient repeats the same body."""
     pieces: list[bytes | PartTemplate] = []
     done = 0
     trapped = not settings.honeypot
     for part in text_parts(raw):
-        if part.content_type == b"text/html":
-            finder = html_links
-        elif settings.rewrite_text:
-            finder = text_links
-        else:
+        if part.content_type != b"text/html" and not settings.rewrite_text:
             continue
-        body = raw[part.body_start : part.body_end]
-        content = decode_body(body, part.encoding)
-        if content is None:
-            continue
-        charset = part.charset.decode("ascii", "replace")
-        spans = finder(content, charset, own_prefix)
-        if not spans:
-            continue
-        trap = -1
-        if finder is html_links and not trapped:
-            content, spans, trap = with_trap(content, spans, charset, own_prefix)
-            trapped = True
-        chunks, at = [], 0
-        for start, end, _ in spans:
-            chunks.append(content[at:start])
-            at = end
-        chunks.append(content[at:])
-        urls = [url for _, _, url in spans]
         header = raw[part.header_start : part.body_start]
-        encoding = part.encoding
-        if encoding in PLAIN_ENCODINGS:
-            links = [
-                tracker.url("c", msgspec.structs.replace(sample, url=u)).encode() for u in urls
-            ]
-            probe = PartTemplate(chunks, urls, encoding, b"")
-            if longest_line(probe.render(links)) > SMTP_LINE_LIMIT - 20:
-                encoding = b"quoted-printable"
-                header = with_encoding(header, encoding)
-        tail = b"\r\n" if body.endswith(b"\r\n") else b""
-        encoded = None
-        if encoding == b"quoted-printable":
-            encoded = [encode_body(chunk, encoding) for chunk in chunks]
-        pieces += [
-            raw[done : part.header_start],
-            header,
-            PartTemplate(chunks, urls, encoding, tail, encoded, trap),
-        ]
+        body = raw[part.body_start : part.body_end]
+        trap = not trapped and part.content_type == b"text/html"
+        key = (body, part.content_type, part.encoding, part.charset)
+        key += (sample.tenant, len(sample.message_id), trap)
+        found = parts.get(key, False) if parts is not None else False
+        if found is False:
+            found = _part_template(part, body, settings, tracker, sample, trap)
+            if parts is not None and len(body) <= _CACHED_PART_BYTES:
+                if len(parts) >= _CACHE_SIZE:
+                    parts.clear()
+                parts[key] = found
+        if found is None:
+            continue
+        trapped = trapped or trap
+        if found.encoding != part.encoding:
+            header = with_encoding(header, found.encoding)
+        pieces += [raw[done : part.header_start], header, found]
         done = part.body_end
     if pieces:
         pieces.append(raw[done:])
     return Template(raw, pieces)
+
+
+def _part_template(
+    part: Part, body: bytes, settings: Settings, tracker: Tracker, sample: Any, trap: bool
+) -> PartTemplate | None:
+    """One part's template (its ``encoding`` is the one to declare in the part's header), or
+    ``None`` when it has no link to track. With ``trap``, an HTML part gets the hidden link."""
+    finder = html_links if part.content_type == b"text/html" else text_links
+    content = decode_body(body, part.encoding)
+    if content is None:
+        return None
+    charset = part.charset.decode("ascii", "replace")
+    own_prefix = tracker.base_url + "/t/"
+    spans = finder(content, charset, own_prefix)
+    if not spans:
+        return None
+    trap_index = -1
+    if trap:
+        content, spans, trap_index = with_trap(content, spans, charset, own_prefix)
+    chunks, at = [], 0
+    for start, end, _ in spans:
+        chunks.append(content[at:start])
+        at = end
+    chunks.append(content[at:])
+    urls = [url for _, _, url in spans]
+    encoding = part.encoding
+    if encoding in PLAIN_ENCODINGS:
+        links = [tracker.url("c", msgspec.structs.replace(sample, url=u)).encode() for u in urls]
+        probe = PartTemplate(chunks, urls, encoding, b"")
+        if longest_line(probe.render(links)) > SMTP_LINE_LIMIT - 20:
+            encoding = b"quoted-printable"
+    tail = b"\r\n" if body.endswith(b"\r\n") else b""
+    encoded = None
+    if encoding == b"quoted-printable":
+        encoded = [encode_body(chunk, encoding) for chunk in chunks]
+    return PartTemplate(chunks, urls, encoding, tail, encoded, trap_index)
 
 
 # --- hooks -------------------------------------------------------------------------------------
@@ -348,6 +375,7 @@ class ClickTracking:
         self.classifier = ClickClassifier(self.settings)
         self.tracker = Tracker.of(gateway, NAME)
         self._templates: collections.OrderedDict[str, Template] = collections.OrderedDict()
+        self._parts: dict[PartKey, PartTemplate | None] = {}
 
     def template(self, message: Message, delivery: Delivery) -> Template:
         cached = self._templates.get(message.id)
@@ -355,7 +383,7 @@ class ClickTracking:
             return cached
         sample = self.tracker.payload("click", message, delivery)
         sample = msgspec.structs.replace(sample, delivery_id=2**63 - 1)
-        template = build_template(message.raw, self.settings, self.tracker, sample)
+        template = build_template(message.raw, self.settings, self.tracker, sample, self._parts)
         self._templates[message.id] = template
         if len(self._templates) > _CACHE_SIZE:
             self._templates.popitem(last=False)

@@ -15,11 +15,13 @@ key for: an RSA and an ed25519 selector side by side give dual signatures.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
+import os
 import re
-from email.utils import getaddresses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from dkim.canonicalization import (
 )
 
 from gateway.config import ConfigError, plugin_settings
+from gateway.dkim_keys import in_use_mark
+from gateway.headers import from_domain
 from gateway.message import Delivery, Message
 from gateway.plugin_manager import hookimpl
 
@@ -51,6 +55,8 @@ SIGN_HEADERS = [*(h.decode() for h in dkim.DKIM.SHOULD), "list-unsubscribe-post"
 RFC 8058 requires to be signed along with List-Unsubscribe."""
 _FORBIDDEN = {h.decode() for h in dkim.DKIM.SHOULD_NOT}
 _MIN_RSA_BITS = 1024
+MARK_INTERVAL = 300.0
+"""Seconds between refreshes of the keys' in-use marks while signing."""
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -116,6 +122,27 @@ def load_keys(key_dir: Path, selectors: list[str]) -> dict[str, list[SigningKey]
     return found
 
 
+def _check_selectors(
+    key_dir: Path, selectors: list[str], keys: dict[str, list[SigningKey]]
+) -> None:
+    """A configured selector no key has, or a domain with keys none of which is configured,
+    would send unsigned mail while ``dns check`` looks fine: refuse to start instead."""
+    have = {k.selector for domain_keys in keys.values() for k in domain_keys}
+    missing = [s for s in selectors if s not in have]
+    if missing:
+        raise ConfigError(
+            f"plugins.{NAME}.selectors: no key for {', '.join(missing)} in {key_dir} "
+            "(make one with `gateway dkim keygen DOMAIN --selector NAME`, or remove it)"
+        )
+    for domain_dir in sorted(p for p in key_dir.iterdir() if p.is_dir()):
+        domain = domain_dir.name.lower().rstrip(".")
+        if any(domain_dir.glob("*.pem")) and domain not in keys:
+            raise ConfigError(
+                f"plugins.{NAME}.selectors: {domain} has signing keys but none of "
+                f"{', '.join(selectors)}: its mail would go out unsigned"
+            )
+
+
 def _read_key(path: Path) -> tuple[str, PrivateKey]:
     name = path.name.removesuffix(".pem")
     selector, dot, kind = name.rpartition(".")
@@ -161,12 +188,32 @@ class Signer:
         key_dir = Path(settings.key_dir)
         if not key_dir.is_dir():
             raise ConfigError(f"plugins.{NAME}.key_dir: {str(key_dir)!r} is not a directory")
+        self.key_dir = key_dir
         self.keys = load_keys(key_dir, settings.selectors)
+        self._fixed: dict[SigningKey, bytes] = {}
+        if settings.selectors:
+            _check_selectors(key_dir, settings.selectors, self.keys)
         if not self.keys:
             log.warning("no DKIM keys in %s: nothing will be signed", key_dir)
+        self.marked_at = 0.0
+        self.mark_in_use(time.time())
+
+    def mark_in_use(self, now: float) -> None:
+        """Refresh each loaded key's in-use mark (``gateway dkim retire`` reads it). Blocking
+        file I/O: called at load and then from a thread."""
+        for keys in self.keys.values():
+            for key in keys:
+                mark = in_use_mark(self.key_dir, key.domain, key.selector)
+                try:
+                    mark.parent.mkdir(mode=0o700, exist_ok=True)
+                    mark.touch()
+                    os.utime(mark, (now, now))
+                except OSError as e:  # a read-only key dir must not stop signing
+                    log.warning("cannot mark DKIM key %s as in use: %s", mark, e)
+        self.marked_at = now
 
     def keys_for(self, raw: bytes) -> list[SigningKey]:
-        domain = _from_domain(raw)
+        domain = from_domain(raw)
         while domain:
             keys = self.keys.get(domain)
             if keys is not None:
@@ -185,7 +232,10 @@ class Signer:
         body_hash = base64.b64encode(hashlib.sha256(canonical_body).digest())
         signed = [h for h in headers if h[0].lower() in self.sign_headers]
         include = [name.lower() for name, _ in signed] + self.oversign
-        canonical = self.policy.canonicalize_headers(signed)  # only what the hash covers
+        if self.policy.header_algorithm is Relaxed:
+            canonical = [(name.lower().rstrip(), relaxed_header_value(v)) for name, v in signed]
+        else:
+            canonical = self.policy.canonicalize_headers(signed)  # only what the hash covers
         timestamp = str(int(now)).encode()
         return b"".join(
             self._signature(canonical, include, body_hash, timestamp, key) for key in keys
@@ -199,43 +249,124 @@ class Signer:
         timestamp: bytes,
         key: SigningKey,
     ) -> bytes:
-        # The same steps and layout as dkimpy's DomainSigner.gen_header.
-        fields = [
-            (b"v", b"1"),
-            (b"a", key.algorithm),
-            (b"c", self.c_value),
-            (b"d", key.domain.encode()),
-            (b"s", key.selector.encode()),
-            (b"t", timestamp),
-            (b"h", b" : ".join(include)),
-            (b"bh", body_hash),
-            # Forces b= onto its own line, so refolding after adding it moves nothing else.
-            (b"b", b"0" * 60),
-        ]
-        value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME))
-        value = dkim.RE_BTAG.sub(b"\\1", value)
-        hasher = hashlib.sha256()
-        dkim.hash_headers(hasher, self.policy, canonical, include, (HEADER_NAME, b" " + value), {})
-        digest = hasher.digest()
+        # The same steps and layout as dkimpy's DomainSigner.gen_header: v, a, c, d, s, t, h,
+        # bh, b; the first five are the same for every message signed with this key.
+        head = self._fixed_fields(key) + b"; t=%s; h=%s; bh=%s; b=" % (
+            timestamp,
+            b" : ".join(include),
+            body_hash,
+        )
+        # A placeholder b= forces b= onto its own line, so refolding after adding it moves
+        # nothing else.
+        value = dkim.fold(head + _PLACEHOLDER, namelen=len(HEADER_NAME))
+        digest = self._header_hash(canonical, include, _without_b_value(value))
         if isinstance(key.key, ed25519.Ed25519PrivateKey):
             signature = key.key.sign(digest)  # RFC 8463: ed25519 over the SHA-256 hash
         else:
-            signature = key.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-        fields[-1] = (b"b", base64.b64encode(signature))
-        value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
+            signature = key.key.sign(digest, _PKCS1, _PREHASHED_SHA256)
+        value = head + base64.b64encode(signature) + b"\r\n"
         return HEADER_NAME + b": " + dkim.fold(value, namelen=len(HEADER_NAME))
+
+    def _fixed_fields(self, key: SigningKey) -> bytes:
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            fixed = self._fixed[key] = b"v=1; a=%s; c=%s; d=%s; s=%s" % (
+                key.algorithm,
+                self.c_value,
+                key.domain.encode(),
+                key.selector.encode(),
+            )
+        return fixed
+
+    def _header_hash(
+        self, canonical: list[tuple[bytes, bytes]], include: list[bytes], value: bytes
+    ) -> bytes:
+        """SHA-256 over the selected header fields and the signature's own field with an
+        empty b= (dkimpy's ``hash_headers``), fed to the hash in one piece."""
+        if self.policy.header_algorithm is not Relaxed:
+            hasher = hashlib.sha256()
+            dkim.hash_headers(
+                hasher, self.policy, canonical, include, (HEADER_NAME, b" " + value), {}
+            )
+            return hasher.digest()
+        selected = _select_lowercase(canonical, include)
+        own = relaxed_header_value(b" " + value).rstrip()
+        parts = [b"%s:%s" % pair for pair in selected]
+        parts.append(b"dkim-signature:" + own)
+        return hashlib.sha256(b"".join(parts)).digest()
+
+
+_PLACEHOLDER = b"0" * 60
+_PKCS1 = padding.PKCS1v15()
+_PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
+
+
+def _without_b_value(value: bytes) -> bytes:
+    """The signature field with b= emptied, as dkimpy's ``RE_BTAG`` substitution leaves it.
+    Our b= is the last tag and its placeholder holds only zeros and folding, so cutting after
+    its ``b=`` is the same, unless another ``b=`` occurs (then the regular expression)."""
+    if value.count(b"b=") != 1:
+        return dkim.RE_BTAG.sub(b"\\1", value)  # type: ignore[no-any-return]
+    return value[: value.rfind(b"b=") + 2]
+
+
+def _select_lowercase(
+    headers: list[tuple[bytes, bytes]], include: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """dkimpy's ``select_headers`` for header names already in lower case (relaxed): for
+    each name, the next instance from the bottom up."""
+    chosen = []
+    last: dict[bytes, int] = {}
+    for name in include:
+        i = last.get(name, len(headers))
+        while i > 0:
+            i -= 1
+            if headers[i][0] == name:
+                chosen.append(headers[i])
+                break
+        last[name] = i
+    return chosen
 
 
 def split_message(raw: bytes) -> tuple[list[list[bytes]], bytes]:
     """dkimpy's ``rfc822_parse`` result, without splitting and re-joining every body line
     when the message already has CRLF line ends (as everything from ingress does)."""
-    if raw.count(b"\n") != raw.count(b"\r\n"):
+    if raw.count(b"\n") != raw.count(b"\r\n") or raw.startswith(b"\r\n"):
         return dkim.rfc822_parse(raw)  # type: ignore[no-any-return]
     end = raw.find(b"\r\n\r\n")
     if end < 0:
         return dkim.rfc822_parse(raw)  # type: ignore[no-any-return]
-    headers, _ = dkim.rfc822_parse(raw[: end + 4])
-    return headers, raw[end + 4 :]
+    return _parse_header_lines(raw[:end].split(b"\r\n")), raw[end + 4 :]
+
+
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
+
+
+def _parse_header_lines(lines: list[bytes]) -> list[list[bytes]]:
+    """dkimpy's ``rfc822_parse`` header loop, on lines known to hold no line end."""
+    headers: list[list[bytes]] = []
+    for line in lines:
+        if line[:1] in (b"\t", b" "):
+            headers[-1][1] += line + b"\r\n"
+            continue
+        match = _FIELD_NAME.match(line)
+        if match is not None:
+            headers.append([match.group(1), line[match.end() :] + b"\r\n"])
+        elif not line.startswith(b"From "):
+            raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
+    return headers
+
+
+_WSP_RUN = re.compile(rb"[\t ]+")
+
+
+def relaxed_header_value(value: bytes) -> bytes:
+    """RFC 6376 3.4.2 for one field value, exactly as dkimpy's ``Relaxed``: unfold, compress
+    runs of WSP to one space, strip, end with CRLF."""
+    value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+    if b"  " in value or b"\t" in value:
+        value = _WSP_RUN.sub(b" ", value)
+    return value.strip() + b"\r\n"
 
 
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
@@ -252,30 +383,35 @@ def relaxed_body(body: bytes) -> bytes:
     return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
 
 
-_FROM = re.compile(rb"^From:[ \t]*((?:[^\r\n]|\r\n[ \t])*)\r\n", re.I | re.M)
-
-
-def _from_domain(raw: bytes) -> str:
-    head = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    match = _FROM.search(head)
-    if match is None:
-        return ""
-    value = match.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
-    addresses = [a for _, a in getaddresses([value]) if "@" in a]
-    if not addresses:
-        return ""
-    return addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
-
-
 @hookimpl
 def gateway_configure(gateway: Any, config: Any) -> None:
     gateway.plugin_state[NAME] = Signer(plugin_settings(config, NAME, Settings))
 
 
 @hookimpl
-def gateway_sign(gateway: Any, message: Message, delivery: Delivery) -> bytes | None:
+async def gateway_reload(gateway: Any) -> None:
+    """SIGHUP: re-read the keys on disk (a rotation takes effect); a key set that does not
+    load is logged and the running one kept."""
+    try:
+        signer = await asyncio.to_thread(Signer, plugin_settings(gateway.config, NAME, Settings))
+    except ConfigError as e:
+        log.error("reload: DKIM keys not reloaded, still signing with the previous ones: %s", e)
+        return
+    gateway.plugin_state[NAME] = signer
+    log.info(
+        "reload: DKIM signs with %s",
+        ", ".join(f"{k.selector}@{k.domain}" for ks in signer.keys.values() for k in ks) or "none",
+    )
+
+
+@hookimpl
+async def gateway_sign(gateway: Any, message: Message, delivery: Delivery) -> bytes | None:
     signer: Signer = gateway.plugin_state[NAME]
     keys = signer.keys_for(message.raw)
     if not keys:
         return None
-    return signer.sign(message.raw, keys, gateway.clock.now())
+    now = gateway.clock.now()
+    if now - signer.marked_at >= MARK_INTERVAL:
+        signer.marked_at = now
+        await asyncio.to_thread(signer.mark_in_use, now)
+    return signer.sign(message.raw, keys, now)

@@ -12,11 +12,10 @@ for each such message (the log level a normal accept is logged at).
 from __future__ import annotations
 
 import logging
-import re
-from email.utils import getaddresses
 from typing import Any
 
 from gateway.dnsauth.state import states
+from gateway.headers import from_domain
 from gateway.message import Reject
 from gateway.plugin_manager import hookimpl
 
@@ -27,19 +26,6 @@ CACHE_SECONDS = 10.0
 """How long the verified set is reused before the store is read again."""
 
 log = logging.getLogger("gateway.plugins.domain_verification")
-
-_FROM = re.compile(rb"^From:[ \t]*((?:[^\r\n]|\r\n[ \t])*)\r\n", re.I | re.M)
-
-
-def from_domain(raw: bytes) -> str:
-    """The domain of the first address in the From header ("" when there is none)."""
-    head = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    match = _FROM.search(head)
-    if match is None:
-        return ""
-    value = match.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
-    addresses = [a for _, a in getaddresses([value]) if "@" in a]
-    return addresses[0].rpartition("@")[2].strip().lower().rstrip(".") if addresses else ""
 
 
 class VerifiedDomains:

@@ -154,11 +154,53 @@ def address_list(name: str, addresses: Sequence[Addressee]) -> str:
     return fold(name, [mailbox(a) for a in addresses], separator=", ")
 
 
+_SEGMENT = 60
+"""Characters of a parameter value per continuation line (RFC 2231 3), so each line of the
+header stays under 78 characters."""
+
+
 def _parameter(name: str, value: str) -> str:
-    """A MIME parameter: quoted-string when ASCII, RFC 2231 ``name*=utf-8''…`` otherwise."""
+    """A MIME parameter: quoted-string when ASCII, RFC 2231 ``name*=utf-8''…`` otherwise;
+    a long value is split into continuations (``name*0*=…;`` then ``name*1*=…``), each on a
+    folded line of its own, so no header line grows past RFC 5322's limit."""
     if value.isascii():
-        return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name}*=utf-8''" + urllib.parse.quote(value, safe=_FILENAME_SAFE)
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        if len(quoted) <= _SEGMENT:
+            return f'{name}="{quoted}"'
+        chunks = _split_quoted(quoted)
+        return ";\r\n ".join(f'{name}*{i}="{chunk}"' for i, chunk in enumerate(chunks))
+    encoded = urllib.parse.quote(value, safe=_FILENAME_SAFE)
+    if len(encoded) <= _SEGMENT:
+        return f"{name}*=utf-8''{encoded}"
+    chunks = _split_percent_encoded(encoded)
+    first = f"{name}*0*=utf-8''{chunks[0]}"
+    rest = [f"{name}*{i}*={chunk}" for i, chunk in enumerate(chunks[1:], start=1)]
+    return ";\r\n ".join([first, *rest])
+
+
+def _split_quoted(quoted: str) -> list[str]:
+    """Pieces of a quoted-string's content, never splitting a backslash escape."""
+    chunks, start = [], 0
+    while start < len(quoted):
+        end = min(start + _SEGMENT, len(quoted))
+        if quoted[end - 1] == "\\" and (end - start) > 1:
+            end -= 1
+        chunks.append(quoted[start:end])
+        start = end
+    return chunks
+
+
+def _split_percent_encoded(encoded: str) -> list[str]:
+    """Pieces of an RFC 2231 value, never splitting a ``%XX`` escape."""
+    chunks, start = [], 0
+    while start < len(encoded):
+        end = min(start + _SEGMENT, len(encoded))
+        percent = encoded.rfind("%", max(start, end - 2), end)
+        if percent >= 0 and percent + 3 > end and end < len(encoded):
+            end = percent
+        chunks.append(encoded[start:end])
+        start = end
+    return chunks
 
 
 def date_header(now: float) -> str:

@@ -13,7 +13,7 @@ from litestar.params import FromPath
 from gateway.api.auth import requires
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
-from gateway.dkim_keys import configured_key_dir, list_keys
+from gateway.dkim_keys import configured_keys
 from gateway.dnsauth.records import (
     DnsRecord,
     bind_snippet,
@@ -62,7 +62,7 @@ class DnsController(Controller):
     async def records(self, request: Request[Any, Any, Any], name: FromPath[str]) -> DomainRecords:
         api = ApiContext.of(request)
         domain = _domain(request, name)
-        keys = list_keys(configured_key_dir(api.config), domain)
+        keys = configured_keys(api.config, domain)
         records = expected_records(api.config, domain, keys)
         return DomainRecords(domain=domain, records=records, zone=bind_snippet(domain, records))
 

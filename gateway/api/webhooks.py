@@ -85,6 +85,9 @@ async def _report(gateway: Gateway, parse: Any) -> Response[bytes]:
     return _answer(await report(gateway, events))
 
 
+SNS_MESSAGE_TYPE = "x-amz-sns-message-type"
+
+
 def webhook_routes(gateway: Gateway) -> list[HTTPRouteHandler]:
     """The four endpoints, bound to ``gateway`` (its clock, store, plugins and settings)."""
     hooks = gateway.config.provider_webhooks
@@ -100,6 +103,17 @@ def webhook_routes(gateway: Gateway) -> list[HTTPRouteHandler]:
         message = _json(await request.body())
         if not isinstance(message, dict):
             raise Problem(422, "malformed-event", "Malformed event", "an SNS message is an object")
+        # SNS names the type twice; a body whose Type disagrees with the header was altered
+        # or crafted (the header is not signed, the body is: both must say the same).
+        header_type = request.headers.get(SNS_MESSAGE_TYPE)
+        if header_type != message.get("Type"):
+            raise _refused(
+                WebhookRefused(
+                    400,
+                    f"{SNS_MESSAGE_TYPE} {header_type!r} does not match the body's Type "
+                    f"{message.get('Type')!r}",
+                )
+            )
         try:
             await sns.verify(message, now=clock.now())
             if message["Type"] == "SubscriptionConfirmation":

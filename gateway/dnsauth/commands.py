@@ -12,7 +12,14 @@ from typing import Any
 import msgspec
 
 from gateway.config import Config
-from gateway.dkim_keys import DkimKeyError, configured_key_dir, keygen, list_keys, retire
+from gateway.dkim_keys import (
+    DkimKeyError,
+    configured_key_dir,
+    configured_keys,
+    configured_selectors,
+    keygen,
+    retire,
+)
 from gateway.dnsauth.records import bind_snippet, expected_records
 from gateway.dnsauth.state import verify_and_save
 from gateway.dnsauth.verify import DomainReport
@@ -64,7 +71,7 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_list(args: argparse.Namespace) -> int:
-    keys = list_keys(configured_key_dir(_config(args)), args.domain)
+    keys = configured_keys(_config(args), args.domain)
     if not keys:
         print("no DKIM keys")
         return 0
@@ -79,7 +86,14 @@ def cmd_dkim_list(args: argparse.Namespace) -> int:
 
 def cmd_dkim_retire(args: argparse.Namespace) -> int:
     try:
-        key = retire(configured_key_dir(_config(args)), args.domain, args.selector)
+        config = _config(args)
+        key = retire(
+            configured_key_dir(config),
+            args.domain,
+            args.selector,
+            now=time.time(),
+            configured=configured_selectors(config),
+        )
     except DkimKeyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -90,7 +104,7 @@ def cmd_dkim_retire(args: argparse.Namespace) -> int:
 def cmd_dns_records(args: argparse.Namespace) -> int:
     config = _config(args)
     domain = args.domain.lower().rstrip(".")
-    records = expected_records(config, domain, list_keys(configured_key_dir(config), domain))
+    records = expected_records(config, domain, configured_keys(config, domain))
     if args.json:
         print(msgspec.json.encode(records).decode())
         return 0

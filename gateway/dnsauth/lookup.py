@@ -73,8 +73,15 @@ class Lookup:
         self.resolver.lifetime = timeout
         self.resolver.timeout = min(timeout, 2.0)
         self.resolver.cache = None
+        self._unreachable = ""
+        """Set once a query timed out: later queries of this lookup (one verification) fail at
+        once, so an unreachable resolver costs one timeout, not one per sequential step."""
 
     async def query(self, name: str, rdtype: str) -> Answer:
+        if self._unreachable:
+            return Answer(
+                "error", error=f"timed out looking up {rdtype} {name} ({self._unreachable})"
+            )
         try:
             result = await self.resolver.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
@@ -82,6 +89,7 @@ class Lookup:
         except dns.resolver.NoAnswer:
             return Answer("nodata")
         except dns.resolver.LifetimeTimeout:
+            self._unreachable = f"the resolver did not answer {rdtype} {name}"
             return Answer("error", error=f"timed out looking up {rdtype} {name}")
         except dns.resolver.NoNameservers as e:
             return Answer("error", error=f"{rdtype} {name}: {_servfail_reason(e)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from gateway.config import Config
-from gateway.dkim_keys import configured_key_dir, list_keys
+from gateway.dkim_keys import configured_keys
 from gateway.dnsauth.lookup import Lookup
 from gateway.dnsauth.verify import DomainReport, verify_domain
 from gateway.store.base import Store
@@ -45,7 +45,7 @@ async def verify_and_save(config: Config, store: Store, domain: str, now: float)
     """Check ``domain``'s DNS now and remember the verdict.
 
     "could not check" keeps a previous ``verified``: a DNS outage must not stop mail."""
-    keys = list_keys(configured_key_dir(config), domain)
+    keys = configured_keys(config, domain)
     report = await verify_domain(lookup_for(config), config, domain, keys, now)
     if report.status == "could_not_check":
         return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -152,8 +153,15 @@ async def check_dkim(lookup: Lookup, record: DnsRecord) -> RecordCheck:
 
 
 async def check_dmarc(
-    lookup: Lookup, config: Config, domain: str, record: DnsRecord
+    lookup: Lookup,
+    config: Config,
+    domain: str,
+    record: DnsRecord,
+    dkim_domains: Sequence[str] = (),
 ) -> RecordCheck:
+    """The DMARC record at the domain (or its organizational domain) and whether DMARC can
+    pass: it does when SPF *or* DKIM aligns (RFC 7489 §4.2). ``dkim_domains`` are the
+    ``d=`` domains the gateway signs this domain's mail with."""
     names = [record.name]
     org = dmarc.organizational_domain(domain)
     if org != domain:
@@ -174,21 +182,59 @@ async def check_dmarc(
             return _check(record, "wrong", found, f"malformed{where}: {e}")
         section = domain_section(config, domain)
         return_path = section.return_path or domain
-        if not dmarc.aligned(return_path, domain, parsed.aspf):
+        spf_aligns = dmarc.aligned(return_path, domain, parsed.aspf)
+        dkim_aligned = [d for d in dkim_domains if dmarc.aligned(d, domain, parsed.adkim)]
+        spf_note = (
+            f"SPF aligns (Return-Path {return_path})"
+            if spf_aligns
+            else f"SPF does not align (aspf={parsed.aspf}: the Return-Path domain "
+            f"{return_path} is not {domain})"
+        )
+        dkim_note = (
+            f"DKIM aligns (d={dkim_aligned[0]})"
+            if dkim_aligned
+            else f"DKIM does not align (adkim={parsed.adkim}: no key signs with d={domain})"
+        )
+        if not spf_aligns and not dkim_aligned:
             return _check(
-                record,
-                "wrong",
-                found,
-                f"aspf={parsed.aspf}: the Return-Path domain {return_path} does not align "
-                f"with {domain}",
+                record, "wrong", found, f"neither aligns with {domain}: {spf_note}; {dkim_note}"
             )
-        notes = [f"p={parsed.policy}{where}; SPF and DKIM align with {domain}"]
+        notes = [f"p={parsed.policy}{where}; DMARC can pass: {spf_note}; {dkim_note}"]
         if parsed.policy == "none":
             notes.append("p=none only monitors: move to quarantine/reject once reports are clean")
         if not parsed.rua:
             notes.append("no rua=: you will get no aggregate reports")
         return _check(record, "found", found, "; ".join(notes))
     return _check(record, "missing", detail=f"no v=DMARC1 TXT record at {record.name}")
+
+
+_STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
+
+
+async def check_mta_sts(lookup: Lookup, record: DnsRecord) -> RecordCheck:
+    """``_mta-sts`` TXT: exactly one ``v=STSv1`` record with a valid ``id`` (RFC 8461 §3.1).
+    Any valid id is right — senders only compare it with the one they cached; ours is a
+    suggestion that changes with the policy."""
+    answer = await lookup.txt(record.name)
+    if answer.status == "error":
+        return _could_not(record, answer)
+    found = [v for v in answer.values if v.replace(" ", "").startswith("v=STSv1")]
+    if not found:
+        return _check(record, "missing", answer.values, "no v=STSv1 record")
+    if len(found) > 1:
+        return _check(record, "wrong", found, f"{len(found)} v=STSv1 records: senders ignore all")
+    policy_id = _tags(found[0]).get("id", "")
+    if not _STS_ID.match(policy_id):
+        return _check(record, "wrong", found, f"id={policy_id!r}: 1-32 letters and digits")
+    expected = _tags(record.value)["id"]
+    if policy_id != expected:
+        return _check(
+            record,
+            "found",
+            found,
+            f"id={policy_id} (ours would be {expected}): change it whenever the policy changes",
+        )
+    return _check(record, "found", found)
 
 
 async def check_plain(lookup: Lookup, record: DnsRecord) -> RecordCheck:
@@ -215,14 +261,20 @@ async def check_plain(lookup: Lookup, record: DnsRecord) -> RecordCheck:
 
 
 async def check_record(
-    lookup: Lookup, config: Config, domain: str, record: DnsRecord
+    lookup: Lookup,
+    config: Config,
+    domain: str,
+    record: DnsRecord,
+    dkim_domains: Sequence[str] = (),
 ) -> RecordCheck:
     if record.purpose == "spf" or (record.purpose == "return_path" and record.type == "TXT"):
         return await check_spf(lookup, config, domain, record)
     if record.purpose == "dkim":
         return await check_dkim(lookup, record)
     if record.purpose == "dmarc":
-        return await check_dmarc(lookup, config, domain, record)
+        return await check_dmarc(lookup, config, domain, record, dkim_domains)
+    if record.purpose == "mta_sts":
+        return await check_mta_sts(lookup, record)
     return await check_plain(lookup, record)
 
 
@@ -241,8 +293,13 @@ async def verify_domain(
     """Check every record ``domain`` should publish, concurrently, and the readiness list."""
     domain = domain.lower().rstrip(".")
     records = expected_records(config, domain, keys)
-    checks = list(await asyncio.gather(*(check_record(lookup, config, domain, r) for r in records)))
     signing = any(k.domain == domain and k.state == "signing" for k in keys)
+    dkim_domains = [k.domain for k in keys if k.state == "signing"]
+    checks = list(
+        await asyncio.gather(
+            *(check_record(lookup, config, domain, r, dkim_domains) for r in records)
+        )
+    )
     if not signing:
         checks.insert(
             1,
@@ -303,7 +360,7 @@ async def readiness(
             status=dmarc_status
             if dmarc_status != "fail" or dmarc_check.status != "wrong"
             else "fail",
-            detail="From, DKIM d= and Return-Path share the domain"
+            detail=dmarc_check.detail.partition("DMARC can pass: ")[2]
             if dmarc_status == "pass"
             else dmarc_check.detail,
         ),
@@ -318,10 +375,34 @@ async def readiness(
             else "enable [plugins.list_unsubscribe] for bulk mail",
         )
     )
+    report.append(await check_from_mx(lookup, domain))
     section = domain_section(config, domain)
     dedicated = [ip for ip, s in config.ips.items() if not section.pool or s.pool == section.pool]
     report.append(await check_ptr(lookup, dedicated))
     return report
+
+
+async def check_from_mx(lookup: Lookup, domain: str) -> ReadinessCheck:
+    """The From domain must receive mail (replies, DSNs; receivers check it): a null MX
+    (RFC 7505 §4.4) or no domain at all fails."""
+    name = "from_domain_mx"
+    answer = await lookup.query(domain, "MX")
+    if answer.status == "error":
+        return ReadinessCheck(name=name, status="could_not_check", detail=answer.error)
+    if answer.status == "nxdomain":
+        return ReadinessCheck(name=name, status="fail", detail=f"{domain} does not exist")
+    if any(v.split()[-1] in ("", ".") or v.split() == ["0"] for v in answer.values):
+        return ReadinessCheck(
+            name=name,
+            status="fail",
+            detail=f"{domain} publishes a null MX (RFC 7505): it receives no mail, so it must "
+            "not be a From or Return-Path domain",
+        )
+    if not answer.values:
+        return ReadinessCheck(
+            name=name, status="pass", detail="no MX: mail goes to the domain's address records"
+        )
+    return ReadinessCheck(name=name, status="pass", detail=", ".join(answer.values))
 
 
 async def check_ptr(lookup: Lookup, addresses: Sequence[str]) -> ReadinessCheck:

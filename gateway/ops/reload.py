@@ -5,7 +5,9 @@ Applied on reload:
 * ``[tenants]`` — SMTP users and passwords, trusted networks, API keys and their scopes and
   rates, sending domains, and each tenant's ``webhooks`` endpoints;
 * ``[webhooks]`` — retry schedule, maximum age, timeout (concurrency on the next start);
-* ``[gateway] log_level`` and ``log_format``.
+* ``[gateway] log_level`` and ``log_format``;
+* whatever plugins re-read in ``gateway_reload`` — the DKIM plugin's keys on disk, so a
+  rotation (``gateway dkim keygen``) takes effect without a restart.
 
 Everything else — listeners and TLS files, the store, providers and delivery settings,
 ``[http]``, ``[tracking]``, ``[domains]``, ``[plugins]`` tables and the worker count — is
@@ -25,6 +27,7 @@ import msgspec
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.ops.logging import reconfigure_logging
+from gateway.plugin_manager import HookError, call_all
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -62,6 +65,10 @@ async def reload_from(gateway: Gateway, path: str | None) -> bool:
         return False
     merged, ignored = merge(gateway.config, loaded)
     apply(gateway, merged)
+    try:
+        await call_all(gateway.pm, "gateway_reload", gateway=gateway)
+    except HookError as e:
+        log.error("reload: %s", e)
     if ignored:
         log.warning("reload: changes to %s need a restart; not applied", ", ".join(ignored))
     log.info(

@@ -39,6 +39,11 @@ class Provider(abc.ABC):
     """True when sending the same delivery again cannot make a second copy (the provider's
     API de-duplicates on a key derived from ``message_id`` and ``delivery_id``). Routing then
     resends at once after a timeout instead of waiting for the retry schedule."""
+    smtputf8: bool = True
+    """It can carry SMTPUTF8 mail (non-ASCII local parts, UTF-8 headers); the SMTP relay and
+    MX providers negotiate it with the next hop (:mod:`gateway.providers.capabilities`)."""
+    max_size: int = 0
+    """The largest message it takes, in octets; 0: no limit of its own."""
     destination_failures: bool = False
     """True when a temporary failure usually concerns the destination rather than the
     provider (direct MX): such failures do not count against the provider's circuit breaker."""

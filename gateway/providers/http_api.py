@@ -4,11 +4,16 @@ client per provider, and the mapping of transport failures and HTTP statuses to
 
 The classification every API provider starts from:
 
-* 2xx → handed over (``sent``); the provider's message id is recorded.
-* 408, 429 and 5xx, connection errors and timeouts → temporary (``soft_fail``): retry, or fail
-  over to the next route. A timeout or a dropped connection *after* the request went out
-  (read timeout, no response) leaves the outcome unknown: ``SendResult.unknown``, which
-  routing never fails over at once (docs/routing.md).
+* 2xx → handed over (``sent``), whatever the body says: the provider's message id is
+  recorded when the body or headers carry one, and a body we cannot read (not JSON, a field
+  missing, an error code beside a 2xx) only adds a warning to the detail. A 2xx is never
+  retried or failed over: that would make a second copy (docs/routing.md).
+* 408, 429 and 5xx, connection errors and timeouts *before* the request was fully written
+  (connect, pool and write timeouts, a refused connection) → temporary (``soft_fail``):
+  retry, or fail over to the next route.
+* A timeout or a dropped connection *after* the request was written (read timeout, a reset
+  or closed connection while waiting for the answer) leaves the outcome unknown:
+  ``SendResult.unknown``, which routing never fails over at once (docs/routing.md).
 * 401 and 403 → temporary too: a wrong or revoked key is the gateway's problem, not the
   recipient's, and must not bounce every message — the circuit breaker and failover take the
   provider out of rotation until it is fixed.
@@ -20,6 +25,7 @@ Each provider refines this from the error body (e.g. Postmark's ``ErrorCode``).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -33,7 +39,18 @@ GATEWAY_MESSAGE_ID = "gw_message_id"
 """Name under which our message id travels in a provider's custom data (tags, custom args,
 user variables, metadata), so webhook events can be tied back to the delivery."""
 GATEWAY_DELIVERY_ID = "gw_delivery_id"
-RESERVED_KEYS = frozenset({GATEWAY_MESSAGE_ID, GATEWAY_DELIVERY_ID})
+RESERVED_PREFIX = "gw_"
+"""The gateway's namespace in custom data. A sender key that could be read as ours on any
+provider — one that starts with ``gw`` and a separator once folded to lower case, where SES
+turns ``.`` or ``-`` into ``_`` — is renamed with :data:`SENDER_PREFIX`."""
+SENDER_PREFIX = "user_"
+_FOLD = re.compile(r"[^a-z0-9]")
+
+
+AFTER_WRITE = (httpx.ReadError, httpx.RemoteProtocolError)
+"""Transport errors raised while reading the answer: the request had been written, so the
+provider may have taken it. Connect, pool and write failures happen before the request is
+complete, and an API does not act on a request it did not fully receive."""
 
 
 class ApiError(Exception):
@@ -51,6 +68,10 @@ class HttpApiProvider(Provider):
     reports_delivery = True
     """A ``sent`` result means the API took the message, not that it reached the mailbox:
     delivery, bounces and complaints arrive later through the provider's webhook."""
+    smtputf8 = False
+    """No ESP API takes a non-ASCII local part (their address formats are ASCII)."""
+    webhook: str = ""
+    """The ``/webhooks/<name>`` endpoint whose events report on this provider's sends."""
 
     def __init__(
         self,
@@ -108,7 +129,7 @@ class HttpApiProvider(Provider):
         except httpx.HTTPError as e:
             raise ApiError(
                 f"{self.name}: {type(e).__name__}: {e}",
-                maybe_sent=isinstance(e, httpx.RemoteProtocolError),
+                maybe_sent=isinstance(e, AFTER_WRITE),
             ) from e
 
     async def send_request(
@@ -119,7 +140,10 @@ class HttpApiProvider(Provider):
             response = await self.request(method, path, **kwargs)
         except ApiError as e:
             return SendResult.unknown(str(e)) if e.maybe_sent else SendResult.soft_fail(str(e))
-        result = self.classify(response)
+        if response.is_success:
+            result = self.handed_over(response)
+        else:
+            result = self.classify(response)
         log.debug(
             "%s send message=%s delivery=%s → %s %s",
             self.name,
@@ -130,16 +154,33 @@ class HttpApiProvider(Provider):
         )
         return result
 
+    def handed_over(self, response: httpx.Response) -> SendResult:
+        """A 2xx: ``sent``, with the provider's message id when it can be read and a warning
+        in the detail when the answer is not what the provider documents."""
+        detail = f"{self.name}: {response.status_code}"
+        try:
+            provider_message_id = self.provider_message_id(response)
+            warning = self.success_warning(response)
+        except Exception as e:  # an odd body must never turn a hand-over into a resend
+            provider_message_id, warning = "", f"unreadable answer ({type(e).__name__})"
+        if not provider_message_id:
+            warning = warning or "no message id in the answer"
+        if warning:
+            log.warning("%s accepted a message with an odd answer: %s", self.name, warning)
+            detail += f" (warning: {warning})"
+        return SendResult.sent(detail, provider_message_id)
+
     def classify(self, response: httpx.Response) -> SendResult:
-        """Map the API's answer to a send to a ``SendResult`` (module docstring)."""
-        if response.is_success:
-            return SendResult.sent(
-                f"{self.name}: {response.status_code}", self.provider_message_id(response)
-            )
+        """Map the API's non-2xx answer to a ``SendResult`` (module docstring)."""
         return classify_status(self.name, response.status_code, error_text(response))
 
     def provider_message_id(self, response: httpx.Response) -> str:
-        """The provider's id of the message just accepted (from the body or a header)."""
+        """The provider's id of the message just accepted (from the body or a header); may
+        raise on a malformed body (:meth:`handed_over` catches it)."""
+        return ""
+
+    def success_warning(self, response: httpx.Response) -> str:
+        """What is odd about a 2xx answer (``""``: nothing); the send counts as made anyway."""
         return ""
 
     async def check_get(self, path: str, what: str, **kwargs: Any) -> str:
@@ -180,8 +221,18 @@ def tracking_fields(message: OutboundMessage) -> dict[str, str]:
     }
 
 
+def in_reserved_namespace(key: str) -> bool:
+    """Whether ``key`` could be taken for one of the gateway's keys on some provider."""
+    return _FOLD.sub("_", key.lower()).startswith(RESERVED_PREFIX)
+
+
 def custom_data(message: OutboundMessage) -> dict[str, str]:
-    """The sender's metadata plus our ids; ours win over a sender key of the same name."""
-    data = {k: v for k, v in message.metadata.items() if k not in RESERVED_KEYS}
+    """The sender's metadata plus our ids. Sender keys in the gateway's namespace are renamed
+    (``gw.message.id`` → ``user_gw.message.id``), so no provider can echo a sender's value
+    where a webhook reads ours."""
+    data = {
+        (SENDER_PREFIX + key if in_reserved_namespace(key) else key): value
+        for key, value in message.metadata.items()
+    }
     data.update(tracking_fields(message))
     return data

@@ -21,6 +21,9 @@ MAX_TAGS = 3
 
 
 class MailgunProvider(HttpApiProvider):
+    webhook = "mailgun"
+    max_size = 25_000_000  # Mailgun takes 25 MB
+
     def __init__(self, name: str, section: MailgunProviderSection) -> None:
         super().__init__(
             name,
@@ -45,10 +48,7 @@ class MailgunProvider(HttpApiProvider):
         )
 
     def provider_message_id(self, response: httpx.Response) -> str:
-        try:
-            return str(response.json().get("id", "")).strip("<>")
-        except (ValueError, AttributeError):
-            return ""
+        return str(response.json().get("id") or "").strip("<>")
 
     async def check(self) -> str:
         path = f"/v4/domains/{self.section.domain}"

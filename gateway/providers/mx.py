@@ -120,7 +120,9 @@ class MxProvider(Provider):
         try:
             hosts = await self.resolver.mx(domain)
         except LookupFailed as e:
-            return SendResult.hard_fail(str(e)) if e.permanent else SendResult.soft_fail(str(e))
+            if e.permanent:
+                return SendResult.hard_fail(str(e), enhanced=e.enhanced)
+            return SendResult.soft_fail(str(e))
         policy = await self.mta_sts.policy(domain) if self.mta_sts is not None else None
         verified = self.settings.starttls == "required"
         if policy is not None and policy.mode == "enforce":

@@ -30,6 +30,9 @@ inactive recipient (406), JSON/field errors (409-418) and an invalid recipient (
 
 
 class PostmarkProvider(HttpApiProvider):
+    webhook = "postmark"
+    max_size = 10_000_000  # Postmark takes 10 MB
+
     def __init__(self, name: str, section: PostmarkProviderSection) -> None:
         super().__init__(
             name,
@@ -82,10 +85,6 @@ class PostmarkProvider(HttpApiProvider):
 
     def classify(self, response: httpx.Response) -> SendResult:
         code, text = _error_of(response)
-        if response.is_success and code == 0:
-            return SendResult.sent(
-                f"{self.name}: {response.status_code}", self.provider_message_id(response)
-            )
         detail = f"{self.name}: HTTP {response.status_code} ErrorCode {code}: {text}"
         if response.status_code == 422 and code in PERMANENT_ERROR_CODES:
             return SendResult.hard_fail(detail)
@@ -94,10 +93,13 @@ class PostmarkProvider(HttpApiProvider):
         return classify_status(self.name, response.status_code, error_text(response))
 
     def provider_message_id(self, response: httpx.Response) -> str:
-        try:
-            return str(response.json().get("MessageID", ""))
-        except ValueError:
-            return ""
+        return str(response.json().get("MessageID") or "")
+
+    def success_warning(self, response: httpx.Response) -> str:
+        # Postmark documents ErrorCode 0 on every 2xx; anything else is odd but the message
+        # was taken: a resend would make a second copy.
+        code, text = _error_of(response)
+        return "" if code == 0 else f"ErrorCode {code} beside HTTP {response.status_code}: {text}"
 
     async def check(self) -> str:
         return await self.check_get("/server", "GET /server")

@@ -25,6 +25,9 @@ MAX_CATEGORIES = 10
 
 
 class SendgridProvider(HttpApiProvider):
+    webhook = "sendgrid"
+    max_size = 30_000_000  # SendGrid's request limit is 30 MB
+
     def __init__(self, name: str, section: SendgridProviderSection) -> None:
         super().__init__(
             name,

@@ -47,6 +47,9 @@ def tag_safe(value: str) -> str:
 
 
 class SesProvider(HttpApiProvider):
+    webhook = "ses"
+    max_size = 30_000_000  # SES takes 40 MB after base64 (about 30 MB raw)
+
     def __init__(self, name: str, section: SesProviderSection) -> None:
         super().__init__(
             name,
@@ -75,16 +78,19 @@ class SesProvider(HttpApiProvider):
         return dict(request.headers.items())
 
     def payload(self, message: OutboundMessage) -> dict[str, Any]:
-        tags = {**self.section.tags}
+        # Keyed by the name SES will see, so two keys that fold to one name become one tag and
+        # ours, applied last, win: a webhook never sees two values under our names.
+        tags: dict[str, str] = {}
+        for name, value in self.section.tags.items():
+            tags[tag_safe(name)] = tag_safe(value)
         for tag in message.tags:
             tags.setdefault(f"tag_{tag_safe(tag)}"[:256], "1")
-        tags.update(custom_data(message))
+        for name, value in custom_data(message).items():
+            tags[tag_safe(name)] = tag_safe(value)
         body: dict[str, Any] = {
             "Destination": {"ToAddresses": [message.recipient]},
             "Content": {"Raw": {"Data": base64.b64encode(message.raw).decode("ascii")}},
-            "EmailTags": [
-                {"Name": tag_safe(name), "Value": tag_safe(value)} for name, value in tags.items()
-            ],
+            "EmailTags": [{"Name": name, "Value": value} for name, value in tags.items()],
         }
         if self.section.configuration_set:
             body["ConfigurationSetName"] = self.section.configuration_set
@@ -101,10 +107,6 @@ class SesProvider(HttpApiProvider):
         )
 
     def classify(self, response: httpx.Response) -> SendResult:
-        if response.is_success:
-            return SendResult.sent(
-                f"{self.name}: {response.status_code}", self.provider_message_id(response)
-            )
         kind, text = error_of(response)
         detail = f"{self.name}: HTTP {response.status_code} {kind}: {text}"
         if kind in PERMANENT_ERRORS:
@@ -112,10 +114,7 @@ class SesProvider(HttpApiProvider):
         return SendResult.soft_fail(detail)
 
     def provider_message_id(self, response: httpx.Response) -> str:
-        try:
-            return str(response.json().get("MessageId", ""))
-        except (ValueError, AttributeError):
-            return ""
+        return str(response.json().get("MessageId") or "")
 
     async def check(self) -> str:
         body = b'{"PageSize": 1}'

@@ -20,9 +20,10 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
 from gateway.store import sqlite_api, sqlite_migrations, sqlite_webhooks
@@ -111,6 +112,19 @@ def existing_shards(directory: Path) -> list[int]:
     return sorted(shards)
 
 
+Sync = Literal["now", "shared", "none"]
+"""How an operation's commit reaches the disk. ``now``: committed and fsync'd at once (an
+accepted message). ``shared``: fsync'd before its caller hears back, but its batch may wait
+up to ``_Writer.share_wait`` seconds for a ``now`` operation to share that fsync (a delivery
+outcome: no client waits for it). ``none``: no fsync of its own; the next fsync'd commit
+covers it, and a crash may undo it (claims: a lost claim leaves the delivery queued, which
+is what start-up recovery makes of a claim anyway). Alone, it commits at once; beside a
+``shared`` operation, it waits with it."""
+
+_Work = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", Sync]
+"""An operation, the future for its result, and how its commit is made durable."""
+
+
 class _Writer:
     """One SQLite connection on its own thread, committing whatever work is waiting, together."""
 
@@ -125,15 +139,19 @@ class _Writer:
         self._schema = schema
         self._migrate = migrate
         self._max_batch = max_batch
-        self._work: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
-        ] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"spool:{path.name}", daemon=True)
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
         self._stopped = False
+        self.share_wait = 0.003
+        """How long a batch of ``shared`` operations waits for company (seconds); the
+        single-session path (enqueue, deliver, record, next enqueue) then costs one fsync
+        per message instead of two."""
+        self._synchronous_full = True
         self.commits = 0
         self.operations = 0
+        self.unsynced_commits = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -147,12 +165,14 @@ class _Writer:
             self._work.put(None)
             self._thread.join()
 
-    async def submit(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+    async def submit(self, operation: Callable[[sqlite3.Connection], T], sync: Sync = "now") -> T:
+        """Run ``operation`` in a coming transaction; its result once that is committed, and
+        fsync'd unless ``sync`` is ``none`` (see ``Sync``)."""
         if self._stopped or not self._thread.is_alive():
             # Nobody would ever run it: fail now rather than leave the caller waiting forever.
             raise StoreError(f"spool {self.path.name} is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._work.put((operation, future))
+        self._work.put((operation, future, sync))
         return await future
 
     def _connect(self) -> sqlite3.Connection:
@@ -180,27 +200,46 @@ class _Writer:
             if first is None:
                 break
             batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._work.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+            stopping = self._gather(batch)
             self._run_batch(conn, batch)
         conn.close()
 
-    def _run_batch(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
-    ) -> None:
+    def _gather(self, batch: list[_Work]) -> bool:
+        """Add the waiting work to ``batch``; while it holds a ``shared`` operation and no
+        ``now`` one, wait up to ``share_wait`` for one. True when told to stop."""
+        deadline: float | None = None
+        while len(batch) < self._max_batch:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                kinds = {work[2] for work in batch}
+                if "now" in kinds or "shared" not in kinds:
+                    return False
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.share_wait
+                if now >= deadline:
+                    return False
+                try:
+                    item = self._work.get(timeout=deadline - now)
+                except queue.Empty:
+                    return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
         outcomes: list[sqlite_api.Outcome] = []
+        durable = any(item[2] != "none" for item in batch)
         try:
+            if durable != self._synchronous_full:
+                # WAL mode: FULL fsyncs the WAL at commit, NORMAL leaves it to the next
+                # durable commit (or checkpoint). Takes effect from the next COMMIT on.
+                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._synchronous_full = durable
             conn.execute("BEGIN IMMEDIATE")
-            for operation, future in batch:
+            for operation, future, _ in batch:
                 # A savepoint per operation: one failing operation must not undo its neighbours.
                 conn.execute("SAVEPOINT op")
                 try:
@@ -218,13 +257,14 @@ class _Writer:
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
             self.commits += 1
+            self.unsynced_commits += not durable
             self.operations += len(batch)
         except Exception as e:
             log.error("spool %s: commit failed: %s", self.path, e)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = StoreError(f"spool {self.path.name}: {e}")
-            outcomes = [(future, None, error) for _, future in batch]
+            outcomes = [(future, None, error) for _, future, _ in batch]
         sqlite_api.settle_threadsafe(outcomes)
 
 
@@ -311,9 +351,11 @@ class SqliteStore(Store):
         return list(self._writers)
 
     def stats(self) -> dict[str, int]:
-        """Commits and operations so far, summed over shards: their ratio is the batching."""
+        """Commits and operations so far, summed over shards: their ratio is the batching;
+        ``unsynced_commits`` held only claims and were not fsync'd themselves."""
         return {
             "commits": sum(w.commits for w in self._writers.values()),
+            "unsynced_commits": sum(w.unsynced_commits for w in self._writers.values()),
             "operations": sum(w.operations for w in self._writers.values()),
         }
 
@@ -329,17 +371,21 @@ class SqliteStore(Store):
         for writer in [*self._writers.values(), self._tenants]:
             await asyncio.to_thread(writer.stop)
 
-    async def _on(self, shard: int, operation: Callable[[sqlite3.Connection], T]) -> T:
+    async def _on(
+        self, shard: int, operation: Callable[[sqlite3.Connection], T], sync: Sync = "now"
+    ) -> T:
         try:
             writer = self._writers[shard]
         except KeyError:
             raise StoreError(f"shard {shard} is not open in this process") from None
-        return await writer.submit(operation)
+        return await writer.submit(operation, sync)
 
-    async def _on_all(self, operation: Callable[[sqlite3.Connection, int], T]) -> list[T]:
+    async def _on_all(
+        self, operation: Callable[[sqlite3.Connection, int], T], sync: Sync = "now"
+    ) -> list[T]:
         return list(
             await asyncio.gather(
-                *(self._on(n, lambda conn, n=n: operation(conn, n)) for n in self._writers)  # type: ignore[misc]
+                *(self._on(n, lambda conn, n=n: operation(conn, n), sync) for n in self._writers)  # type: ignore[misc]
             )
         )
 
@@ -433,9 +479,10 @@ class SqliteStore(Store):
         for shard in shards[self._claim_cursor :] + shards[: self._claim_cursor]:
             if len(claimed) >= limit:
                 break
-            more = await self._on(
-                shard, _claim_op(now, limit - len(claimed), shard, max(0, broadcast))
-            )
+            # A claim need not survive a crash: start-up recovery requeues claimed deliveries,
+            # and a lost claim leaves them queued, the same thing.
+            operation = _claim_op(now, limit - len(claimed), shard, max(0, broadcast))
+            more = await self._on(shard, operation, sync="none")
             broadcast -= sum(1 for c in more if c.delivery.broadcast)
             claimed.extend(more)
         return claimed
@@ -476,7 +523,8 @@ class SqliteStore(Store):
 
             return operation
 
-        await asyncio.gather(*(self._on(s, apply(b)) for s, b in by_shard.items()))
+        # Durable before this returns, but no client is waiting: it may share the next fsync.
+        await asyncio.gather(*(self._on(s, apply(b), sync="shared") for s, b in by_shard.items()))
 
     async def next_due(self) -> float | None:
         def earliest(conn: sqlite3.Connection, shard: int) -> float | None:
@@ -485,7 +533,8 @@ class SqliteStore(Store):
             ).fetchone()
             return None if row is None else row[0]
 
-        found = [t for t in await self._on_all(earliest) if t is not None]
+        # A read: nothing to make durable, and it must not cut short a batch that waits.
+        found = [t for t in await self._on_all(earliest, sync="none") if t is not None]
         return min(found) if found else None
 
     async def get_message(self, message_id: str) -> Message | None:

@@ -145,6 +145,23 @@ def test_structure_with_inline_and_attached_files() -> None:
     assert [p for p in parsed.walk() if p["MIME-Version"]] == [parsed], "top level only"
 
 
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "Überweisungsbestätigung für das Geschäftsjahr 2026 — Zahlungsübersicht "
+        "und Mahnstufen 🎉 " * 3 + "ä.pdf",
+        "a" * 240 + '"quoted" \\ name.txt',
+        "中文" * 100,
+    ],
+)
+def test_long_file_names_are_split_into_rfc_2231_continuations(filename: str) -> None:
+    raw = build(text="t", attachments=[File(filename[:255], b"data")])
+    parsed = parse(raw)  # every line within 998 octets
+    [part] = [p for p in parsed.walk() if p.get_filename()]
+    assert part.get_filename() == filename[:255]
+    assert b"filename*0" in raw
+
+
 def test_inline_files_without_html_become_attachments() -> None:
     parsed = parse(build(text="t", attachments=[File("a.png", b"x", "image", "png", "a")]))
     kinds = [p.get_content_type() for p in parsed.walk()]

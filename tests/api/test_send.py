@@ -130,6 +130,7 @@ def test_raw_mime_envelope_defaults_to_its_headers(api: Api) -> None:
         (RAW.replace(b"From: App <app@acme.test>\r\n", b""), "no From header"),
         (b"Bcc: x@example.org\r\n" + RAW, "Bcc"),
         (RAW.replace(b"app@acme.test", b"app@elsewhere.test"), "sending domains"),
+        (RAW.replace(b"Line one", b"L" * 1201), "is 1201 octets; RFC 5322 allows at most 998"),
     ],
 )
 def test_bad_raw_mime_is_refused(idle_api: Api, raw: bytes, detail: str) -> None:

@@ -4,6 +4,7 @@ DNS server; rotation keeps the old record published while only the new selector 
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import time
@@ -15,8 +16,9 @@ import pytest
 from gateway_plugins.dkim import Settings, Signer
 
 from gateway.cli import main
-from gateway.config import parse_config, plugin_settings
-from gateway.dkim_keys import list_keys
+from gateway.config import ConfigError, parse_config, plugin_settings
+from gateway.dkim_keys import configured_keys, list_keys
+from gateway.dnsauth.records import expected_records
 from tests.dnsserver import DnsServer
 
 VERIFIER = Path(__file__).with_name("dkim_verify_dns.pl")
@@ -175,3 +177,70 @@ def test_keygen_refuses_bad_input_and_reused_selectors(
     assert "selector s1 already exists for acme.test" in err
     code, _, err = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "nope")
     assert code == 2 and "no DKIM key nope for acme.test" in err
+
+
+def test_configured_selectors_decide_what_signs_and_what_dns_check_requires(
+    config_file: Path, capsys: pytest.CaptureFixture[str], dns_server: Callable[..., DnsServer]
+) -> None:
+    for selector in ("r1", "r2"):
+        code, _, err = run(
+            config_file, capsys, "dkim", "keygen", "acme.test", "--selector", selector,
+            "--bits", "1024", "--keep-signing",
+        )  # fmt: skip
+        assert code == 0, err
+    key_dir = config_file.parent / "keys"
+    config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["r2"]\n')
+    config = parse_config(config_file.read_text())
+    # r1 is on disk in the signing place, but the configuration does not sign with it.
+    assert [(k.selector, k.state) for k in configured_keys(config, "acme.test")] == [
+        ("r1", "published"),
+        ("r2", "signing"),
+    ]
+    required = {
+        r.selector: r.required
+        for r in expected_records(config, "acme.test", configured_keys(config, "acme.test"))
+        if r.purpose == "dkim"
+    }
+    assert required == {"r1": False, "r2": True}
+
+    # A configured selector without a key is a start-up error, not unsigned mail.
+    config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["r3"]\n')
+    with pytest.raises(ConfigError, match=r"plugins\.dkim\.selectors: no key for r3"):
+        sign(config_file, MESSAGE)
+    (key_dir / "other.test").mkdir()
+    (key_dir / "acme.test" / "r1.pem").rename(key_dir / "other.test" / "r1.pem")
+    config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["r1"]\n')
+    with pytest.raises(ConfigError, match=r"acme\.test has signing keys but none of r1"):
+        sign(config_file, MESSAGE)
+
+
+def test_a_key_still_configured_or_recently_used_is_not_retired(
+    config_file: Path, capsys: pytest.CaptureFixture[str], dns_server: Callable[..., DnsServer]
+) -> None:
+    run(config_file, capsys, "dkim", "keygen", "acme.test", "--selector", "old", "--bits", "1024")
+    key_dir = config_file.parent / "keys"
+    sign(config_file, MESSAGE)  # a running gateway loads "old" and marks it in use
+    code, _, err = run(
+        config_file, capsys, "dkim", "keygen", "acme.test", "--selector", "new", "--bits", "1024"
+    )
+    assert code == 0, err
+    code, _, err = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "old")
+    assert code == 2
+    assert "old of acme.test signed mail" in err and "SIGHUP" in err
+    assert [k.state for k in list_keys(key_dir, "acme.test") if k.selector == "old"] == [
+        "published"
+    ]
+
+    # Still named in [plugins.dkim] selectors: refused whatever its age.
+    mark = key_dir / "acme.test" / ".in-use" / "old"
+    eight_days_ago = time.time() - 8 * 86400
+    os.utime(mark, (eight_days_ago, eight_days_ago))
+    config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["new", "old"]\n')
+    code, _, err = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "old")
+    assert code == 2 and "still in [plugins.dkim] selectors" in err
+
+    # Out of the configuration and unused for longer than the grace period: retired.
+    config_file.write_text(f'[plugins.dkim]\nkey_dir = "{key_dir}"\nselectors = ["new"]\n')
+    code, out, err = run(config_file, capsys, "dkim", "retire", "acme.test", "--selector", "old")
+    assert code == 0, err
+    assert "remove old._domainkey.acme.test TXT" in out

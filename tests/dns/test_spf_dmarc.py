@@ -71,14 +71,20 @@ async def test_redirect_counts_as_a_lookup_and_is_followed(lookup: Lookup) -> No
     assert evaluated.lookups == 1
 
 
-async def test_strict_spf_alignment_refuses_a_return_path_subdomain(lookup: Lookup) -> None:
+async def test_strict_spf_alignment_alone_does_not_fail_dmarc_when_dkim_aligns(
+    lookup: Lookup,
+) -> None:
     config = parse_config('[domains."aspfs.test"]\nreturn_path = "bounces.aspfs.test"\n')
     record = next(r for r in expected_records(config, "aspfs.test", []) if r.purpose == "dmarc")
-    check = await check_dmarc(lookup, config, "aspfs.test", record)
+    check = await check_dmarc(lookup, config, "aspfs.test", record, ["aspfs.test"])
+    assert check.status == "found", check.detail
+    assert "DKIM aligns (d=aspfs.test)" in check.detail
+    assert "SPF does not align (aspf=s: the Return-Path domain bounces.aspfs.test" in check.detail
+
+    # Neither aligns (no key signs for the domain): DMARC cannot pass, and says why.
+    check = await check_dmarc(lookup, config, "aspfs.test", record, ["other.test"])
     assert check.status == "wrong"
-    assert check.detail == (
-        "aspf=s: the Return-Path domain bounces.aspfs.test does not align with aspfs.test"
-    )
+    assert check.detail.startswith("neither aligns with aspfs.test: SPF does not align")
 
 
 @pytest.mark.parametrize(

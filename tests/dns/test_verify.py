@@ -4,6 +4,7 @@ SERVFAIL and a server that never answers."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,7 @@ async def test_correct_domain_is_verified(setup: Setup) -> None:
         "dmarc_published": "pass",
         "alignment": "pass",
         "one_click_unsubscribe": "pass",
+        "from_domain_mx": "pass",
         "ptr": "pass",
     }
 
@@ -134,8 +136,12 @@ async def test_servfail_could_not_check_never_missing(setup: Setup) -> None:
 
 async def test_timeout_could_not_check_never_missing(setup: Setup) -> None:
     with BlackHole() as hole:
-        lookup = Lookup([f"{hole.host}:{hole.port}"], timeout=0.5)
+        lookup = Lookup([f"{hole.host}:{hole.port}"], timeout=1.5)
+        started = time.monotonic()
         report = await setup.verify("good.test", lookup)
+        elapsed = time.monotonic() - started
+    # One timeout for the whole verification, not one per sequential step (readiness, PTR).
+    assert 1.5 <= elapsed < 2.9, elapsed
     assert report.status == "could_not_check"
     for check in report.records:
         assert check.status == "could_not_check", check
@@ -147,3 +153,18 @@ def test_server_serves_long_dkim_records(setup: Setup) -> None:
     server: DnsServer = setup.server
     answer = server.resolver().resolve("r1._domainkey.good.test", "TXT")
     assert b"".join(answer[0].strings).decode().startswith("v=DKIM1; k=rsa; p=")
+
+
+async def test_any_valid_mta_sts_id_is_found(setup: Setup) -> None:
+    check = one(await setup.verify("sts.test"), "mta_sts")
+    assert check.status == "found", check
+    assert check.seen == ["v=STSv1; id=20260101T000000"]
+    assert "change it whenever the policy changes" in check.detail
+
+
+async def test_a_from_domain_with_a_null_mx_is_flagged(setup: Setup) -> None:
+    readiness = {c.name: c for c in (await setup.verify("nullmx.test")).readiness}
+    assert readiness["from_domain_mx"].status == "fail"
+    assert "null MX" in readiness["from_domain_mx"].detail
+    good = {c.name: c for c in (await setup.verify("sts.test")).readiness}
+    assert good["from_domain_mx"].status == "pass"

@@ -16,7 +16,8 @@ SELECTOR = "s1"
 GOOD_SPF = '@ TXT "v=spf1 ip4:192.0.2.10 include:esp.test ~all"'
 GOOD_DMARC = '_dmarc TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc@{domain}"'
 DOMAINS = ("good.test", "missing.test", "wrongkey.test", "spf11.test", "dmarcnone.test")
-DOMAINS += ("dmarcbad.test", "servfail.test")
+DOMAINS += ("dmarcbad.test", "servfail.test", "sts.test", "nullmx.test")
+STS_TABLE = 'mta_sts_mode = "testing"\nmta_sts_mx = ["mx.sts.test"]\n'
 
 
 def config_for(key_dir: Path, resolvers: list[str], extra: str = "") -> Config:
@@ -25,7 +26,7 @@ def config_for(key_dir: Path, resolvers: list[str], extra: str = "") -> Config:
 [domains."{domain}"]
 spf_ip = ["198.51.100.0/24"]
 spf_include = ["esp.test"]
-"""
+{STS_TABLE if domain == "sts.test" else ""}"""
         for domain in DOMAINS
     )
     return parse_config(
@@ -86,4 +87,12 @@ def zones(keys: list[DkimKey], other_key: DkimKey) -> dict[str, list[str]]:
             *dkim("dmarcnone.test"),
         ],
         "dmarcbad.test": [GOOD_SPF, '_dmarc TXT "v=DMARC1; p=maybe"', *dkim("dmarcbad.test")],
+        # RFC 8461: any 1-32 character alphanumeric id is valid, not only the one we suggest.
+        "sts.test": [
+            *correct("sts.test"),
+            '_mta-sts TXT "v=STSv1; id=20260101T000000"',
+            "@ MX 10 mx.sts.test.",
+        ],
+        # RFC 7505 null MX: the domain receives no mail, so it must not be a From domain.
+        "nullmx.test": [*correct("nullmx.test"), "@ MX 0 ."],
     }

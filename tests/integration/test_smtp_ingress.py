@@ -395,6 +395,24 @@ def test_malformed_content_is_refused(
 
 
 @pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(HEAD + b"Subject: x\r\n\r\n" + b"x" * 1201 + b"\r\n", id="long-body-line"),
+        pytest.param(HEAD + b"X-Long: " + b"y" * 1000 + b"\r\n\r\nbody\r\n", id="long-header"),
+    ],
+)
+def test_lines_over_998_octets_are_refused(
+    raw: RawClient, gw: GatewayThread, sink: Sink, content: bytes
+) -> None:
+    """RFC 5321 4.5.3.1.6 / RFC 5322 2.1.1: refused, not re-encoded (the bytes may be signed).
+    aiosmtpd refuses the line as it reads it; the content check (554 5.6.0) stands behind it."""
+    reply = _transaction(raw, content)
+    assert len(reply) == 1 and reply[0].startswith("500 5.5.2 Line too long"), reply
+    raw.quit_and_drain()
+    assert_nothing_queued(gw, sink)
+
+
+@pytest.mark.parametrize(
     "command",
     [
         pytest.param(b'MAIL FROM:<"a\rb"@example.com>', id="CR-in-quoted-sender"),

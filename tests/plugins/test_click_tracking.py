@@ -233,3 +233,36 @@ def test_http_api_mail_is_tracked_unless_the_sender_turns_clicks_off(
     assert len(click_links(html_of(t.received("on@example.org").data))) == 1
     off = html_of(t.received("off@example.org").data)
     assert click_links(off) == [] and 'href="https://example.com/x"' in off
+
+
+def test_the_same_body_in_single_recipient_messages_is_parsed_once(
+    tracked_factory: ClickFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bulk senders often send one message per recipient with the same body (issue 25): the
+    links are found once, and each message still gets its own tokens and, if needed, its own
+    switch to quoted-printable in its own header."""
+    import gateway_plugins.click_tracking as click_tracking
+
+    parsed: list[int] = []
+    real = click_tracking.html_links
+
+    def counting(content: bytes, charset: str, own_prefix: str) -> list[tuple[int, int, str]]:
+        parsed.append(len(content))
+        return real(content, charset, own_prefix)
+
+    monkeypatch.setattr(click_tracking, "html_links", counting)
+    long_line = '<p><a href="https://shop.example.com/a">A</a>' + "x" * 900 + "</p>"
+    t = tracked_factory(plugins="[plugins.click_tracking]\n")
+    for recipient in ("ann@example.org", "bob@example.org", "cy@example.org"):
+        t.send(mime(HTML + long_line, encoding="8bit"), recipient)
+    assert t.deliver() == 3
+    assert len(parsed) == 1
+    tokens = []
+    for recipient in ("ann@example.org", "bob@example.org", "cy@example.org"):
+        data = t.received(recipient).data
+        assert b"Content-Transfer-Encoding: quoted-printable" in data
+        links = click_links(html_of(data))
+        assert len(links) == 4
+        tokens += links
+    assert len(set(tokens)) == 12, "every message and recipient has its own tokens"
+    assert t.get(tokens[-1]).headers["location"] == "https://shop.example.com/a"

@@ -15,10 +15,20 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from gateway_plugins.dkim import Settings, Signer, dns_txt_record, relaxed_body, split_message
+from gateway_plugins.dkim import (
+    Settings,
+    Signer,
+    dns_txt_record,
+    from_domain,
+    relaxed_body,
+    relaxed_header_value,
+    split_message,
+)
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError
+from gateway.dkim_keys import keygen
+from gateway.ops.reload import reload_from
 from gateway.server import Gateway
 from tests.api.conftest import API_CONFIG, KEYS, _key_tables
 from tests.conftest import RELAY_TO_SINK, GatewayThread, Sink, make_config
@@ -288,3 +298,69 @@ def test_fast_relaxed_body_matches_dkimpy(body: bytes) -> None:
 )
 def test_message_split_matches_dkimpy(raw: bytes) -> None:
     assert split_message(raw) == dkim.rfc822_parse(raw)
+
+
+HEADER_VALUES = [
+    b" plain\r\n",
+    b"   leading and trailing   \r\n",
+    b" folded\r\n\tover\r\n   three lines\r\n",
+    b"\ttabs\tinside\t\r\n",
+    b" bare\nLF fold\r\n",
+    b"\r\n",
+]
+
+
+@pytest.mark.parametrize("value", HEADER_VALUES)
+def test_fast_relaxed_header_value_matches_dkimpy(value: bytes) -> None:
+    [(_, reference)] = dkim.canonicalization.Relaxed.canonicalize_headers([(b"X", value)])
+    assert relaxed_header_value(value) == reference
+
+
+TRICKY = [
+    # Repeated and oversigned fields, odd spacing and folds, a From with a display name.
+    b'From: "News, Inc." <news@example.com>\r\nTo: a@example.org\r\nTo:  b@example.org\r\n'
+    b"Subject:   spaced \t out\r\n  and folded\r\nsubject: second\r\n"
+    b"Message-ID: <t1@example.com>\r\nX-Other: not signed\r\n\r\nbody\r\n",
+    b"FROM:news@example.com\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n\r\n",
+    b"From: news@example.com\r\nReply-To: r@example.com\r\nList-Unsubscribe: <https://u.example>\r\n"
+    b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\n" + b"x" * 5000 + b"\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", TRICKY)
+def test_signatures_on_tricky_headers_verify_with_dkimpy(raw: bytes, keys: Keys) -> None:
+    signer = Signer(Settings(key_dir=str(keys.dir), selectors=["rsa2025", "ed2025"]))
+    assert from_domain(raw) == "example.com"
+    signed = signer.sign(raw, signer.keys_for(raw), time.time()) + raw
+    assert verify_with_dkimpy(signed, keys) == [True, True]
+
+
+def test_sighup_reloads_the_keys_so_a_rotation_signs_without_a_restart(
+    tmp_path, sink: Sink, gateway_factory, keys: Keys
+) -> None:
+    toml = f'[gateway]\nhostname = "gw.test"\ndata_dir = "{tmp_path / "data"}"\n' + RELAY.format(
+        port=sink.port, key_dir=keys.dir, selectors="[]"
+    )
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(toml)
+    gw = gateway_factory(
+        make_config(tmp_path, RELAY, port=sink.port, key_dir=keys.dir, selectors="[]"),
+        clock=FakeClock(time.time()),
+        deliver=False,
+    )
+
+    def send_one() -> list[bytes]:
+        with smtplib.SMTP("127.0.0.1", gw.port("dev")) as client:
+            client.sendmail("bounce@example.com", ["user@example.org"], BODY)
+        gw.call(gw.gateway.dispatcher.run_once())
+        return sorted(s[b"s"] for s in signatures(sink.messages[-1].data))
+
+    assert send_one() == [b"ed2025", b"rsa2025"]
+    new, superseded = keygen(keys.dir, "example.com", "rsa2026", "rsa", 1024)
+    assert [k.selector for k in superseded] == ["rsa2025"]
+    assert send_one() == [b"ed2025", b"rsa2025"]  # loaded at start-up: unchanged until reload
+    # What SIGHUP runs; the DKIM plugin's gateway_reload re-reads the keys.
+    assert gw.call(reload_from(gw.gateway, str(config_file)))
+    assert send_one() == [b"ed2025", b"rsa2026"]
+    keys.records[new.record_name] = new.record
+    assert all(verify_with_dkimpy(sink.messages[-1].data, keys))

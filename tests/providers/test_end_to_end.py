@@ -113,6 +113,7 @@ def test_api_send_to_mailgun_and_its_webhook_back(
             (SPECS / "webhook-samples/mailgun/event-data--failed-permanent.json").read_text()
         )
         event.update(id=secrets.token_hex(8), recipient="ann@example.org", timestamp=clock.now())
+        event["message"]["headers"]["message-id"] = delivery.provider_message_id
         event["user-variables"] = {
             "campaign": "c-42",
             "gw_message_id": message_id,

@@ -67,6 +67,7 @@ async def test_send_conforms_and_carries_stream_tag_and_metadata(
     assert body["Tag"] == "orders"
     assert body["Metadata"] == {
         "order": "42",
+        "user_gw_message_id": "spoofed",
         "gw_message_id": outbound.message_id,
         "gw_delivery_id": "7",
     }

@@ -51,7 +51,8 @@ async def test_send_conforms_to_the_spec_and_carries_ids(
     assert personalization["to"] == [{"email": "ann@example.org"}]
     assert personalization["custom_args"] == {
         "order": "42",
-        "gw_message_id": outbound.message_id,  # ours, not the sender's spoofed value
+        "user_gw_message_id": "spoofed",  # the sender's key, out of the gateway's namespace
+        "gw_message_id": outbound.message_id,
         "gw_delivery_id": "7",
     }
     assert body["from"] == {"email": "news@shop.example", "name": "Shop Team"}

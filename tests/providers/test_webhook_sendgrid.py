@@ -155,3 +155,12 @@ def test_an_endpoint_without_its_table_is_off(tmp_path: Path, gateway_factory) -
         assert "provider_webhooks.ses" in response.json()["detail"]
     finally:
         environment.client.close()
+
+
+def test_a_replayed_event_about_an_unknown_message_is_a_duplicate(env: WebhookEnv) -> None:
+    body = events_about("nosuchmessage", 1, "ann@example.org", "bounce", env=env)
+    headers = signed(env.sendgrid_key, body, str(int(env.clock.now())))
+    first = env.post("/webhooks/sendgrid", body, headers)
+    assert first.json() == {"accepted": 0, "duplicates": 0, "unmatched": 1}
+    again = env.post("/webhooks/sendgrid", body, headers)
+    assert again.json() == {"accepted": 0, "duplicates": 1, "unmatched": 0}

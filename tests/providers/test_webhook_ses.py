@@ -259,3 +259,15 @@ def test_every_documented_ses_record_normalizes() -> None:
     for name in ("bounce-notification-with-a-dsn", "complaint-notification-with-a-feedback-report"):
         record = json.loads((SAMPLES / f"identity-notification--{name}.json").read_text())
         assert ses_events(record, sns_message_id="m", now=0.0)
+
+
+def test_the_message_type_header_must_match_the_body(env: WebhookEnv, sns: SnsSide) -> None:
+    message_id, [ann] = env.deliver("ann@example.org")
+    message = sns.sign(notification(env, ses_record("bounce", message_id, ann.id, ann.recipient)))
+    body = json.dumps(message).encode()
+    for header in ({"x-amz-sns-message-type": "SubscriptionConfirmation"}, {}):
+        response = env.post("/webhooks/ses", body, {"Content-Type": "text/plain", **header})
+        assert response.status_code == 400, response.text
+        assert "x-amz-sns-message-type" in response.text
+    assert env.deliveries(message_id)[0].status == DeliveryStatus.DELIVERED
+    assert post(env, message).json()["accepted"] == 1

@@ -213,8 +213,10 @@ def test_permanent_and_temporary_dns_answers(
     assert run_once(gw) == 4
     null = delivery_of(gw, "n@nullmx.test")
     assert null.status is DeliveryStatus.BOUNCED and "null MX" in null.last_error
+    assert null.last_error.startswith("5.1.10 ")  # RFC 7505, what the DSN reports
     ghost = delivery_of(gw, "g@ghost.plain.test")
     assert ghost.status is DeliveryStatus.BOUNCED and "no such domain" in ghost.last_error
+    assert ghost.last_error.startswith("5.1.2 ")
     refused = delivery_of(gw, "x@plain.test")  # a 5xx is final: mx2 is not asked
     assert refused.status is DeliveryStatus.BOUNCED and "5.1.1" in refused.last_error
     assert mx2.to("x@plain.test") == []

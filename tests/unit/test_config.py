@@ -169,3 +169,13 @@ def test_durations_round_trip(text: str, seconds: float) -> None:
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+def test_spf_include_takes_dns_names_with_underscores() -> None:
+    config = parse_config(
+        '[domains."shop.example"]\nspf_include = ["_spf.google.com", "spf.example.net"]\n',
+        source="test.toml",
+    )
+    assert config.domains["shop.example"].spf_include[0] == "_spf.google.com"
+    with pytest.raises(ConfigError, match=r"spf_include\[0\]: not a domain"):
+        parse_config('[domains."shop.example"]\nspf_include = ["bad..name"]\n', source="t.toml")

@@ -120,6 +120,7 @@ def test_an_expired_delivery_reports_5_4_7() -> None:
         ("554 5.7.1 rejected by policy", "5.7.1"),
         ("550 5.x.1 not a status code", "5.0.0"),
         ("", "5.0.0"),
+        ("5.1.10 nullmx.test: the domain accepts no mail (null MX)", "5.1.10"),
     ],
 )
 def test_status_falls_back_to_5_0_0(error: str, status: str) -> None:

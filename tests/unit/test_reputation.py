@@ -201,3 +201,32 @@ async def test_deliveries_that_bring_the_sample_up_get_the_identity_judged(tmp_p
         assert pause is not None and pause.reason.startswith("bounce rate 10.00% above 5%")
     finally:
         await store.close()
+
+
+async def test_each_delivery_counts_once_in_the_rate_of_its_final_fate(tmp_path) -> None:
+    clock = FakeClock(10 * 86400 + 3600)
+    store = SqliteStore(tmp_path)
+    await store.open()
+    try:
+        rep = Reputation(store, clock, window_days=7)
+        who = [("domain", "brand.example")]
+
+        def about(kind: str, n: int, event_id: str = "", **fields) -> Event:
+            return event(kind, n, message_id=f"m{n}", event_id=event_id, **fields)
+
+        for n in range(3):
+            await rep.record(about("delivered", n, provider="ses"), who)  # type: ignore[arg-type]
+            # The provider's webhook confirms the same delivery: not a second delivery.
+            await rep.record(about("delivered", n, f"ses:d{n}", provider="ses"), who)  # type: ignore[arg-type]
+        assert await rep.counts("domain", "brand.example") == Counts(delivered=3)
+
+        clock.advance(86400)  # a day later, delivery 0 bounces after all
+        await rep.record(about("bounced", 0, "ses:b0", bounce="hard"), who)  # type: ignore[arg-type]
+        await rep.record(about("bounced", 0, "dsn:b0", bounce="hard"), who)  # type: ignore[arg-type]
+        expected = Counts(delivered=2, bounced=1)
+        assert await rep.counts("domain", "brand.example") == expected
+        assert await rep.counts("domain", "brand.example", since_resume=True) == expected
+        health = await rep.health("domain", "brand.example")
+        assert health.counts == expected  # the score follows the same counts
+    finally:
+        await store.close()

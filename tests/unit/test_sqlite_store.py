@@ -156,6 +156,76 @@ async def test_a_failing_operation_fails_alone_within_its_batch(tmp_path: Path) 
         await reopened.close()
 
 
+# --- what each commit makes durable (issue 25) ---------------------------------------------
+
+
+def synchronous_setting(conn: sqlite3.Connection) -> int:
+    """Inside a batch: how its COMMIT will reach the disk (2 = FULL: the WAL is fsync'd)."""
+    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+FULL, NORMAL = 2, 1
+
+
+async def test_an_enqueue_is_fsyncd_a_lone_claim_is_not(tmp_path: Path) -> None:
+    store = await opened(tmp_path / "spool")
+    shard = store.write_shard
+    try:
+        await store.enqueue(message(1), ["a@example.org"], expires_at=T0 + HOUR)
+        assert await store._on(shard, synchronous_setting) == FULL, "the default: fsync'd"
+        assert await store._on(shard, synchronous_setting, sync="none") == NORMAL
+        unsynced = store.stats()["unsynced_commits"]
+        assert len(await store.claim(T0, limit=10)) == 1
+        assert store.stats()["unsynced_commits"] == unsynced + 1, "a claim alone: no fsync"
+        # An enqueue in the same batch as a claim makes the whole batch fsync'd.
+        entered, release = threading.Event(), threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            entered.set()
+            release.wait(10)
+
+        holder = asyncio.create_task(store._on(shard, hold))
+        await asyncio.to_thread(entered.wait, 10)
+        probe = asyncio.create_task(store._on(shard, synchronous_setting, sync="none"))
+        enqueue = asyncio.create_task(
+            store.enqueue(message(2), ["b@example.org"], expires_at=T0 + HOUR)
+        )
+        await asyncio.sleep(0)
+        release.set()
+        await holder
+        await enqueue
+        assert await probe == FULL
+    finally:
+        await store.close()
+
+
+async def test_an_outcome_waits_to_share_the_next_enqueues_fsync(tmp_path: Path) -> None:
+    store = await opened(tmp_path / "spool")
+    writer = store._writers[store.write_shard]
+    try:
+        await store.enqueue(message(1), ["a@example.org"], expires_at=T0 + HOUR)
+        [claimed] = await store.claim(T0, limit=10)
+        writer.share_wait = 30.0  # long enough that only the enqueue can end the wait
+        before = store.stats()
+        outcome = asyncio.create_task(store.complete([sent(claimed.delivery.id)], T0 + 1))
+        await asyncio.sleep(0.05)
+        assert not outcome.done(), "no fsync yet, so no answer yet"
+        await store.enqueue(message(2), ["b@example.org"], expires_at=T0 + HOUR)
+        await asyncio.wait_for(outcome, 10)
+        after = store.stats()
+        assert after["commits"] - before["commits"] == 1, "one commit for both"
+        assert after["unsynced_commits"] == before["unsynced_commits"], "and it was fsync'd"
+        # Alone, it still commits (fsync'd) once the wait is over.
+        writer.share_wait = 0.01
+        [second] = await store.claim(T0 + 2, limit=10)
+        await asyncio.wait_for(store.complete([sent(second.delivery.id)], T0 + 3), 10)
+        assert store.stats()["unsynced_commits"] == after["unsynced_commits"] + 1, "the claim"
+        statuses = {d.message_id: d.status for d in await store.list_deliveries(DeliveryFilter())}
+        assert statuses == {"msg-1": DeliveryStatus.DELIVERED, "msg-2": DeliveryStatus.DELIVERED}
+    finally:
+        await store.close()
+
+
 async def test_opening_an_unusable_path_raises_store_error(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
