@@ -62,11 +62,13 @@ class _Worker:
         self.stdout = process.stdout
         self._decoder = msgspec.msgpack.Decoder(list[Rendered])
 
-    async def run(self, job: RenderJob, per_render: float, results: list[Rendered]) -> None:
+    async def run(
+        self, job: RenderJob, payload: bytes, per_render: float, results: list[Rendered]
+    ) -> None:
         """Append one result per recipient to ``results``, stopping early where the worker
         does (a compile error or a broken limit)."""
         loop = asyncio.get_running_loop()
-        self.stdin.write(frame(job))
+        self.stdin.write(payload)
         try:
             async with asyncio.timeout(loop.time() + per_render) as deadline:
                 await self.stdin.drain()
@@ -113,13 +115,19 @@ class RenderPool:
         """One ``Rendered`` per recipient, in order — fewer when rendering stopped at a
         compile error or a broken limit, whose failure is then the last item."""
         job = RenderJob(templates=tuple(templates), variables=list(variables))
+        try:
+            payload = frame(job)
+        except (UnicodeEncodeError, msgspec.EncodeError, OverflowError) as e:
+            # e.g. a lone surrogate from JSON's \ud800: refused like any bad template input
+            detail = f"the templates or variables cannot be rendered: {e}"
+            return [Rendered(failure=Failure("compile", "recipients", detail))]
         per_render = self.limits.cpu_time * WALL_FACTOR * max(1, len(templates)) + WALL_SLACK
         results: list[Rendered] = []
         async with self._slots:
             worker = self._idle.pop() if self._idle else await self._spawn()
             self._busy.add(worker)
             try:
-                await worker.run(job, per_render, results)
+                await worker.run(job, payload, per_render, results)
             except _WorkerLost as e:
                 self.lost += 1
                 log.warning("template worker %d stopped: %s", worker.process.pid, e.detail)
