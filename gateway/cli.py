@@ -319,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commands.suppressions import add_commands as add_suppression_commands
 
     add_suppression_commands(commands)
+    # A built-in plugin's commands: the CLI is the top of the import graph, so it may import them.
+    from gateway_plugins.audience.commands import add_commands as add_audience_commands
+
+    add_audience_commands(commands)
     return parser
 
 

@@ -68,6 +68,10 @@ class StoreSection(msgspec.Struct, **_STRICT):
     message, so a failover cannot lose accepted mail (``WAIT``); 0 trusts the AOF alone."""
     replica_timeout: str = "1s"
     """Redis only: how long ``min_replicas`` may take before the message is refused (451)."""
+    allow_volatile: bool = False
+    """Redis only: start even when the server keeps data in memory only (``appendonly no``),
+    where a Redis restart loses every message it acknowledged; off, the gateway refuses to
+    start on such a server (a test bench may turn it on)."""
     retention: str = "30d"
     """How long a message is kept after it is accepted, once every delivery of it is final
     (delivered, bounced, expired, skipped); ``"forever"`` keeps everything."""
@@ -151,8 +155,16 @@ WEBHOOK_EVENT_TYPES = (
     "unsubscribed",
     "rejected",
     "suppressed",
+    "contact.subscribed",
+    "contact.confirmed",
+    "contact.preferences_changed",
+    "contact.unsubscribed",
+    "contact.imported",
+    "contact.erased",
+    "contact.status_changed",
 )
-"""Event types a sender's webhook endpoint may subscribe to (``gateway.events.EventKind``)."""
+"""Event types a sender's webhook endpoint may subscribe to: ``gateway.events.EventKind``, and
+``contact.`` + ``gateway.events.ContactEventKind`` (the audience plugin's contact events)."""
 
 
 class WebhookEndpointSection(msgspec.Struct, **_STRICT):

@@ -30,8 +30,12 @@ sender when ``delivery.dsn`` is on: one per failed delivery, queued *before* the
 recorded, so a crash between the two writes repeats the notice rather than losing it.
 
 The loop never dies of a store fault: a failed claim or look-up is logged and retried at the
-next poll, and an outcome that cannot be recorded leaves the delivery ``sending`` for
-``recover`` to return to the queue at the next start.
+next poll, and an outcome that cannot be recorded (the store restarting, failing over, a full
+disk) is retried, with a growing wait, until it is. Meanwhile the delivery stays ``sending``
+and its lease stays held, so no other node sends it too; if this process dies first, the lease
+runs out (Redis) or ``recover`` runs at the next start (SQLite) and the delivery is sent again.
+Nothing claimed is ever left ``sending`` by a live process: at-least-once, with a duplicate
+only for a delivery whose outcome was not yet recorded when its process died.
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ _NO_META = MessageMeta()
 
 IDLE_POLL_SECONDS = 1.0
 """Longest sleep when idle; new local mail wakes the dispatcher at once via ``wake()``."""
+OUTCOME_RETRY_FIRST_SECONDS = 0.05
+OUTCOME_RETRY_MAX_SECONDS = 2.0
+"""Waits between tries to record an outcome: doubling from the first to the longest."""
 
 
 class Dispatcher:
@@ -216,14 +223,40 @@ class Dispatcher:
                 update = self._retry_later(claimed.delivery, [], f"internal error: {e!r}")
             if update.status in (DeliveryStatus.BOUNCED, DeliveryStatus.EXPIRED):
                 await self._notify_sender(claimed, update)
-            try:
-                await self.store.complete([update], self.clock.now())
-            except Exception:
-                # Left in ``sending``: ``recover`` returns it to the queue at the next start.
-                log.exception("recording delivery %s failed", claimed.delivery.id)
-                return
+            await self._record(claimed, update)
             _log_transition(claimed, update)
             await self._observe(claimed, update)
+
+    async def _record(self, claimed: Claimed, update: DeliveryUpdate) -> None:
+        """Write ``update``; on a store fault, wait and try again until it is written. Giving
+        up would strand the delivery: ``sending``, its lease renewed by this live process."""
+        wait = OUTCOME_RETRY_FIRST_SECONDS
+        failures = 0
+        while True:
+            try:
+                await self.store.complete([update], self.clock.now())
+            except Exception as e:
+                failures += 1
+                if failures == 1:
+                    log.exception(
+                        "recording delivery %s failed; retrying until it is recorded",
+                        claimed.delivery.id,
+                    )
+                else:
+                    log.warning(
+                        "recording delivery %s failed again (try %d): %s",
+                        claimed.delivery.id,
+                        failures,
+                        e,
+                    )
+            else:
+                if failures:
+                    log.info(
+                        "recorded delivery %s after %d failed tries", claimed.delivery.id, failures
+                    )
+                return
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, OUTCOME_RETRY_MAX_SECONDS)
 
     async def _observe(self, claimed: Claimed, update: DeliveryUpdate) -> None:
         detail = update.last_error or (update.attempts[-1].detail if update.attempts else "")

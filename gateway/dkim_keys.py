@@ -22,7 +22,6 @@ grace period, so a record is never removed while mail signed with it may still b
 from __future__ import annotations
 
 import base64
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from gateway import durable
 from gateway.config import Config
 
 KeyState = Literal["signing", "published", "retired"]
@@ -202,11 +202,9 @@ def keygen(
         serialization.NoEncryption(),
     )
     folder = key_dir / domain
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    durable.make_directories(folder, mode=0o700)
     path = folder / f"{selector}.pem"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(pem)
+    durable.write_file(path, pem, mode=0o600, exclusive=True)
     superseded = []
     if not keep_signing:
         for key in existing:
@@ -220,9 +218,9 @@ def _move(key: DkimKey, state: KeyState) -> DkimKey:
     target_dir = source.parent if key.state == "signing" else source.parent.parent
     if _STATE_DIRS[state]:
         target_dir = target_dir / _STATE_DIRS[state]
-    target_dir.mkdir(exist_ok=True, mode=0o700)
+    durable.make_directories(target_dir, mode=0o700)
     target = target_dir / source.name
-    source.rename(target)
+    durable.rename(source, target)
     return msgspec.structs.replace(key, state=state, path=str(target))
 
 

@@ -95,6 +95,52 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
         return self.classification in MACHINE_LABELS
 
 
+ContactEventKind = Literal[
+    "subscribed",
+    "confirmed",
+    "preferences_changed",
+    "unsubscribed",
+    "imported",
+    "erased",
+    "status_changed",
+]
+CONTACT_EVENT_KINDS: tuple[str, ...] = (
+    "subscribed",
+    "confirmed",
+    "preferences_changed",
+    "unsubscribed",
+    "imported",
+    "erased",
+    "status_changed",
+)
+
+
+class ContactEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """Something that happened to a contact of a tenant's audience (not to a message)."""
+
+    type: ContactEventKind
+    tenant: str
+    contact_id: int
+    email: str
+    """The contact's address as given; empty once the contact is erased."""
+    at: float
+    list_id: int | None = None
+    topic_id: int | None = None
+    source: str = ""
+    """How it happened: ``form``, ``api``, ``import``, ``one-click``, ``preference-center``,
+    ``bounce``, ``complaint``."""
+    data: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+async def publish_contact_event(gateway: Any, event: ContactEvent) -> None:
+    """Hand ``event`` to every ``gateway_contact_event`` implementation (the sender's
+    webhooks among them). Observers that fail are logged, never raised."""
+    try:
+        await call_all(gateway.pm, "gateway_contact_event", gateway=gateway, event=event)
+    except HookError as e:
+        log.error("contact event observer failed for %s %s: %s", event.type, event.contact_id, e)
+
+
 async def publish(gateway: Any, event: Event, *, record: bool = True) -> None:
     """Record ``event`` in its message's timeline (when ``record``) and notify every
     ``gateway_event`` implementation. Observers that fail are logged, never raised.

@@ -22,7 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from gateway.config import Config
-    from gateway.events import Event
+    from gateway.events import ContactEvent, Event
     from gateway.message import Defer, Delivery, Message, Reject, Skip
 
 hookspec = pluggy.HookspecMarker("gateway")
@@ -236,4 +236,19 @@ def gateway_event(gateway: Any, event: Event) -> None:
     All implementations run; suppression, warming and reputation, metrics and the sender's
     webhooks subscribe here. A failing observer is logged and does not affect the others'
     view of the event's source (the webhook is still answered, the delivery still recorded).
+    """
+
+
+@hookspec
+def gateway_contact_event(gateway: Any, event: ContactEvent) -> None:
+    """Observe a change to a contact of a tenant's audience: subscribed, confirmed,
+    preferences_changed, unsubscribed, imported, erased, status_changed (see
+    :class:`gateway.events.ContactEvent`). The audience plugin publishes these through
+    :func:`gateway.events.publish_contact_event`.
+
+    :param gateway: the gateway.
+    :param event: the :class:`gateway.events.ContactEvent`.
+
+    All implementations run; the sender's webhooks subscribe here (as ``contact.<type>``).
+    A failing observer is logged and does not undo the change.
     """

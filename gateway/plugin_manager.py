@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway_plugins.warming",
     "gateway_plugins.dkim",
     "gateway_plugins.domain_verification",
+    "gateway_plugins.audience",
 )
 """Built-in plugin modules in call order. (pluggy calls the latest registration first, so they
 are registered in reverse; third-party plugins, registered after them, run before them unless

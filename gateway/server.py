@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
-import os
 import signal
 import socket
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from gateway import durable
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.dispatch import Dispatcher
@@ -44,8 +42,9 @@ from gateway.smtp import (
     server_tls_context,
 )
 from gateway.store.base import Store
-from gateway.store.sqlite import SqliteStore, existing_shards
+from gateway.store.sqlite import SqliteStore, existing_shards, prepare_spool
 from gateway.streams import stream_section
+from gateway.supervisor import Supervisor
 from gateway.verp import VerpSigner
 
 if TYPE_CHECKING:
@@ -80,6 +79,7 @@ def redis_store(config: Config, clock: Clock | None = None) -> Store:
         clock=clock,
         min_replicas=section.min_replicas,
         replica_timeout=section.replica_timeout_seconds,
+        allow_volatile=section.allow_volatile,
     )
 
 
@@ -394,59 +394,30 @@ async def _serve_worker(
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def serve(config: Config, config_file: str | None = None) -> int:
-    """Run the gateway until SIGTERM/SIGINT: in this process, or as a supervisor of workers.
+def prepare_data_dir(config: Config) -> None:
+    """Create ``data_dir`` and the files every worker shares, once, before any worker starts:
+    durably (a power cut cannot take back a directory the spool lives in), and in one process,
+    so workers starting together never race to create ``tenants.db`` or a shard."""
+    durable.make_directories(Path(config.data_dir))
+    if config.store.backend == "sqlite":
+        prepare_spool(config.spool_dir, range(config.gateway.workers))
 
-    SIGHUP re-reads ``config_file`` (see ``gateway.ops.reload``); the supervisor forwards
-    SIGHUP, SIGTERM and SIGINT to every worker and exits with their status (0 after a clean
-    SIGTERM)."""
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+
+def serve(config: Config, config_file: str | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT: in this process, or as the supervisor of workers
+    (``gateway.supervisor``: forwards SIGHUP, SIGTERM and SIGINT, replaces a worker that dies,
+    exits with the workers' status, 0 after a clean SIGTERM). SIGHUP re-reads ``config_file``
+    (see ``gateway.ops.reload``)."""
+    prepare_data_dir(config)
     # Until a worker's loop installs its handlers, a SIGHUP must not kill it (its default).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers = config.gateway.workers
     if workers == 1:
         run_in_event_loop(_serve_worker(config, 0, 1, config_file))
         return 0
-    children: list[int] = []
-    supervisor = os.getpid()
-    # A SIGTERM that arrives while a worker is still starting must wait for its handler, not
-    # kill it: block it across the fork; each worker unblocks once its loop handles it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    for index in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            _die_with_parent()
-            if os.getppid() != supervisor:  # the supervisor died before prctl took effect
-                os._exit(1)
-            code = 0
-            try:
-                run_in_event_loop(_serve_worker(config, index, workers, config_file))
-            except BaseException:
-                log.exception("worker %d crashed", index)
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children.append(pid)
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
+    def run_worker(index: int) -> int:
+        run_in_event_loop(_serve_worker(config, index, workers, config_file))
+        return 0
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
-
-
-def _die_with_parent() -> None:
-    """Workers get SIGKILL when the supervisor dies, so no orphan keeps a port or a shard."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return Supervisor(workers, run_worker, Path(config.data_dir)).run()

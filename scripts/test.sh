@@ -22,6 +22,10 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
     missing+=(redis-server)
 fi
+# strace: the durability tests watch the gateway's fsync, rename and mkdir calls.
+if ! command -v strace >/dev/null 2>&1; then
+    missing+=(strace)
+fi
 # iproute2's `ip netns`: the README tour runs in a network namespace of its own (fixed ports).
 if ! command -v ip >/dev/null 2>&1; then
     missing+=(iproute2)
@@ -37,6 +41,17 @@ if ((${#missing[@]})); then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# axe-core (npm): the accessibility checker the hosted-page tests inject into Chromium.
+AXE_VERSION=4.14.1
+if ! grep -qs "\"version\": \"$AXE_VERSION\"" .npm-tools/node_modules/axe-core/package.json; then
+    command -v npm >/dev/null 2>&1 || {
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm
+    }
+    npm install --silent --no-audit --no-fund --prefix .npm-tools "axe-core@$AXE_VERSION"
 fi
 
 bash scripts/install.sh test

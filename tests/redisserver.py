@@ -39,29 +39,33 @@ class RedisServer:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.log = directory / "redis.log"
+        self._command = [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--logfile",
+            str(self.log),
+            "--daemonize",
+            "no",
+            *extra,
+        ]
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after ``kill``) on its port and files; wait until it
+        answers."""
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--logfile",
-                str(self.log),
-                "--daemonize",
-                "no",
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            self._command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + 15
         while not self._ready():
@@ -87,6 +91,13 @@ class RedisServer:
                 return bool(client.ping())
         except redis.ConnectionError:
             return False
+
+    def kill(self) -> None:
+        """SIGKILL the server (by its PID), as a crash would; ``start`` brings it back."""
+        self.process.kill()
+        self.process.wait(10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
     def stop(self) -> None:
         self.process.terminate()

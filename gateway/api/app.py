@@ -34,7 +34,7 @@ from gateway.api.dns import DnsController, mta_sts_policy_file
 from gateway.api.domains import DomainsController
 from gateway.api.http_metrics import http_metrics
 from gateway.api.messages import MessagesController
-from gateway.api.openapi import complete_document
+from gateway.api.openapi import complete_document, declared_bodies
 from gateway.api.ops import OPS_ROUTES, WebhooksController
 from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.providers import ProvidersController
@@ -111,7 +111,7 @@ def create_app(gateway: Gateway) -> Litestar:
     )
     allow.learn(app)
     if openapi is not None:
-        complete_document(app.openapi_schema)
+        complete_document(app.openapi_schema, declared_bodies(app.routes))
     return app
 
 

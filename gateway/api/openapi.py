@@ -10,6 +10,8 @@ schemathesis against the served document to keep it exact.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, cast, get_args
 
 import msgspec
@@ -31,6 +33,9 @@ from gateway.api.messages import BatchRequest, SendRequest
 from gateway.api.problems import MEDIA_TYPE, ProblemDetail
 from gateway.api.suppressions import SuppressionAdd
 from gateway.store.base import SuppressionReason
+
+Body = tuple[str, str, type[msgspec.Struct] | None, tuple[str, ...]]
+"""(path, method, request Struct or None, extra media types) of a hand-decoded body."""
 
 BODIES: list[tuple[str, type[msgspec.Struct] | None, tuple[str, ...]]] = [
     ("/v1/messages", SendRequest, ("message/rfc822",)),
@@ -73,12 +78,35 @@ HEADER_TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f-\\u009f\\u2028\\
 """No control character but tab: what ``check_header_text`` accepts."""
 
 
-def complete_document(document: OpenAPI) -> None:
-    """Add everything above to ``document`` (litestar's generated one), in place."""
-    _add_bodies(document)
+def declared_bodies(routes: Sequence[Any]) -> list[Body]:
+    """Bodies that handlers decode themselves and declare as ``opt={"body": Struct}`` (plugin
+    controllers do this), for the OpenAPI document."""
+    found: list[Body] = []
+    for route in routes:
+        for handler in getattr(route, "route_handlers", ()):
+            struct = handler.opt.get("body")
+            if struct is None or not handler.include_in_schema:
+                continue
+            for method in sorted(handler.http_methods):
+                # The document names path parameters without their type ({id}, not {id:int}).
+                path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+                found.append((path, method, struct, ()))
+    return found
+
+
+def complete_document(document: OpenAPI, declared: Sequence[Body] = ()) -> None:
+    """Add everything above to ``document`` (litestar's generated one), in place; ``declared``
+    are the bodies plugin handlers declare (``declared_bodies``)."""
+    _add_bodies(document, [(p, "POST", s, e) for p, s, e in BODIES] + list(declared))
     _constrain_schemas(cast(dict[str, Any], document.components.schemas))
     for path, item in (document.paths or {}).items():
-        for method, operation in (("get", item.get), ("post", item.post), ("delete", item.delete)):
+        for method, operation in (
+            ("get", item.get),
+            ("post", item.post),
+            ("put", item.put),
+            ("patch", item.patch),
+            ("delete", item.delete),
+        ):
             if operation is not None:
                 _add_responses(path, method, operation)
     send = document.paths["/v1/messages"].post if document.paths else None
@@ -86,17 +114,17 @@ def complete_document(document: OpenAPI) -> None:
         send.parameters = [*(send.parameters or []), *_raw_message_parameters()]
 
 
-def _add_bodies(document: OpenAPI) -> None:
+def _add_bodies(document: OpenAPI, bodies: list[Body]) -> None:
     structs: list[type[msgspec.Struct]] = [ProblemDetail]
-    structs += [struct for _, struct, _ in BODIES if struct is not None]
+    structs += [struct for _, _, struct, _ in bodies if struct is not None]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     # msgspec's JSON Schema is valid OpenAPI 3.1; litestar serializes plain dicts as they are.
     document.components.schemas.update(cast(dict[str, Schema], schemas))
-    for path, struct, extra in BODIES:
+    for path, method, struct, extra in bodies:
         item = document.paths[path] if document.paths else None
-        operation = item.post if item is not None else None
+        operation = getattr(item, method.lower()) if item is not None else None
         if operation is None:
-            raise RuntimeError(f"no POST {path} to document")
+            raise RuntimeError(f"no {method} {path} to document")
         content: dict[str, OpenAPIMediaType] = {}
         if struct is not None:
             ref = Reference(ref=f"#/components/schemas/{struct.__name__}")

@@ -5,6 +5,8 @@ Readiness checks (all must pass):
 
 ``spool``     the spool directory takes a small write and fsync (disk full, read-only mount)
 ``store``     the store answers a cheap query within the timeout (SQLite file, Redis server)
+``persistence`` the store's persistence mode, in words; fails only for a Redis without
+              persistence (``appendonly no``) that ``store.allow_volatile`` did not allow
 ``routes``    at least one provider of the route is not behind an open circuit breaker
 ``listeners`` every SMTP listener (and the HTTP server, when on) is bound and serving
 """
@@ -42,6 +44,7 @@ async def readiness(gateway: Any, limit: float = CHECK_TIMEOUT) -> Readiness:
     checks = await asyncio.gather(
         _timed("spool", lambda: check_spool(gateway.config.spool_dir), limit),
         _timed("store", lambda: check_store(gateway.store), limit),
+        _timed("persistence", lambda: gateway.store.durability(), limit),
         _timed("routes", lambda: check_routes(gateway), limit),
         _timed("listeners", lambda: check_listeners(gateway), limit),
     )

@@ -6,8 +6,9 @@ and normalized events (``gateway_event``), delivery latency and final states
 (the API's middleware) and rate-limit refusals, webhook POSTs (the sender webhook worker); the
 client library's process and platform collectors are registered too. Gauges that describe
 shared state — queue depth and age, breakers, warming caps, the webhook queue — are read from
-the store and plugins when ``/metrics`` is scraped (:meth:`GatewayMetrics.refresh`). With
-several workers, each serves its own counters; the gauges read from the store are the same on
+the store and plugins when ``/metrics`` is scraped (:meth:`GatewayMetrics.refresh`), as are the
+supervisor's worker restarts. With several workers, each serves its own counters; the gauges
+read from shared state are the same on
 every worker.
 """
 
@@ -32,6 +33,7 @@ from prometheus_client import (
 from gateway.events import Event
 from gateway.message import Delivery, DeliveryStatus, Message
 from gateway.plugin_manager import hookimpl
+from gateway.supervisor import read_restarts
 
 log = logging.getLogger("gateway.ops.metrics")
 
@@ -158,6 +160,13 @@ class GatewayMetrics:
             registry=r,
         )
         self.up = Gauge("gateway_store_up", "1 when the last store read succeeded", registry=r)
+        self.worker_restarts = Gauge(
+            "gateway_worker_restarts",
+            "Workers the supervisor replaced after they died unexpectedly, since it started,"
+            " by worker slot",
+            ["worker"],
+            registry=r,
+        )
         self._routes: dict[int, str] = {}
         self.recent_events: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
         """The latest events this worker saw, newest last (the console shows them)."""
@@ -233,6 +242,8 @@ class GatewayMetrics:
             self.queue_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
             for wh_status, n in webhooks.items():
                 self.webhook_queue.labels(wh_status).set(n)
+        for worker, restarts in read_restarts(self.gateway.config.data_dir).items():
+            self.worker_restarts.labels(str(worker)).set(restarts)
         for provider, state in breaker_states(self.gateway).items():
             for candidate in BREAKER_STATES:
                 self.breaker.labels(provider, candidate).set(1 if state == candidate else 0)

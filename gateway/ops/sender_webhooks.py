@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -33,7 +34,7 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway import __version__
 from gateway.config import WebhookEndpointSection
-from gateway.events import SCHEMA_VERSION, Event
+from gateway.events import SCHEMA_VERSION, ContactEvent, Event
 from gateway.message import new_message_id
 from gateway.plugin_manager import hookimpl
 from gateway.store.base import WebhookAttempt, WebhookEvent
@@ -49,8 +50,9 @@ LEASE_MARGIN = 30.0
 
 
 def event_type_name(kind: str) -> str:
-    """The ``type`` in the body: ``email.<kind>`` (Standard Webhooks' ``noun.verb`` style)."""
-    return f"email.{kind}"
+    """The ``type`` in the body: ``email.<kind>`` (Standard Webhooks' ``noun.verb`` style);
+    contact events are already named ``contact.<kind>``."""
+    return kind if kind.startswith("contact.") else f"email.{kind}"
 
 
 def _iso(timestamp: float) -> str:
@@ -84,6 +86,29 @@ def event_body(event: Event) -> bytes:
         "type": event_type_name(event.type),
         "version": SCHEMA_VERSION,
         "id": event.id,
+        "timestamp": _iso(event.at),
+        "data": data,
+    }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def contact_event_body(event: ContactEvent) -> bytes:
+    """The JSON body for a contact event (``contact.<type>``)."""
+    data: dict[str, Any] = {
+        "tenant": event.tenant,
+        "contact_id": event.contact_id,
+        "email": event.email,
+        "source": event.source,
+    }
+    if event.list_id is not None:
+        data["list_id"] = event.list_id
+    if event.topic_id is not None:
+        data["topic_id"] = event.topic_id
+    if event.data:
+        data["data"] = event.data
+    body = {
+        "type": f"contact.{event.type}",
+        "version": SCHEMA_VERSION,
         "timestamp": _iso(event.at),
         "data": data,
     }
@@ -130,22 +155,30 @@ class WebhookSender:
 
     @hookimpl
     async def gateway_event(self, event: Event) -> None:
-        tenant = self.gateway.config.tenants.get(event.tenant)
+        await self._queue(event.tenant, event.type, lambda: event_body(event))
+
+    @hookimpl
+    async def gateway_contact_event(self, event: ContactEvent) -> None:
+        kind = f"contact.{event.type}"
+        await self._queue(event.tenant, kind, lambda: contact_event_body(event))
+
+    async def _queue(self, tenant_name: str, kind: str, body: Callable[[], bytes]) -> None:
+        tenant = self.gateway.config.tenants.get(tenant_name)
         if tenant is None or not tenant.webhooks:
             return
-        targets = [n for n, e in tenant.webhooks.items() if subscribed(e, event.type)]
+        targets = [n for n, e in tenant.webhooks.items() if subscribed(e, kind)]
         if not targets:
             return
-        body = event_body(event)
+        payload = body()
         now = self.gateway.clock.now()
         await self.gateway.store.enqueue_webhooks(
             [
                 WebhookEvent(
                     id=f"msg_{new_message_id()}",
-                    tenant=event.tenant,
+                    tenant=tenant_name,
                     endpoint=name,
-                    type=event.type,
-                    payload=body,
+                    type=kind,
+                    payload=payload,
                     created_at=now,
                     next_attempt_at=now,
                     updated_at=now,

@@ -1,16 +1,18 @@
 """``capture``: the development default. Each message lands in ``<data_dir>/outbox`` as a
 ``.eml`` file with a ``.json`` sidecar holding the envelope, so a newcomer can see exactly
-what would have been sent (``gateway outbox``)."""
+what would have been sent (``gateway outbox``). It reports ``sent`` only once both files are
+durable (``gateway.durable``): a power cut never leaves an empty ``.eml`` behind a
+``delivered``."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
 import msgspec
 
+from gateway import durable
 from gateway.message import SendResult
 from gateway.providers.base import OutboundMessage, Provider
 
@@ -48,7 +50,7 @@ class CaptureProvider(Provider):
         self.directory = directory
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(durable.make_directories, self.directory)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         try:
@@ -74,10 +76,9 @@ class CaptureProvider(Provider):
             file=str(eml),
         )
         sidecar = eml.with_suffix(".json")
-        for path, data in ((eml, message.raw), (sidecar, msgspec.json.encode(envelope))):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+        # The message first: a sidecar (what ``gateway outbox`` lists) never names a lost file.
+        durable.write_file(eml, message.raw)
+        durable.write_file(sidecar, msgspec.json.encode(envelope))
         return eml
 
 

@@ -490,6 +490,12 @@ class Store(abc.ABC):
         this with their cheapest round trip."""
         await self.next_due()
 
+    async def durability(self) -> tuple[bool, str]:
+        """Whether an acknowledged message survives a crash of the store, and what the
+        engine's persistence mode is, in words (``/readyz``). ``False`` when the engine
+        keeps accepted mail where a restart loses it and nobody allowed that."""
+        return True, "durable"
+
     @abc.abstractmethod
     async def oldest_waiting(self) -> float | None:
         """Creation time of the oldest message with a delivery still waiting (queued,

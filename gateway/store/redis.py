@@ -62,7 +62,9 @@ from gateway.store.redis_client import (
     RedisTarget,
     check_persistence,
     connect,
+    describe_persistence,
     parse_redis_url,
+    read_persistence,
 )
 from gateway.store.redis_pipeline import AutoPipeline
 from gateway.streams import TRANSACTIONAL
@@ -155,6 +157,8 @@ class RedisStore(Store):
     :param lease_seconds: how long a claimed delivery stays with this process without a
         heartbeat; after that any node may take it over.
     :param clock: for lease deadlines in the heartbeat (the gateway's clock).
+    :param allow_volatile: open even when the server has ``appendonly no`` (otherwise a
+        ``StoreError``: a restart of such a server loses every acknowledged message).
     :param min_replicas: accept a message (``enqueue`` returns) only once this many replicas
         have it, so a failover cannot lose it; ``replica_timeout`` seconds at most, then
         ``enqueue`` fails (single server or Sentinel; not Cluster).
@@ -169,6 +173,7 @@ class RedisStore(Store):
         clock: Clock | None = None,
         min_replicas: int = 0,
         replica_timeout: float = 1.0,
+        allow_volatile: bool = False,
     ) -> None:
         self.target: RedisTarget = parse_redis_url(url)
         self.prefix = prefix
@@ -177,6 +182,7 @@ class RedisStore(Store):
         self.lease_seconds = lease_seconds
         self.min_replicas = min_replicas
         self.replica_timeout = replica_timeout
+        self.allow_volatile = allow_volatile
         self.clock = clock or SystemClock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         """Names this process in the leases it holds."""
@@ -218,6 +224,16 @@ class RedisStore(Store):
         with self._errors(f"cannot reach Redis at {self.target.redacted}"):
             await self._redis.ping()
             self.persistence = await check_persistence(self._redis)
+        if self.persistence.appendonly is False and not self.allow_volatile:
+            await self._redis.aclose()
+            self._redis = None
+            raise StoreError(
+                f"Redis at {self.target.redacted} has appendonly no: it keeps the queue in"
+                " memory only, and its next restart would lose every message the gateway"
+                " acknowledged. Turn on appendonly (appendfsync always) on the server, or set"
+                " store.allow_volatile = true to run anyway (docs/redis.md)."
+            )
+        with self._errors(f"cannot reach Redis at {self.target.redacted}"):
             if self.min_replicas:
                 replicas = int((await self._redis.info("replication")).get("connected_slaves", 0))
                 if replicas < self.min_replicas:
@@ -421,8 +437,9 @@ class RedisStore(Store):
         claimed = []
         for row in rows:
             delivery = _delivery(row)
-            self._leased.add(delivery.id)
             if delivery.message_id in messages:
+                # Only what is handed out is renewed: a lease nobody works on must run out.
+                self._leased.add(delivery.id)
                 claimed.append(Claimed(delivery, messages[delivery.message_id]))
         claimed.sort(key=lambda c: (c.delivery.broadcast, c.delivery.next_attempt_at))
         return claimed
@@ -439,6 +456,9 @@ class RedisStore(Store):
                 u.provider_message_id,
                 "1" if u.attempts else "0",
                 str(len(u.attempts)),
+                # The outcome of a delivery this process holds applies only while it still
+                # does; an operator's change (not leased here) applies whoever holds it.
+                self.owner if u.delivery_id in self._leased else "",
                 *(_encode(a) for a in u.attempts),
             ]
         await self._run("COMPLETE", *args)
@@ -860,6 +880,12 @@ class RedisStore(Store):
     async def ping(self) -> None:
         with self._errors(f"cannot reach Redis at {self.target.redacted}"):
             await self._redis.ping()
+
+    async def durability(self) -> tuple[bool, str]:
+        """Read the server's AOF settings again: an operator may change them at run time."""
+        with self._errors():
+            persistence = await read_persistence(self._redis)
+        return describe_persistence(persistence, allow_volatile=self.allow_volatile)
 
     async def oldest_waiting(self) -> float | None:
         return await redis_webhooks.oldest_waiting(self)

@@ -269,6 +269,32 @@ def _persistence(settings: dict[Any, Any]) -> Persistence:
     return Persistence(found.get("appendonly") == "yes", found.get("appendfsync"))
 
 
+def describe_persistence(persistence: Persistence, *, allow_volatile: bool) -> tuple[bool, str]:
+    """``/readyz``'s persistence check: the mode in words, and whether acknowledged mail is
+    kept as promised (``appendonly no`` passes only when ``store.allow_volatile`` says so)."""
+    if persistence.appendonly is False:
+        if allow_volatile:
+            return True, (
+                "Redis appendonly no (store.allow_volatile = true): a Redis restart loses"
+                " every message in the queue"
+            )
+        return False, "Redis appendonly no: a Redis restart would lose acknowledged mail"
+    if persistence.appendonly is None:
+        return True, "Redis persistence unknown (CONFIG not allowed); see docs/redis.md"
+    fsync = persistence.appendfsync or "unknown"
+    if fsync == "always":
+        return True, "Redis appendonly yes, appendfsync always: nothing acknowledged is lost"
+    if fsync == "everysec":
+        return True, (
+            "Redis appendonly yes, appendfsync everysec: a crash of the Redis host can lose"
+            " the last ~1-2 s of accepted mail"
+        )
+    return True, (
+        f"Redis appendonly yes, appendfsync {fsync}: a crash of the Redis host can lose"
+        " what the OS had not yet flushed (~30 s)"
+    )
+
+
 async def check_persistence(client: Any) -> Persistence:
     """Read the server's AOF settings and log a warning saying what a crash could lose."""
     persistence = await read_persistence(client)

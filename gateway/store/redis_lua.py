@@ -181,10 +181,12 @@ local i = 4
 local applied = 0
 for _ = 1, tonumber(ARGV[3]) do
   local id, st, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local tried, n = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+  local tried, n, holder = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), ARGV[i + 8]
   local key = P .. 'd:' .. id
   local old = redis.call('HGET', key, 'st')
-  if old then
+  -- An outcome from the node holding the lease applies only while it still holds it: not
+  -- after another node took the delivery over, nor twice (a retry after a lost reply).
+  if old and (holder == '' or redis.call('HGET', key, 'own') == holder) then
     redis.call('SMOVE', P .. 's:' .. old, P .. 's:' .. st, id)
     redis.call('HSET', key, 'st', st, 'next', nxt, 'err', ARGV[i + 3], 'prov', ARGV[i + 4],
       'pmid', ARGV[i + 5], 'upd', now, 'own', '')
@@ -195,10 +197,10 @@ for _ = 1, tonumber(ARGV[3]) do
     else
       redis.call('ZREM', due_key(P, key), id)
     end
-    for a = 1, n do redis.call('RPUSH', key .. ':a', ARGV[i + 7 + a]) end
+    for a = 1, n do redis.call('RPUSH', key .. ':a', ARGV[i + 8 + a]) end
     applied = applied + 1
   end
-  i = i + 8 + n
+  i = i + 9 + n
 end
 return applied
 """

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from gateway import durable
 from gateway.message import Attempt, Delivery, DeliveryStatus, Message
 from gateway.store import sqlite_api, sqlite_migrations, sqlite_webhooks
 from gateway.store.base import (
@@ -95,6 +96,10 @@ CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
 
 _DELIVERY_COLUMNS = sqlite_api.DELIVERY_COLUMNS
 _row_to_delivery = sqlite_api.row_to_delivery
+SHARD_SCHEMA = SCHEMA + sqlite_api.SHARD_SCHEMA
+TENANTS_SCHEMA = sqlite_api.TENANT_SCHEMA + sqlite_webhooks.SCHEMA
+"""``tenants.db``: what every worker shares (suppressions, webhooks)."""
+
 _WAITING = (DeliveryStatus.QUEUED.value, DeliveryStatus.DEFERRED.value)
 
 
@@ -110,6 +115,62 @@ def existing_shards(directory: Path) -> list[int]:
         if number.isdigit():
             shards.append(int(number))
     return sorted(shards)
+
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect_file(
+    path: Path, schema: str, migrate: Callable[[sqlite3.Connection], None]
+) -> sqlite3.Connection:
+    """Open (creating if need be) one spool file in WAL mode with ``schema``, brought up to
+    date by ``migrate`` (``gateway.store.sqlite_migrations``).
+
+    Another process creating the same file at the same moment (workers starting together)
+    holds its lock briefly; switching to WAL must wait for it, not fail with ``database is
+    locked`` — SQLite does not call the busy handler for that switch, so it is retried here,
+    for at most the busy timeout. A new file's directory entry is fsync'd.
+    """
+    durable.make_directories(path.parent)
+    is_new = not path.exists()
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _switch_to_wal(conn)
+        # FULL: the WAL is fsync'd at every commit, which is what makes "250 OK" a promise.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema)
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if is_new:
+        durable.fsync_directory(path.parent)
+    return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    wait = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + wait > deadline:
+                raise
+        time.sleep(wait)  # this thread's own open, never the event loop's
+        wait = min(wait * 2, 0.1)
+
+
+def prepare_spool(directory: Path, shards: Sequence[int]) -> None:
+    """Create the spool's shared file and the given shards once, before workers start (the
+    supervisor calls it before forking), so workers never race to create them."""
+    tenants = directory / "tenants.db"
+    connect_file(tenants, TENANTS_SCHEMA, sqlite_migrations.migrate_tenants).close()
+    for n in shards:
+        shard = shard_path(directory, n)
+        connect_file(shard, SHARD_SCHEMA, sqlite_migrations.migrate_shard).close()
 
 
 Sync = Literal["now", "shared", "none"]
@@ -132,11 +193,11 @@ class _Writer:
         self,
         path: Path,
         max_batch: int = 512,
-        schema: str = SCHEMA + sqlite_api.SHARD_SCHEMA,
+        schema: str = "",
         migrate: Callable[[sqlite3.Connection], None] = sqlite_migrations.migrate_shard,
     ) -> None:
         self.path = path
-        self._schema = schema
+        self._schema = schema or SHARD_SCHEMA
         self._migrate = migrate
         self._max_batch = max_batch
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
@@ -176,15 +237,7 @@ class _Writer:
         return await future
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsync'd at every commit, which is what makes "250 OK" a promise.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(self._schema)
-        self._migrate(conn)
-        return conn
+        return connect_file(self.path, self._schema, self._migrate)
 
     def _run(self) -> None:
         try:
@@ -337,7 +390,7 @@ class SqliteStore(Store):
         # Tenant-wide data (suppressions) is shared by all workers; see sqlite_api.
         self._tenants = _Writer(
             self.directory / "tenants.db",
-            schema=sqlite_api.TENANT_SCHEMA + sqlite_webhooks.SCHEMA,
+            schema=TENANTS_SCHEMA,
             migrate=sqlite_migrations.migrate_tenants,
         )
         self._reader = sqlite_api.ShardReader(self.directory, self._shard_files)
@@ -812,6 +865,9 @@ class SqliteStore(Store):
     async def ping(self) -> None:
         await self._tenants.submit(lambda conn: conn.execute("SELECT 1").fetchone())
         await self._on(self.write_shard, lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def durability(self) -> tuple[bool, str]:
+        return True, "SQLite WAL: every accepted message fsync'd before 250"
 
     async def oldest_waiting(self) -> float | None:
         def oldest(conn: sqlite3.Connection, shard: int) -> float | None:

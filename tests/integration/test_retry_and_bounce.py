@@ -223,21 +223,26 @@ def test_the_dsn_is_queued_before_the_bounce_is_recorded(
     tmp_path: Path, sink: Sink, gateway_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the process dies between the two writes, the sender must still hear of the bounce:
-    at worst twice, never not at all. A store fault stands in for the crash here."""
+    at worst twice, never not at all. The bounce's first write fails (a store fault); by then
+    the DSN is already queued, and the bounce is written again until it is recorded."""
     gw, _ = start(gateway_factory, tmp_path, sink, dsn=True)
     store = gw.gateway.store
     record = store.complete
+    queued_at_first_write: list[list[Delivery]] = []
 
-    async def crash_on_bounce(updates: list[DeliveryUpdate], now: float) -> None:
-        if any(u.status is DeliveryStatus.BOUNCED for u in updates):
+    async def fail_first_bounce(updates: list[DeliveryUpdate], now: float) -> None:
+        if any(u.status is DeliveryStatus.BOUNCED for u in updates) and not queued_at_first_write:
+            queued_at_first_write.append(await store.list_deliveries(DeliveryFilter()))
             raise StoreError("the process died here")
         await record(updates, now)
 
-    monkeypatch.setattr(store, "complete", crash_on_bounce)
+    monkeypatch.setattr(store, "complete", fail_first_bounce)
     sink.script(RCPT, "RCPT", ["550 5.1.1 no such user"])
     submit(gw)
     run_once(gw)
-    assert the_delivery(gw).status is DeliveryStatus.SENDING, "unrecorded: retried after restart"
+    (before,) = queued_at_first_write
+    assert SENDER in {d.recipient for d in before}, "the DSN was queued before the bounce"
+    assert the_delivery(gw).status is DeliveryStatus.BOUNCED, "recorded on a later try"
     (notice,) = sink.to(SENDER)
     assert parse_report(notice.data).per_recipient[0]["Status"] == "5.1.1"
 

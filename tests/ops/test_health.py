@@ -32,8 +32,9 @@ def test_readiness_flips_when_the_store_is_unreachable_and_recovers(
         assert probe.status_code == 200 and probe.content == b""
         status, checks = ready(port)
         assert status == 200, checks
-        assert set(checks) == {"spool", "store", "routes", "listeners"}
+        assert set(checks) == {"spool", "store", "persistence", "routes", "listeners"}
         assert all(c["ok"] for c in checks.values())
+        assert "appendonly yes, appendfsync always" in checks["persistence"]["detail"]
         assert "RedisStore answers" in checks["store"]["detail"]
         assert "relay=closed" in checks["routes"]["detail"]
         assert f"smtp dev:{gateway.port('dev')}" in checks["listeners"]["detail"]

@@ -6,10 +6,12 @@ prefix), as several processes or nodes would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import pytest
 from gateway.message import Message
 from gateway.store.base import Store
 from gateway.store.redis import RedisStore
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite import SqliteStore, existing_shards, shard_path
 from tests.redisserver import RedisServer
 from tests.redistopology import ClusterSetup, SentinelSetup
 
@@ -60,11 +62,19 @@ async def until(
 class Backend:
     """Opens stores on one shared spool; closes them all at the end."""
 
-    def __init__(self, name: str, tmp_path: Path, redis_url: str, prefix: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        tmp_path: Path,
+        redis_url: str,
+        prefix: str,
+        servers: list[RedisServer] | None = None,
+    ) -> None:
         self.name = name
         self._tmp_path = tmp_path
         self._redis_url = redis_url
         self._prefix = prefix
+        self._servers = servers or []
         self._opened: list[Store] = []
         self._workers = 0
 
@@ -88,6 +98,16 @@ class Backend:
         else:
             await store.close()  # SQLite's close leaves ``sending`` rows as they are
 
+    async def replacement(self, dead: Store) -> Store:
+        """What takes over from a process that died: SQLite, a worker on the dead one's shard
+        (the supervisor restarts it); Redis, another node on the same queue."""
+        if isinstance(dead, SqliteStore):
+            store: Store = SqliteStore(self._tmp_path / "spool", write_shard=dead.write_shard)
+            await store.open()
+            self._opened.append(store)
+            return store
+        return await self.open()
+
     async def reader(self) -> Store:
         """A store that sees every process's deliveries (``gateway queue``'s view)."""
         if self.name == "sqlite":
@@ -96,6 +116,41 @@ class Backend:
             self._opened.append(store)
             return store
         return await self.open()
+
+    @contextlib.contextmanager
+    def outcomes_fail(self) -> Iterator[None]:
+        """While inside, the engine itself refuses to record an outcome, as a full disk or a
+        Redis that lost its replicas would. SQLite: a trigger (made over its own connection)
+        aborts every status change other than a claim. Redis: ``min-replicas-to-write`` set
+        beyond the replicas there are, so every write fails with ``NOREPLICAS``."""
+        if self.name == "sqlite":
+            spool = self._tmp_path / "spool"
+            files = [shard_path(spool, n) for n in existing_shards(spool)]
+            for path in files:
+                with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+                    conn.execute(
+                        "CREATE TRIGGER injected_fault BEFORE UPDATE OF status ON deliveries"
+                        " WHEN NEW.status <> 'sending'"
+                        " BEGIN SELECT RAISE(ABORT, 'injected fault: disk I/O error'); END"
+                    )
+                    conn.commit()
+            try:
+                yield
+            finally:
+                for path in files:
+                    with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+                        conn.execute("DROP TRIGGER injected_fault")
+                        conn.commit()
+            return
+        for server in self._servers:
+            with server.client() as client:
+                client.config_set("min-replicas-to-write", 10)
+        try:
+            yield
+        finally:
+            for server in self._servers:
+                with server.client() as client:
+                    client.config_set("min-replicas-to-write", 0)
 
     async def close_all(self) -> None:
         for store in reversed(self._opened):
@@ -108,16 +163,20 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """``redis-sentinel`` and ``redis-cluster`` run on ``tests/redistopology.py``'s setups (one
     each per session), under a fresh key prefix per test."""
     url, prefix = "", ""
+    servers: list[RedisServer] = []
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         url, prefix = server.url, request.getfixturevalue("redis_prefix")
+        servers = [server]
     elif request.param == "redis-sentinel":
         sentinel: SentinelSetup = request.getfixturevalue("redis_sentinel")
         url, prefix = sentinel.url, f"test-{uuid.uuid4().hex[:12]}"
+        servers = sentinel.servers
     elif request.param == "redis-cluster":
         cluster: ClusterSetup = request.getfixturevalue("redis_cluster")
         url, prefix = cluster.url, f"test-{uuid.uuid4().hex[:12]}"
-    b = Backend(request.param, tmp_path, url, prefix)
+        servers = cluster.servers
+    b = Backend(request.param, tmp_path, url, prefix, servers)
     yield b
     await b.close_all()
 

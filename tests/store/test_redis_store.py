@@ -11,9 +11,9 @@ import pytest
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError, parse_config
-from gateway.message import DeliveryStatus
+from gateway.message import Attempt, DeliveryStatus
 from gateway.server import open_store, operator_store
-from gateway.store.base import DeliveryFilter, StoreError
+from gateway.store.base import DeliveryFilter, DeliveryUpdate, StoreError
 from gateway.store.redis import RedisStore
 from gateway.store.redis_client import parse_redis_url
 from gateway.store.sqlite import SqliteStore
@@ -84,6 +84,39 @@ async def test_an_expired_lease_is_taken_over_by_the_next_claim(open_redis) -> N
     assert all(c.message.id == "msg-1" for c in taken)
 
 
+async def test_a_late_outcome_never_overwrites_the_node_that_took_the_delivery_over(
+    open_redis,  # type: ignore[no-untyped-def]
+) -> None:
+    """A node whose outcome write kept failing past its lease (Redis away) finally writes it
+    after another node took the delivery over: the delivery is the other node's now."""
+    slow = await open_redis(lease_seconds=30)
+    other = await open_redis(lease_seconds=30)
+    await slow.enqueue(message(1), ["a@example.org"], expires_at=T0 + HOUR)
+    (mine,) = await slow.claim(T0, limit=1)
+    (taken,) = await other.claim(T0 + 31, limit=1)
+    assert taken.delivery.id == mine.delivery.id
+    late = DeliveryUpdate(
+        delivery_id=mine.delivery.id,
+        shard=0,
+        status=DeliveryStatus.DELIVERED,
+        attempts=[Attempt(at=T0 + 40, provider="relay", outcome="sent", detail="250 late")],
+    )
+    await slow.complete([late], T0 + 40)
+    (d,) = await other.list_deliveries(DeliveryFilter())
+    assert d.status is DeliveryStatus.SENDING, "still the other node's to record"
+    assert await other.attempts(d) == []
+    done = DeliveryUpdate(
+        delivery_id=taken.delivery.id,
+        shard=0,
+        status=DeliveryStatus.DELIVERED,
+        attempts=[Attempt(at=T0 + 41, provider="relay", outcome="sent", detail="250 ok")],
+    )
+    await other.complete([done], T0 + 41)
+    (d,) = await other.list_deliveries(DeliveryFilter())
+    assert d.status is DeliveryStatus.DELIVERED and d.attempts == 1
+    assert [a.detail for a in await other.attempts(d)] == ["250 ok"]
+
+
 async def test_a_clean_stop_hands_deliveries_in_flight_back_at_once(open_redis) -> None:  # type: ignore[no-untyped-def]
     clock = FakeClock(T0)
     stopping = await open_redis(lease_seconds=30, clock=clock)
@@ -131,7 +164,7 @@ async def test_open_warns_about_what_the_servers_persistence_can_lose(
         client.config_set("appendonly", appendonly)
     try:
         with caplog.at_level(logging.INFO, logger="gateway.store.redis"):
-            store = await open_redis()
+            store = await open_redis(allow_volatile=appendonly == "no")
     finally:
         with redis_server.client() as client:
             client.config_set("appendonly", "yes")
@@ -214,6 +247,12 @@ def test_bad_urls_are_config_errors_naming_the_key(url: str, why: str) -> None:
     with pytest.raises(ConfigError, match=r"store\.url") as raised:
         parse_config(f'[store]\nbackend = "redis"\nurl = "{url}"\n', source="t.toml")
     assert why in str(raised.value)
+
+
+def test_allow_volatile_is_a_store_setting() -> None:
+    config = parse_config('[store]\nbackend = "redis"\nallow_volatile = true\n', source="t.toml")
+    assert config.store.allow_volatile is True
+    assert parse_config("", source="t.toml").store.allow_volatile is False
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,15 @@ shards) and tests/store/test_redis_store.py (leases, persistence check, URLs).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from gateway.message import Attempt, Delivery, DeliveryStatus
+from gateway.clock import FakeClock
+from gateway.dispatch import Dispatcher
+from gateway.message import Attempt, Delivery, DeliveryStatus, SendResult
+from gateway.providers import OutboundMessage, Provider
+from gateway.routing import Router
 from gateway.store.base import (
     DeliveryFilter,
     DeliveryUpdate,
@@ -23,7 +28,8 @@ from gateway.store.base import (
     StoreError,
     Suppression,
 )
-from tests.store.conftest import HOUR, LEASE, T0, Backend, message
+from tests.conftest import make_config
+from tests.store.conftest import HOUR, LEASE, T0, Backend, message, until
 
 
 def sent(delivery: Delivery, *, at: float = T0) -> DeliveryUpdate:
@@ -742,3 +748,92 @@ async def test_mark_delivery_bounces_a_delivered_delivery_from_any_process(
         "ann@example.org": (DeliveryStatus.BOUNCED, "ses: 550 5.1.1 unknown user", "Q1"),
         "bob@example.org": (DeliveryStatus.SENDING, "", ""),
     }
+
+
+# --- outcomes on the delivery path: nothing claimed is stranded ----------------------------------
+
+
+class HeldProvider(Provider):
+    """The far side of a send, held open until the test lets it answer ``sent``."""
+
+    def __init__(self) -> None:
+        super().__init__("remote")
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        self.waiting += 1
+        await self.gate.wait()
+        self.sent.append(message)
+        return SendResult.sent("250 2.0.0 queued")
+
+
+def dispatcher(store: Store, remote: Provider, tmp_path: Path, clock: FakeClock) -> Dispatcher:
+    config = make_config(
+        tmp_path, '[delivery]\nproviders = ["remote"]\n[providers.remote]\ntype = "capture"\n'
+    )
+    router = Router(config, {"remote": remote}, store=store, clock=clock)
+    return Dispatcher(
+        store=store, router=router, settings=config.delivery, clock=clock, hostname="gw.test"
+    )
+
+
+async def _status(store: Store, message_id: str) -> DeliveryStatus:
+    (delivery,) = await store.list_deliveries(DeliveryFilter(message_id=message_id))
+    return delivery.status
+
+
+async def test_an_outcome_that_could_not_be_written_is_retried_until_it_is(
+    backend: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await backend.open()
+    await store.enqueue(message(1), ["a@example.org"], expires_at=T0 + HOUR)
+    remote = HeldProvider()
+    node = dispatcher(store, remote, tmp_path, FakeClock(T0))
+    running = asyncio.create_task(node.run())
+    try:
+        await until(lambda: remote.waiting == 1, "the delivery to be claimed and handed over")
+        with backend.outcomes_fail():
+            remote.gate.set()
+            await until(lambda: "recording delivery" in caplog.text, "the outcome write to fail")
+            assert await _status(store, "msg-1") == DeliveryStatus.SENDING
+        # The store works again: the outcome lands without a restart, once.
+        await until(
+            lambda: _is(store, "msg-1", DeliveryStatus.DELIVERED), "the outcome to be recorded"
+        )
+        (delivery,) = await store.list_deliveries(DeliveryFilter(message_id="msg-1"))
+        assert delivery.attempts == 1 and len(remote.sent) == 1
+    finally:
+        await node.stop(grace=1)
+        await running
+
+
+async def _is(store: Store, message_id: str, status: DeliveryStatus) -> bool:
+    return await _status(store, message_id) == status
+
+
+async def test_a_delivery_whose_node_died_before_its_outcome_is_sent_again(
+    backend: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await backend.open()
+    await first.enqueue(message(1), ["a@example.org"], expires_at=T0 + HOUR)
+    remote = HeldProvider()
+    node = dispatcher(first, remote, tmp_path, FakeClock(T0))
+    running = asyncio.create_task(node.run())
+    await until(lambda: remote.waiting == 1, "the delivery to be claimed and handed over")
+    with backend.outcomes_fail():
+        remote.gate.set()
+        await until(lambda: "recording delivery" in caplog.text, "the outcome write to fail")
+        # The node dies after the send, before its outcome is written.
+        await node.stop(grace=0)
+        await running
+        await backend.crash(first)
+
+    later = FakeClock(T0 + LEASE + 1)  # past the dead node's lease
+    second = await backend.replacement(first)
+    await second.recover(later.now())  # what a starting worker or node does first
+    assert await dispatcher(second, remote, tmp_path, later).run_once() == 1
+    assert await _status(second, "msg-1") == DeliveryStatus.DELIVERED
+    # At-least-once: the delivery in flight at the death is the one sent twice.
+    assert [m.delivery_id for m in remote.sent] == [remote.sent[0].delivery_id] * 2

@@ -285,3 +285,33 @@ async def test_a_worker_store_drains_the_shards_it_is_given(tmp_path: Path) -> N
         assert new.shard == 0
     finally:
         await worker.close()
+
+
+async def test_a_store_opening_while_another_process_creates_the_files_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """The first-start race: another worker holds the new ``tenants.db``'s write lock (it is
+    creating the schema) while this one switches the file to WAL; that must wait, not fail."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    other = sqlite3.connect(spool / "tenants.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE being_created (x)")
+    released = threading.Event()
+
+    def release() -> None:
+        other.execute("COMMIT")
+        other.close()
+        released.set()
+
+    # The other process finishes its work a moment later, while this one is opening.
+    timer = threading.Timer(0.5, release)
+    timer.start()
+    store = SqliteStore(spool)
+    try:
+        await store.open()
+        assert released.is_set()
+        await store.enqueue(message(1), ["a@example.org"], expires_at=2e9)
+    finally:
+        timer.join()
+        await store.close()

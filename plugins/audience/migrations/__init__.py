@@ -1,0 +1,1 @@
+"""Alembic migrations of the audience tables (run by ``gateway_plugins.audience.engine``)."""
