@@ -6,7 +6,9 @@
 through at once: a success closes the breaker, a failure opens it for another cooldown.
 
 State lives in the worker process: each worker learns a provider's health from its own sends,
-which needs no shared writes on the delivery path. Time comes from the injected clock.
+which needs no shared writes on the delivery path; the router divides the counts by the worker
+count (``routing.per_worker_breaker``) so the node keeps the configured threshold. Time comes
+from the injected clock.
 """
 
 from __future__ import annotations

@@ -477,6 +477,10 @@ class ProviderLimitSection(msgspec.Struct, **_STRICT):
 
     per_second: int = 0
     """0 means no limit."""
+    per_minute: int = 0
+    """Per clock minute; 0 means no limit."""
+    per_hour: int = 0
+    """Per clock hour; 0 means no limit."""
     per_day: int = 0
     """Per UTC day; 0 means no limit."""
 
@@ -1158,7 +1162,7 @@ def _check_routing(config: Config, fail: Callable[[tuple[str | int, ...], str], 
     for name, limit in routing.limits.items():
         if name not in config.providers:
             fail(("routing", "limits", name), f"no provider named {name!r} in [providers]")
-        for key in ("per_second", "per_day"):
+        for key in ("per_second", "per_minute", "per_hour", "per_day"):
             if getattr(limit, key) < 0:
                 fail(("routing", "limits", name, key), "must be 0 (no limit) or more")
     if not 0 < routing.dns_port <= 65535:

@@ -155,14 +155,15 @@ class MtaSts:
         if policy_id is None or (cached is not None and cached[0].id == policy_id):
             return cached[0] if cached is not None else None
         try:
-            policy = parse_policy(await self._fetch(domain), policy_id)
+            policy = parse_policy(await self.fetch(domain), policy_id)
         except PolicyError as e:
             log.warning("MTA-STS policy of %s unusable: %s", domain, e)
             return cached[0] if cached is not None else None
         self._cache[domain] = (policy, now + policy.max_age)
         return policy
 
-    async def _fetch(self, domain: str) -> str:
+    async def fetch(self, domain: str) -> str:
+        """The policy text ``mta-sts.<domain>`` serves; ``PolicyError`` when it serves none."""
         url = f"https://mta-sts.{domain}:{self.port}/.well-known/mta-sts.txt"
         timeouts = {"connect": self.timeout, "read": self.timeout, "write": self.timeout}
         try:

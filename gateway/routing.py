@@ -38,7 +38,7 @@ import msgspec
 
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.clock import Clock
-from gateway.config import Config, ProviderLimitSection, RouteSection
+from gateway.config import BreakerSection, Config, ProviderLimitSection, RouteSection
 from gateway.message import Defer, Delivery, Message, SendResult
 from gateway.mx_lookup import DnsResolver, LookupFailed
 from gateway.providers.base import OutboundMessage, Provider
@@ -48,6 +48,13 @@ from gateway.streams import settings_of
 log = logging.getLogger("gateway.routing")
 
 DEFAULT_ROUTE = "default"
+LIMIT_WINDOWS = (
+    ("per_second", 1, "s", "s"),
+    ("per_minute", 60, "min", "m"),
+    ("per_hour", 3600, "h", "h"),
+    ("per_day", 86400, "day", "d"),
+)
+"""``[routing.limits]`` keys: window length in seconds, unit in messages, counter tag."""
 """The name of the route made of ``delivery.providers``."""
 
 ISP_DOMAINS: dict[str, frozenset[str]] = {
@@ -177,6 +184,22 @@ class _Route:
         return list(providers)
 
 
+def per_worker_breaker(settings: BreakerSection, workers: int) -> BreakerSection:
+    """``[routing.breaker]`` as one of ``workers`` worker processes applies it.
+
+    Each worker keeps its own breakers, so the counts are divided among the workers (rounded
+    down, at least 1): the node as a whole sends a failing provider no more than ``failures``
+    failed sends (and no more than ``min_sends`` sends before the error rate is judged).
+    """
+    if workers <= 1:
+        return settings
+    return msgspec.structs.replace(
+        settings,
+        failures=max(1, settings.failures // workers),
+        min_sends=max(1, settings.min_sends // workers),
+    )
+
+
 class _Counts:
     __slots__ = ("failed", "limited", "rejected", "sent", "timeouts")
 
@@ -214,11 +237,12 @@ class Router:
         self._limits: dict[str, ProviderLimitSection] = {
             name: limit
             for name, limit in routing.limits.items()
-            if limit.per_second or limit.per_day
+            if any(getattr(limit, key) for key, *_ in LIMIT_WINDOWS)
         }
         self._timeout = routing.send_timeout_seconds
+        breaker = per_worker_breaker(routing.breaker, config.gateway.workers)
         self.breakers = {
-            name: CircuitBreaker(name, routing.breaker, clock, on_change=self._breaker_changed)
+            name: CircuitBreaker(name, breaker, clock, on_change=self._breaker_changed)
             for name in providers
         }
         self._counts = {name: _Counts() for name in providers}
@@ -301,24 +325,20 @@ class Router:
         if limit is None:
             return None
         now = self.clock.now()
-        # The per-second window first: a send counted there but refused by the day limit
-        # wastes one slot of one second, not of a day.
-        if limit.per_second:
-            second = int(now)
-            key = f"routing:{name}:s:{second}"
-            if not await self.store.consume(
-                key, 1, limit.per_second, expires_at=second + 2, now=now
-            ):
+        # The shortest window first: a send counted there but refused by a longer one wastes
+        # one slot of a short window, not of a day.
+        for key, seconds, unit, tag in LIMIT_WINDOWS:
+            allowed: int = getattr(limit, key)
+            if not allowed:
+                continue
+            window = int(now // seconds)
+            ends = (window + 1) * seconds
+            counter = f"routing:{name}:{tag}:{window}"
+            # Counters outlive their window a little, for clocks that differ between nodes.
+            keep = ends + (1 if seconds == 1 else 3600 if seconds == 86400 else seconds)
+            if not await self.store.consume(counter, 1, allowed, expires_at=keep, now=now):
                 self._counts[name].limited += 1
-                return Defer(second + 1.0, f"{name}: limit of {limit.per_second}/s reached")
-        if limit.per_day:
-            day = int(now // 86400)
-            key = f"routing:{name}:d:{day}"
-            if not await self.store.consume(
-                key, 1, limit.per_day, expires_at=(day + 1) * 86400 + 3600, now=now
-            ):
-                self._counts[name].limited += 1
-                return Defer((day + 1) * 86400.0, f"{name}: limit of {limit.per_day}/day reached")
+                return Defer(float(ends), f"{name}: limit of {allowed}/{unit} reached")
         return None
 
     # --- sending -------------------------------------------------------------------------------

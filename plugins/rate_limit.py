@@ -1,4 +1,8 @@
-"""Rate limits: messages per second, minute and hour per tenant, provider and destination domain.
+"""Rate limits: messages per second, minute and hour per tenant and per destination domain.
+
+Provider limits are ``[routing.limits.<provider>]`` (``gateway/routing.py``), which can fail
+over to the next provider; the ``providers`` table this plugin once had is a configuration
+error that says so.
 
 Each limit is a counter in the store per fixed window (aligned to the epoch: a minute window is
 one clock minute), taken with the atomic ``consume``, so a limit holds across every worker and
@@ -25,7 +29,7 @@ NAME = "rate_limit"
 DEFAULT_ENABLED = False
 """Off unless ``[plugins.rate_limit]`` exists."""
 
-Scope = Literal["tenant", "provider", "domain"]
+Scope = Literal["tenant", "domain"]
 WINDOWS = (("per_second", 1), ("per_minute", 60), ("per_hour", 3600))
 EVERY = "*"
 """The table name that applies to each tenant, provider or domain without its own entry."""
@@ -42,10 +46,24 @@ class Limit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tenants: dict[str, Limit] = msgspec.field(default_factory=dict)
     """By tenant name; ``"*"`` applies to each tenant without an entry (counted per tenant)."""
-    providers: dict[str, Limit] = msgspec.field(default_factory=dict)
-    """By provider (route) name, e.g. an ESP account's sending rate; ``"*"`` for each."""
+    providers: dict[str, dict[str, Any]] | None = None
+    """Moved to ``[routing.limits]``: set, it is a ``ConfigError`` that names the new key."""
     domains: dict[str, Limit] = msgspec.field(default_factory=dict)
     """By recipient domain, e.g. ``"gmail.com"``; ``"*"`` for each other domain."""
+
+
+def moved_provider_limits(providers: dict[str, dict[str, Any]]) -> str:
+    """The error for a ``providers`` table: where its limits go now, with the first as example."""
+    example = "[routing.limits.<provider>] per_second = 10"
+    for name, limit in providers.items():
+        keys = [f"{key} = {value}" for key, value in limit.items() if value]
+        if name != EVERY and keys:
+            example = f"[routing.limits.{name}] " + ", ".join(keys)
+            break
+    return (
+        f"plugins.{NAME}.providers: provider limits moved to [routing.limits.<provider>]"
+        f" (per_second, per_minute, per_hour, per_day); for example {example}"
+    )
 
 
 class RateLimits:
@@ -54,17 +72,14 @@ class RateLimits:
     def __init__(self, settings: Settings, config: Config, clock: Any) -> None:
         self.clock = clock
         self.store: Store | None = None
+        if settings.providers is not None:
+            raise ConfigError(moved_provider_limits(settings.providers))
         self.tables: dict[Scope, dict[str, Limit]] = {
             "tenant": settings.tenants,
-            "provider": settings.providers,
             "domain": {name.lower(): limit for name, limit in settings.domains.items()},
         }
-        known = {"tenants": set(config.tenants), "providers": set(config.providers)}
-        for table, entries in (
-            ("tenants", settings.tenants),
-            ("providers", settings.providers),
-            ("domains", settings.domains),
-        ):
+        known = {"tenants": set(config.tenants)}
+        for table, entries in (("tenants", settings.tenants), ("domains", settings.domains)):
             for name, limit in entries.items():
                 where = f'plugins.{NAME}.{table}."{name}"'
                 if name != EVERY and table in known and name not in known[table]:
@@ -78,11 +93,7 @@ class RateLimits:
     def limits(self, message: Message, delivery: Delivery, route: str) -> list[tuple[str, Limit]]:
         """The limits that apply, each with the name its counters are kept under."""
         found = []
-        for scope, name in (
-            ("tenant", message.tenant),
-            ("provider", route),
-            ("domain", delivery.domain),
-        ):
+        for scope, name in (("tenant", message.tenant), ("domain", delivery.domain)):
             table = self.tables[scope]  # type: ignore[index]
             limit = table.get(name) or table.get(EVERY)
             if limit is not None:

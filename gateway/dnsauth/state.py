@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import msgspec
 
+from gateway.clock import SystemClock
 from gateway.config import Config
 from gateway.dkim_keys import configured_keys
-from gateway.dnsauth.lookup import Lookup
+from gateway.dnsauth.lookup import Lookup, parse_nameserver
 from gateway.dnsauth.verify import DomainReport, verify_domain
+from gateway.mta_sts import MtaSts
+from gateway.mx_lookup import DnsResolver
 from gateway.store.base import Store
 
 FLAG_PREFIX = "dns-verified:"
@@ -41,12 +44,29 @@ def lookup_for(config: Config) -> Lookup:
     return Lookup(config.dns.resolvers, config.dns.timeout)
 
 
+def policy_fetcher(config: Config) -> MtaSts:
+    """Fetches a domain's MTA-STS policy over HTTPS, resolving through ``[dns] resolvers``."""
+    servers = [parse_nameserver(text) for text in config.dns.resolvers]
+    resolver = DnsResolver(
+        [address for address, _ in servers],
+        port=servers[0][1] if servers else 53,
+        timeout=config.dns.timeout,
+    )
+    return MtaSts(resolver, SystemClock(), timeout=config.dns.timeout)
+
+
 async def verify_and_save(config: Config, store: Store, domain: str, now: float) -> DomainReport:
     """Check ``domain``'s DNS now and remember the verdict.
 
     "could not check" keeps a previous ``verified``: a DNS outage must not stop mail."""
     keys = configured_keys(config, domain)
-    report = await verify_domain(lookup_for(config), config, domain, keys, now)
+    fetcher = policy_fetcher(config)
+    try:
+        report = await verify_domain(
+            lookup_for(config), config, domain, keys, now, fetch_policy=fetcher.fetch
+        )
+    finally:
+        await fetcher.close()
     if report.status == "could_not_check":
         return report
     await save(store, report)

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 import dns.reversename
@@ -25,8 +25,10 @@ from gateway.dnsauth.records import (
     DnsRecord,
     domain_section,
     expected_records,
+    mta_sts_policy,
     sending_ips,
 )
+from gateway.mta_sts import PolicyError, parse_policy
 
 RecordStatus = Literal["found", "missing", "wrong", "could_not_check"]
 DomainStatus = Literal["verified", "unverified", "could_not_check"]
@@ -211,10 +213,18 @@ async def check_dmarc(
 _STS_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
-async def check_mta_sts(lookup: Lookup, record: DnsRecord) -> RecordCheck:
+PolicyFetcher = Callable[[str], Awaitable[str]]
+"""``domain`` → the text ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` serves
+(``MtaSts.fetch``); raises ``PolicyError`` when it serves none."""
+
+
+async def check_mta_sts(
+    lookup: Lookup, record: DnsRecord, ours: str, fetch: PolicyFetcher | None = None
+) -> RecordCheck:
     """``_mta-sts`` TXT: exactly one ``v=STSv1`` record with a valid ``id`` (RFC 8461 §3.1).
     Any valid id is right — senders only compare it with the one they cached; ours is a
-    suggestion that changes with the policy."""
+    suggestion that changes with the policy. With ``fetch``, the policy the domain serves is
+    fetched too and compared, field by field, with ``ours`` (what the gateway serves)."""
     answer = await lookup.txt(record.name)
     if answer.status == "error":
         return _could_not(record, answer)
@@ -227,14 +237,31 @@ async def check_mta_sts(lookup: Lookup, record: DnsRecord) -> RecordCheck:
     if not _STS_ID.match(policy_id):
         return _check(record, "wrong", found, f"id={policy_id!r}: 1-32 letters and digits")
     expected = _tags(record.value)["id"]
+    notes = []
     if policy_id != expected:
-        return _check(
-            record,
-            "found",
-            found,
-            f"id={policy_id} (ours would be {expected}): change it whenever the policy changes",
+        notes.append(
+            f"id={policy_id} (ours would be {expected}): change it whenever the policy changes"
         )
-    return _check(record, "found", found)
+    if fetch is not None:
+        domain = record.name.removeprefix("_mta-sts.")
+        url = f"https://mta-sts.{domain}/.well-known/mta-sts.txt"
+        try:
+            served = parse_policy(await fetch(domain), policy_id)
+        except PolicyError as e:
+            return _check(record, "wrong", found, f"the policy at {url} is unusable: {e}")
+        wanted = parse_policy(ours, policy_id)
+        differences = []
+        if served.mode != wanted.mode:
+            differences.append(f"mode {served.mode}, ours {wanted.mode}")
+        if sorted(served.mx) != sorted(wanted.mx):
+            differences.append(f"mx {', '.join(served.mx)}; ours {', '.join(wanted.mx)}")
+        if served.max_age != wanted.max_age:
+            differences.append(f"max_age {served.max_age}, ours {wanted.max_age}")
+        if differences:
+            detail = f"the policy served at {url} differs from ours: " + "; ".join(differences)
+            return _check(record, "wrong", found, "; ".join([detail, *notes]))
+        notes.append(f"the policy served at {url} is ours")
+    return _check(record, "found", found, "; ".join(notes))
 
 
 async def check_plain(lookup: Lookup, record: DnsRecord) -> RecordCheck:
@@ -266,6 +293,7 @@ async def check_record(
     domain: str,
     record: DnsRecord,
     dkim_domains: Sequence[str] = (),
+    fetch_policy: PolicyFetcher | None = None,
 ) -> RecordCheck:
     if record.purpose == "spf" or (record.purpose == "return_path" and record.type == "TXT"):
         return await check_spf(lookup, config, domain, record)
@@ -274,7 +302,8 @@ async def check_record(
     if record.purpose == "dmarc":
         return await check_dmarc(lookup, config, domain, record, dkim_domains)
     if record.purpose == "mta_sts":
-        return await check_mta_sts(lookup, record)
+        ours = mta_sts_policy(domain_section(config, domain))
+        return await check_mta_sts(lookup, record, ours, fetch_policy)
     return await check_plain(lookup, record)
 
 
@@ -288,16 +317,24 @@ def domain_status(checks: Sequence[RecordCheck], keys_signing: bool) -> DomainSt
 
 
 async def verify_domain(
-    lookup: Lookup, config: Config, domain: str, keys: Sequence[DkimKey], now: float
+    lookup: Lookup,
+    config: Config,
+    domain: str,
+    keys: Sequence[DkimKey],
+    now: float,
+    *,
+    fetch_policy: PolicyFetcher | None = None,
 ) -> DomainReport:
-    """Check every record ``domain`` should publish, concurrently, and the readiness list."""
+    """Check every record ``domain`` should publish, concurrently, and the readiness list.
+
+    With ``fetch_policy``, the MTA-STS policy the domain serves is compared with ours."""
     domain = domain.lower().rstrip(".")
     records = expected_records(config, domain, keys)
     signing = any(k.domain == domain and k.state == "signing" for k in keys)
     dkim_domains = [k.domain for k in keys if k.state == "signing"]
     checks = list(
         await asyncio.gather(
-            *(check_record(lookup, config, domain, r, dkim_domains) for r in records)
+            *(check_record(lookup, config, domain, r, dkim_domains, fetch_policy) for r in records)
         )
     )
     if not signing:

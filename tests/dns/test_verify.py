@@ -4,15 +4,23 @@ SERVFAIL and a server that never answers."""
 
 from __future__ import annotations
 
+import http.server
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
+from gateway.clock import FakeClock
 from gateway.dkim_keys import keygen, list_keys
 from gateway.dnsauth.lookup import Lookup
+from gateway.dnsauth.records import domain_section, mta_sts_policy
 from gateway.dnsauth.verify import DomainReport, RecordCheck, verify_domain
+from gateway.mta_sts import MtaSts
+from gateway.mx_lookup import DnsResolver
 from tests.dns import zones
 from tests.dnsserver import BlackHole, DnsServer, start_dns_server
 
@@ -168,3 +176,91 @@ async def test_a_from_domain_with_a_null_mx_is_flagged(setup: Setup) -> None:
     assert "null MX" in readiness["from_domain_mx"].detail
     good = {c.name: c for c in (await setup.verify("sts.test")).readiness}
     assert good["from_domain_mx"].status == "pass"
+
+
+class PolicyHost:
+    """HTTPS on loopback with a certificate for ``mta-sts.sts.test`` (a test CA), serving
+    ``body`` at ``/.well-known/mta-sts.txt`` (404 when ``None``)."""
+
+    def __init__(self, directory: Path) -> None:
+        ca = trustme.CA()
+        self.ca_file = directory / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("mta-sts.sts.test").configure_cert(context)
+        self.body: str | None = None
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/.well-known/mta-sts.txt" or outer.body is None:
+                    self.send_error(404)
+                    return
+                body = outer.body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)
+
+
+async def test_mta_sts_check_compares_the_served_policy_with_ours(
+    setup: Setup, tmp_path: Path
+) -> None:
+    host = PolicyHost(tmp_path)
+    server: DnsServer = setup.server
+    fetcher = MtaSts(
+        DnsResolver([server.host], port=server.port, timeout=5),
+        FakeClock(),
+        port=host.port,
+        ca_file=str(host.ca_file),
+        timeout=5,
+    )
+    ours = mta_sts_policy(domain_section(setup.config, "sts.test"))
+
+    async def check() -> RecordCheck:
+        report = await verify_domain(
+            Lookup([setup.resolver], timeout=5),
+            setup.config,
+            "sts.test",
+            list_keys(setup.key_dir),
+            0.0,
+            fetch_policy=fetcher.fetch,
+        )
+        return one(report, "mta_sts")
+
+    try:
+        host.body = ours.replace("\r\n", "\n")  # line endings are not content
+        same = await check()
+        assert same.status == "found", same
+        assert "the policy served at https://mta-sts.sts.test/" in same.detail
+
+        host.body = ours.replace("mx: mx.sts.test", "mx: mx.elsewhere.test")
+        other = await check()
+        assert other.status == "wrong", other
+        assert "mx.elsewhere.test" in other.detail and "mx.sts.test" in other.detail
+
+        host.body = ours.replace("mode: testing", "mode: enforce")
+        assert "mode enforce, ours testing" in (await check()).detail
+
+        host.body = None
+        missing = await check()
+        assert missing.status == "wrong", missing
+        assert "HTTP 404" in missing.detail
+    finally:
+        await fetcher.close()
+        host.stop()

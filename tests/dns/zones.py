@@ -91,6 +91,7 @@ def zones(keys: list[DkimKey], other_key: DkimKey) -> dict[str, list[str]]:
         "sts.test": [
             *correct("sts.test"),
             '_mta-sts TXT "v=STSv1; id=20260101T000000"',
+            "mta-sts A 127.0.0.1",
             "@ MX 10 mx.sts.test.",
         ],
         # RFC 7505 null MX: the domain receives no mail, so it must not be a From domain.

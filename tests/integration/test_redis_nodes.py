@@ -343,7 +343,7 @@ def test_a_killed_nodes_deliveries_are_taken_over_by_the_other(
 
 
 RATE_LIMIT = """
-[plugins.rate_limit.providers.relay]
+[routing.limits.relay]
 per_second = {rate}
 """
 
@@ -351,7 +351,7 @@ per_second = {rate}
 def test_a_rate_limit_holds_across_two_gateway_nodes(
     start_nodes: Callable[..., list[GatewayProcess]], sink: Sink
 ) -> None:
-    """plugins/rate_limit.py with ``per_second = N`` for the relay, on two ``gateway serve``
+    """``[routing.limits.relay] per_second = N``, on two ``gateway serve``
     processes sharing one Redis: together they relay no more than N messages per second."""
     rate, count = 15, 60
     nodes = start_nodes(RATE_LIMIT.format(rate=rate))

@@ -1,6 +1,7 @@
 """The rate_limit plugin: limits hold under many concurrent coroutines and across two processes
 sharing one store (SQLite's tenants.db, and Redis); all or nothing across limits; over a limit
-mail waits for the next window and is then delivered to a real sink; bad tables name the key."""
+mail waits for the next window and is then delivered to a real sink; bad tables name the key;
+the ``providers`` table (moved to ``[routing.limits]``) is an error that names the new key."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ T0 = 1_800_000_000.0  # a whole minute and hour: windows start here
 LIMITS = """
 [plugins.rate_limit]
 tenants = {{ default = {{ per_minute = 40 }} }}
-providers = {{ relay = {{ per_second = 25 }} }}
-domains = {{ "slow.example" = {{ per_second = 3 }}, "*" = {{ per_hour = 1000 }} }}
+domains = {{ "slow.example" = {{ per_second = 3 }}, "fast.example" = {{ per_second = 25 }}, \
+"*" = {{ per_hour = 1000 }} }}
 """
 
 
@@ -59,11 +60,11 @@ def start(tmp_path, sink: Sink, gateway_factory) -> tuple[GatewayThread, FakeClo
 def test_limits_hold_under_many_concurrent_coroutines(tmp_path, sink, gateway_factory) -> None:
     gw, clock = start(tmp_path, sink, gateway_factory)
     verdicts = gw.call(permits(gw.gateway, [f"u{i}@fast.example" for i in range(200)]))
-    assert sum(v is None for v in verdicts) == 25  # the provider's 25 per second
+    assert sum(v is None for v in verdicts) == 25  # the domain's 25 per second
     # Each refusal names the limit and waits for its window (the tenant's minute can look
-    # full for a moment while units taken by provider refusals are being given back).
+    # full for a moment while units taken by domain refusals are being given back).
     assert {(v.reason, v.until) for v in verdicts if v is not None} <= {
-        ("rate limit of provider relay reached: 25 per second", T0 + 1),
+        ("rate limit of domain fast.example reached: 25 per second", T0 + 1),
         ("rate limit of tenant default reached: 40 per minute", T0 + 60),
     }
     clock.advance(1)
@@ -79,10 +80,9 @@ def test_a_delivery_takes_a_unit_of_every_limit_or_none(tmp_path, sink, gateway_
     verdicts = gw.call(permits(gw.gateway, [f"u{i}@slow.example" for i in range(10)]))
     assert sum(v is None for v in verdicts) == 3
     store = gw.gateway.store
-    # The 7 refused by the domain gave back what the tenant and provider limits had counted.
+    # The 7 refused by the domain gave back what the tenant limit had counted.
     assert gw.call(store.counter(f"rl:tenant:default:60:{int(T0 // 60)}", T0)) == 3
-    assert gw.call(store.counter(f"rl:provider:relay:1:{int(T0)}", T0)) == 3
-    # Another route has no provider limit, but the domain's second is still used up.
+    # Another route takes the same limits: the domain's second is still used up.
     assert gw.call(permits(gw.gateway, ["x@slow.example"], route="capture"))[0] is not None
     clock.advance(1)
     assert gw.call(permits(gw.gateway, ["x@slow.example"], route="capture")) == [None]
@@ -193,19 +193,21 @@ def test_two_processes_sharing_one_store_keep_one_limit(tmp_path, backend: str, 
             'plugins.rate_limit.tenants."nobody": no such tenant',
         ),
         (
-            "[plugins.rate_limit]\nproviders = { ses = { per_second = 1 } }\n",
-            'plugins.rate_limit.providers."ses": no such provider',
+            "[plugins.rate_limit]\nproviders = { capture = { per_minute = 6 } }\n",
+            "plugins.rate_limit.providers: provider limits moved to [routing.limits.<provider>]"
+            " (per_second, per_minute, per_hour, per_day); for example [routing.limits.capture]"
+            " per_minute = 6",
         ),
         (
             '[plugins.rate_limit]\ndomains = { "not a domain" = { per_second = 1 } }\n',
             "not a domain (or '*' for every domain)",
         ),
         (
-            "[plugins.rate_limit]\nproviders = { capture = { per_minute = -1 } }\n",
-            'providers."capture".per_minute: must be 0 (no limit) or more',
+            "[plugins.rate_limit]\ntenants = { default = { per_minute = -1 } }\n",
+            'tenants."default".per_minute: must be 0 (no limit) or more',
         ),
         (
-            "[plugins.rate_limit]\nproviders = { capture = { per_day = 5 } }\n",
+            "[plugins.rate_limit]\ntenants = { default = { per_day = 5 } }\n",
             "unknown key",
         ),
         ("[plugins.rate_limit]\ntenant = {}\n", "plugins.rate_limit.tenant: unknown key"),

@@ -131,3 +131,36 @@ async def test_limits_hold_across_routers_with_their_own_store_connections(
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_per_minute_and_per_hour_limits_hold_and_name_their_window(tmp_path: Path) -> None:
+    """The windows the ``rate_limit`` plugin's ``providers`` table had, now here (finding 12)."""
+    config = make_config(
+        tmp_path, "[routing.limits.capture]\nper_second = 5\nper_minute = 8\nper_hour = 10\n"
+    )
+    clock = FakeClock(1_800_000_000.0)  # a whole hour
+    store = SqliteStore(tmp_path / "spool", write_shard=0, shards=[0])
+    await store.open()
+    try:
+        router = Router(
+            config,
+            {"capture": build_provider("capture", config.providers["capture"], config)},
+            store=store,
+            clock=clock,
+        )
+        outcomes = [await router.reserve("capture") for _ in range(6)]
+        assert sum(o is None for o in outcomes) == 5
+        clock.advance(1)
+        outcomes = [await router.reserve("capture") for _ in range(6)]
+        assert sum(o is None for o in outcomes) == 3  # the minute's 8
+        held = [o for o in outcomes if o is not None]
+        assert held[0].until == 1_800_000_060.0
+        assert "limit of 8/min reached" in held[0].reason
+        clock.advance(60)
+        outcomes = [await router.reserve("capture") for _ in range(6)]
+        assert sum(o is None for o in outcomes) == 2  # the hour's 10
+        held = [o for o in outcomes if o is not None]
+        assert held[0].until == 1_800_003_600.0
+        assert "limit of 10/h reached" in held[0].reason
+    finally:
+        await store.close()
