@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     api_key.add_argument(
         "--scope",
         action="append",
-        choices=["send", "read", "admin"],
+        choices=["send", "read", "admin", "operator"],
         help="repeat for several (default: send and read)",
     )
     api_key.set_defaults(func=cmd_api_key)

@@ -192,10 +192,11 @@ class ApiKeySection(msgspec.Struct, **_STRICT):
     """Shown in logs and rate-limit answers; unique within the tenant."""
     key_hash: str
     """Output of ``gateway api-key``; the key itself is never stored."""
-    scopes: list[Literal["send", "read", "admin"]] = msgspec.field(
+    scopes: list[Literal["send", "read", "admin", "operator"]] = msgspec.field(
         default_factory=lambda: ["send", "read"]
     )
-    """``send`` (POST messages), ``read`` (status, stats, suppressions), ``admin`` (everything)."""
+    """``send`` (POST messages), ``read`` (status, stats, suppressions), ``admin`` (everything
+    of its tenant), ``operator`` (every tenant's sending domains and IPs: the operator's view)."""
     rate_limit: float = 0.0
     """Requests per second for this key; 0 means ``http.rate_limit``."""
 
@@ -269,6 +270,28 @@ class HttpSection(msgspec.Struct, **_STRICT):
     """Requests a key may make at once before the rate applies."""
     docs: bool = True
     """Serve the OpenAPI document and an interactive page under ``/docs``."""
+    metrics_token: str = ""
+    """``/metrics`` shows tenant names and volumes: with a token (use ``${ENV}``), it answers
+    only ``Authorization: Bearer <token>``, from anywhere; without one, only loopback clients."""
+
+
+class TemplatesSection(msgspec.Struct, **_STRICT):
+    """Limits for clients' templates (batch sends), rendered in worker processes off the
+    event loop. Each gateway worker process has its own pool: its memory is bounded by
+    ``workers * memory`` on top of the gateway itself."""
+
+    workers: int = 2
+    """Render processes per gateway worker; jobs beyond them wait for a free one."""
+    cpu_time: str = "1s"
+    """CPU time one rendered field may take (per recipient); past it the request gets 422."""
+    memory: int = 256 * 1024 * 1024
+    """Bytes of address space per render process (``RLIMIT_AS``), interpreter included."""
+    output_size: int = 5 * 1024 * 1024
+    """Characters one rendered field may have."""
+
+    @property
+    def cpu_seconds(self) -> float:
+        return parse_duration(self.cpu_time)
 
 
 class TrackingSection(msgspec.Struct, **_STRICT):
@@ -729,6 +752,7 @@ class Config(msgspec.Struct, **_STRICT):
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     smtp: SmtpSection = msgspec.field(default_factory=SmtpSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
+    templates: TemplatesSection = msgspec.field(default_factory=TemplatesSection)
     tracking: TrackingSection = msgspec.field(default_factory=TrackingSection)
     tenants: dict[str, TenantSection] = msgspec.field(default_factory=_default_tenants)
     delivery: DeliverySection = msgspec.field(default_factory=DeliverySection)
@@ -1053,6 +1077,7 @@ def _check(config: Config, text: str, source: str = "") -> None:
         fail(("http", "rate_limit"), "must be 0 (off) or more")
     if config.http.rate_burst < 1:
         fail(("http", "rate_burst"), "must be at least 1")
+    _check_templates(config.templates, fail)
     _check_tracking(config.tracking, fail)
     _check_webhooks(config, fail)
     _check_feedback(config, fail)
@@ -1107,6 +1132,22 @@ def is_domain_name(value: str) -> bool:
     return bool(_DOMAIN.match(value))
 
 
+def _check_templates(
+    templates: TemplatesSection, fail: Callable[[tuple[str | int, ...], str], None]
+) -> None:
+    if templates.workers < 1:
+        fail(("templates", "workers"), "must be at least 1")
+    if templates.memory < 64 * 1024 * 1024:
+        fail(("templates", "memory"), "must be at least 64 MiB (67108864 bytes)")
+    if templates.output_size < 1:
+        fail(("templates", "output_size"), "must be at least 1")
+    try:
+        if templates.cpu_seconds <= 0:
+            fail(("templates", "cpu_time"), "must be more than 0s")
+    except ValueError as e:
+        fail(("templates", "cpu_time"), str(e))
+
+
 def _check_api_keys(
     tenant_name: str,
     tenant: TenantSection,
@@ -1127,7 +1168,7 @@ def _check_api_keys(
             fail((*path, "key_hash"), "the same key is configured twice")
         seen_hashes.add(key.key_hash)
         if not key.scopes:
-            fail((*path, "scopes"), "give at least one of send, read, admin")
+            fail((*path, "scopes"), "give at least one of send, read, admin, operator")
         if key.rate_limit < 0:
             fail((*path, "rate_limit"), "must be 0 (use http.rate_limit) or more")
 

@@ -120,6 +120,7 @@ class Gateway:
         self.webhooks = WebhookSender(self)
         self.sessions = SessionTracker()
         self.sessions.on_change = self.metrics.session_changed
+        self.sessions.on_refusal = self.metrics.smtp_refused_reply
         self.pm.register(self.metrics, name="ops_metrics")
         self.pm.register(self.webhooks, name="sender_webhooks")
         configure_plugins(self.pm, self, config)

@@ -36,6 +36,7 @@ import ipaddress
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
@@ -140,6 +141,9 @@ class GatewaySMTP(PreparedSMTP):
 
     _in_greeting_reply = False
     _greeted = False
+    refused: Callable[[str], None] | None = None
+    """Called with every 4xx/5xx reply (set by ``SessionTracker``, for metrics)."""
+
     rules: SessionRules
     throttle: AuthThrottle
     ipv6_prefix = 64
@@ -230,7 +234,10 @@ class GatewaySMTP(PreparedSMTP):
     async def push(self, status: AnyStr) -> None:
         # RFC 2034: the 220 greeting and replies to EHLO/HELO carry no enhanced status code.
         if isinstance(status, str) and self._greeted and not self._in_greeting_reply:
-            await super().push(_with_enhanced_code(status))
+            status = _with_enhanced_code(status)
+            if self.refused is not None and status[:1] in ("4", "5"):
+                self.refused(status)
+            await super().push(status)
             return
         self._greeted = True
         await super().push(status)

@@ -16,8 +16,8 @@ from typing import Literal
 
 import msgspec
 
-Scope = Literal["send", "read", "admin"]
-SCOPES: tuple[Scope, ...] = ("send", "read", "admin")
+Scope = Literal["send", "read", "admin", "operator"]
+SCOPES: tuple[Scope, ...] = ("send", "read", "admin", "operator")
 KEY_PREFIX = "gwk_"
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -47,8 +47,9 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     rate_burst: int
 
     def allows(self, scope: Scope) -> bool:
-        """``admin`` may do everything; other scopes only what they name."""
-        return scope in self.scopes or "admin" in self.scopes
+        """``admin`` may do everything within its tenant; other scopes only what they name.
+        ``operator`` (sending domains and IPs of every tenant) is never implied."""
+        return scope in self.scopes or ("admin" in self.scopes and scope != "operator")
 
     @property
     def id(self) -> str:

@@ -4,7 +4,8 @@ Controllers (one per resource, Structs beside them) are mounted under ``/v1``; e
 through the one map in ``problems``; the OpenAPI 3.1 document is at ``/docs/openapi.json``
 with an interactive page at ``/docs``. Request bodies are decoded by the handlers themselves
 (strictly, with errors naming the field, and ``POST /v1/messages`` also takes
-``message/rfc822``), so their schemas are added to the generated document here.
+``message/rfc822``), so their schemas are added to the generated document by
+``openapi.complete_document``.
 """
 
 from __future__ import annotations
@@ -12,37 +13,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
-    OpenAPIMediaType,
-    OpenAPIResponse,
-    OpenAPIType,
-    Reference,
-    RequestBody,
-    Schema,
     SecurityScheme,
 )
+from litestar.routes import HTTPRoute
+from litestar.types import Message, Scope
 
 from gateway import __version__
+from gateway.api.assets import PackagedSwaggerUI, asset_routes, load_swagger_ui
 from gateway.api.console import CONSOLE_ROUTES
 from gateway.api.context import ApiContext
 from gateway.api.dns import DnsController, mta_sts_policy_file
 from gateway.api.domains import DomainsController
-from gateway.api.messages import BatchRequest, MessagesController, SendRequest
+from gateway.api.http_metrics import http_metrics
+from gateway.api.messages import MessagesController
+from gateway.api.openapi import complete_document, declared_bodies
 from gateway.api.ops import OPS_ROUTES, WebhooksController
-from gateway.api.problems import EXCEPTION_HANDLERS, MEDIA_TYPE, ProblemDetail
+from gateway.api.problems import EXCEPTION_HANDLERS
 from gateway.api.providers import ProvidersController
 from gateway.api.stats import StatsController
-from gateway.api.suppressions import SuppressionAdd, SuppressionsController
+from gateway.api.suppressions import SuppressionsController
 from gateway.api.webhooks import webhook_routes
 
 if TYPE_CHECKING:
@@ -53,24 +50,13 @@ log = logging.getLogger("gateway.api")
 PURGE_INTERVAL = 3600.0
 """How often expired idempotency keys are deleted."""
 
-# (path, request Struct or None for a plain string body, extra media types)
-Body = tuple[str, str, type[msgspec.Struct] | None, tuple[str, ...]]
-"""(path, method, request Struct or None, extra media types) of a hand-decoded body."""
-
-_BODIES: list[tuple[str, type[msgspec.Struct] | None, tuple[str, ...]]] = [
-    ("/v1/messages", SendRequest, ("message/rfc822",)),
-    ("/v1/messages/batch", BatchRequest, ()),
-    ("/v1/suppressions", SuppressionAdd, ()),
-    ("/v1/suppressions/import", None, ("text/csv",)),
-]
-
 
 def create_app(gateway: Gateway) -> Litestar:
     """The HTTP API of ``gateway``; serve it with ``gateway.api.serving.HttpServer``."""
     api = ApiContext(gateway)
 
     @contextlib.asynccontextmanager
-    async def purge_idempotency_keys(_: Litestar) -> AsyncIterator[None]:
+    async def api_lifespan(_: Litestar) -> AsyncIterator[None]:
         task = asyncio.create_task(_purge_forever(api), name="idempotency-purge")
         try:
             yield
@@ -78,8 +64,10 @@ def create_app(gateway: Gateway) -> Litestar:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await api.renderers.close()
 
     openapi = None
+    swagger_ui = load_swagger_ui() if gateway.config.http.docs else None
     if gateway.config.http.docs:
         openapi = OpenAPIConfig(
             title="ESP gateway API",
@@ -87,7 +75,7 @@ def create_app(gateway: Gateway) -> Litestar:
             description="Send mail and follow what happens to it. Authenticate with "
             "`Authorization: Bearer <API key>`; errors are RFC 9457 problem details.",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[PackagedSwaggerUI(path="/")],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
@@ -95,6 +83,7 @@ def create_app(gateway: Gateway) -> Litestar:
             ),
             security=[{"apiKey": []}],
         )
+    allow = _AllowHeader()
     app = Litestar(
         route_handlers=[
             MessagesController,
@@ -103,6 +92,7 @@ def create_app(gateway: Gateway) -> Litestar:
             WebhooksController,
             *OPS_ROUTES,
             *CONSOLE_ROUTES,
+            *asset_routes(swagger_ui),
             DnsController,
             mta_sts_policy_file,
             DomainsController,
@@ -111,76 +101,40 @@ def create_app(gateway: Gateway) -> Litestar:
             *plugin_routes(gateway),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[allow.correct],
+        middleware=[http_metrics(gateway.metrics)],
         openapi_config=openapi,
         request_max_body_size=gateway.config.http.max_body_size,
-        lifespan=[purge_idempotency_keys],
+        lifespan=[api_lifespan],
         state=State({"api": api}),
         logging_config=None,
     )
+    allow.learn(app)
     if openapi is not None:
-        _document_bodies(app)
+        complete_document(app.openapi_schema, declared_bodies(app.routes))
     return app
 
 
-_ERRORS = {
-    "400": "Malformed request (invalid JSON, bad header or parameter)",
-    "401": "No valid API key",
-    "403": "The key lacks the scope this endpoint needs",
-    "413": "Request or message too large",
-    "422": "A field is invalid; `field` names it",
-    "429": "Rate limit reached; see Retry-After",
-    "503": "Local fault, nothing was stored; retry after Retry-After",
-}
+class _AllowHeader:
+    """``Allow`` on automatic ``OPTIONS`` answers lists every method of the path. Litestar
+    builds that header when a path gets its first handler and keeps it when more are added
+    (``OPTIONS /v1/messages`` said ``GET, OPTIONS``), so it is rewritten on the way out."""
 
+    def __init__(self) -> None:
+        self.methods: dict[str, bytes] = {}
 
-def _document_bodies(app: Litestar) -> None:
-    """Add the hand-decoded request bodies (and their Structs) and the problem responses to
-    the OpenAPI document."""
-    document = app.openapi_schema
-    bodies: list[Body] = [(path, "POST", struct, extra) for path, struct, extra in _BODIES]
-    bodies += _declared_bodies(app)
-    structs: list[type[msgspec.Struct]] = [ProblemDetail]
-    structs += [struct for _, _, struct, _ in bodies if struct is not None]
-    _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
-    # msgspec's JSON Schema is valid OpenAPI 3.1; litestar serializes plain dicts as they are.
-    document.components.schemas.update(cast(dict[str, Schema], schemas))
-    for path, method, struct, extra in bodies:
-        item = document.paths[path] if document.paths else None
-        operation = getattr(item, method.lower()) if item is not None else None
-        if operation is None:
-            raise RuntimeError(f"no {method} {path} to document")
-        content: dict[str, OpenAPIMediaType] = {}
-        if struct is not None:
-            ref = Reference(ref=f"#/components/schemas/{struct.__name__}")
-            content["application/json"] = OpenAPIMediaType(schema=ref)
-        for media_type in extra:
-            content[media_type] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
-        operation.request_body = RequestBody(content=content, required=True)
-    problem = OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ProblemDetail"))
-    for item in (document.paths or {}).values():
-        for operation in (item.get, item.post, item.put, item.patch, item.delete):
-            if operation is None or operation.responses is None:
-                continue
-            for status, description in _ERRORS.items():
-                operation.responses[status] = OpenAPIResponse(
-                    description=description, content={MEDIA_TYPE: problem}
-                )
+    def learn(self, app: Litestar) -> None:
+        for route in app.routes:
+            if isinstance(route, HTTPRoute):
+                self.methods[route.path_format] = ", ".join(sorted(route.methods)).encode()
 
-
-def _declared_bodies(app: Litestar) -> list[Body]:
-    """Bodies that handlers decode themselves and declare as ``opt={"body": Struct}`` (plugin
-    controllers do this), for the OpenAPI document."""
-    found: list[Body] = []
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", ()):
-            struct = handler.opt.get("body")
-            if struct is None or not handler.include_in_schema:
-                continue
-            for method in sorted(handler.http_methods):
-                # The document names path parameters without their type ({id}, not {id:int}).
-                path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
-                found.append((path, method, struct, ()))
-    return found
+    async def correct(self, message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        allow = self.methods.get(str(scope.get("path_template", "")))
+        if allow is not None:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+            message["headers"] = [*headers, (b"allow", allow)]
 
 
 async def _purge_forever(api: ApiContext) -> None:

@@ -96,6 +96,7 @@ def requires(scope: Scope) -> Guard:
             )
         wait = api.limiter.take(key)
         if wait is not None:
+            api.gateway.metrics.rate_limited(key.tenant)
             raise Problem(
                 429,
                 "rate-limited",

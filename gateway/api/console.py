@@ -172,6 +172,7 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
     """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Gateway console</title>
+<link rel="icon" type="image/svg+xml" href="/favicon.ico">
 <style>
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.3em;margin:0 0 .2em} h2{font-size:1.05em;margin:1.2em 0 .4em}

@@ -11,13 +11,16 @@ from gateway.clock import Clock
 from gateway.config import Config, TenantSection
 from gateway.ingress import Ingress
 from gateway.store.base import Store
+from gateway.templates.limits import RenderLimits
+from gateway.templates.pool import RenderPool
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
 
 
 class ApiContext:
-    """The gateway's store, ingress, clock and config, the key ring and the rate limiter."""
+    """The gateway's store, ingress, clock and config, the key ring, the rate limiter and the
+    template renderers."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -28,6 +31,16 @@ class ApiContext:
         self.keys = keyring_from_config(gateway.config)
         self.limiter = RateLimiter(gateway.clock)
         self.plugin_state: dict[str, Any] = gateway.plugin_state
+        templates = gateway.config.templates
+        self.renderers = RenderPool(
+            RenderLimits(
+                cpu_time=templates.cpu_seconds,
+                memory=templates.memory,
+                output_size=templates.output_size,
+            ),
+            templates.workers,
+        )
+        """Template render processes (batch sends), started when first needed."""
 
     @staticmethod
     def of(request: Request[Any, Any, Any]) -> ApiContext:

@@ -34,7 +34,7 @@ class DomainRecords(msgspec.Struct, kw_only=True):
 
 def _domain(request: Request[Any, Any, Any], domain: str) -> str:
     """The domain, if the key may see it: a configured sending domain of the key's tenant
-    (any configured one for an admin key). Unknown domains are never looked up in DNS."""
+    (any configured one for an ``operator`` key). Unknown domains are never looked up in DNS."""
     api = ApiContext.of(request)
     key = request.state.api_key
     name = domain.lower().rstrip(".")
@@ -42,7 +42,7 @@ def _domain(request: Request[Any, Any, Any], domain: str) -> str:
     known = set(api.config.domains) | {
         d.lower() for t in api.config.tenants.values() for d in t.sending_domains
     }
-    if name not in known or (name not in tenant and not key.allows("admin")):
+    if name not in known or (name not in tenant and not key.allows("operator")):
         raise Problem(
             404,
             "unknown-domain",

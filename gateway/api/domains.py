@@ -1,8 +1,9 @@
 """``/v1/domains``: sending identities — warming day and caps, reputation, pauses, resume.
 
-A ``read`` key sees the domains its tenant lists in ``sending_domains``; an ``admin`` key sees
-every configured domain and dedicated IP and any other paused identity, and may resume one.
-``{name}`` is a domain or, for admins, an IP address. The data comes from the warming plugin
+A ``read`` key sees the domains its tenant lists in ``sending_domains``, an ``admin`` key may
+resume them; an ``operator`` key (a separate scope, never implied by ``admin``) sees every
+configured domain and dedicated IP and any other paused identity, and may resume one.
+``{name}`` is a domain or, for operators, an IP address. The data comes from the warming plugin
 (``gateway.plugin_state["warming"]``); without ``[plugins.warming]`` these endpoints answer 404.
 """
 
@@ -44,8 +45,8 @@ def _warming(request: Request[Any, Any, Any]) -> Warming:
     return warming
 
 
-def _is_admin(request: Request[Any, Any, Any]) -> bool:
-    return "admin" in request.state.api_key.scopes
+def _is_operator(request: Request[Any, Any, Any]) -> bool:
+    return bool(request.state.api_key.allows("operator"))
 
 
 def _tenant_domains(request: Request[Any, Any, Any]) -> list[str]:
@@ -56,7 +57,7 @@ def _tenant_domains(request: Request[Any, Any, Any]) -> list[str]:
 async def _identity(request: Request[Any, Any, Any], name: FromPath[str]) -> Identity:
     warming = _warming(request)
     found = await warming.lookup(name)
-    if not _is_admin(request) and name.lower() not in _tenant_domains(request):
+    if not _is_operator(request) and name.lower() not in _tenant_domains(request):
         found = None
     elif found is None and is_domain_name(name):
         found = warming.domain_identity(name)  # known only from events: an established domain
@@ -72,7 +73,7 @@ class DomainsController(Controller):
     @get("/", guards=[requires("read")], summary="Sending domains: warming, health, pauses")
     async def list_domains(self, request: Request[Any, Any, Any]) -> DomainList:
         warming = _warming(request)
-        if _is_admin(request):
+        if _is_operator(request):
             identities = await warming.known()
         else:
             identities = []

@@ -35,8 +35,13 @@ from gateway.api.mime import (
     check_header_text,
     check_headers,
 )
-from gateway.api.problems import Problem, ProblemDetail, decode_json, rejected_problem
-from gateway.api.templates import RenderError, Template
+from gateway.api.problems import (
+    Problem,
+    ProblemDetail,
+    decode_json,
+    query_time,
+    rejected_problem,
+)
 from gateway.ingress import Rejected, Submission, content_problem
 from gateway.message import DeliveryStatus
 from gateway.store.base import (
@@ -53,6 +58,7 @@ from gateway.store.base import (
     stream_scope,
 )
 from gateway.streams import TRANSACTIONAL, stream_section, take_header
+from gateway.templates.protocol import TemplateSource
 from gateway.tenants import ApiKey
 
 IDEMPOTENCY_TTL = 24 * 3600.0
@@ -357,6 +363,7 @@ class MessagesController(Controller):
         if media_type == "message/rfc822":
             submission, not_before, result = await _raw_submission(api, key, request, body)
         elif media_type in ("application/json", ""):
+            _check_raw_message_params(request)  # documented for the operation: never ignored
             submission, not_before, result = await _json_submission(
                 api, key, decode_json(body, SendRequest)
             )
@@ -405,9 +412,9 @@ class MessagesController(Controller):
         batch = decode_json(body, BatchRequest)
         prepared = _prepare(api, key, batch)
         templates = [
-            Template("subject", batch.subject),
-            *([Template("text", batch.text)] if batch.text is not None else []),
-            *([Template("html", batch.html, html=True)] if batch.html is not None else []),
+            TemplateSource("subject", batch.subject),
+            *([TemplateSource("text", batch.text)] if batch.text is not None else []),
+            *([TemplateSource("html", batch.html, html=True)] if batch.html is not None else []),
         ]
         addresses = [
             check_address(r.to, f"recipients[{i}].to") for i, r in enumerate(batch.recipients)
@@ -471,9 +478,9 @@ class MessagesController(Controller):
         tag: FromQuery[str | None] = None,
         stream: FromQuery[str | None] = None,
         recipient: FromQuery[str | None] = None,
-        since: FromQuery[dt.datetime | None] = None,
-        until: FromQuery[dt.datetime | None] = None,
-        cursor: FromQuery[str | None] = None,
+        since: Annotated[str | None, QueryParameter(format="date-time")] = None,
+        until: Annotated[str | None, QueryParameter(format="date-time")] = None,
+        cursor: Annotated[str | None, QueryParameter(pattern="^[0-9a-f]{22}$")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
     ) -> MessageList:
         api = ApiContext.of(request)
@@ -493,8 +500,8 @@ class MessagesController(Controller):
                 tag=tag,
                 stream=stream,
                 recipient=recipient,
-                since=_epoch(since, "since"),
-                until=_epoch(until, "until"),
+                since=query_time(since, "since"),
+                until=query_time(until, "until"),
                 before_id=cursor,
                 limit=limit,
             )
@@ -620,6 +627,26 @@ async def _raw_submission(
     )
 
 
+def _check_raw_message_params(request: Request[Any, Any, Any]) -> None:
+    """The ``message/rfc822`` query parameters are well-formed (they apply to raw messages)."""
+    params = request.query_params
+    if params.get("from") is not None:
+        check_address(params["from"], "from")
+    for i, address in enumerate(params.getall("to", [])):
+        check_address(address, f"to[{i}]")
+    for i, tag in enumerate(params.getall("tag", [])):
+        if not _TAG.match(tag):
+            raise Problem.invalid(f"tag[{i}]", "1-64 characters: letters, digits and _.:/@+-")
+    send_at = params.get("send_at")
+    if send_at is not None:
+        try:
+            when = dt.datetime.fromisoformat(send_at)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise Problem.invalid("send_at", "expected an RFC 3339 time with a zone")
+
+
 def _check_recipient_count(api: ApiContext, count: int) -> None:
     limit = api.config.smtp.max_recipients
     if count > limit:
@@ -691,6 +718,17 @@ def _replay_send(entry: IdempotencyEntry) -> Response[SendResponse]:
     )
 
 
+def _limit_problem(field: str, detail: str, limit: str | None) -> Problem:
+    return Problem(
+        422,
+        "template-limit",
+        "Template limit exceeded",
+        f"{field}: {detail}" if field else detail,
+        field=field or None,
+        limit=limit,
+    )
+
+
 def _suppressed_problem(reason: str) -> ProblemDetail:
     return ProblemDetail(
         type="urn:gateway:problem:recipient-suppressed",
@@ -713,7 +751,7 @@ class _BatchSender:
         key: ApiKey,
         batch: BatchRequest,
         prepared: _Prepared,
-        templates: list[Template],
+        templates: list[TemplateSource],
         idempotency: str | None,
         fingerprint: str,
         client_address: str,
@@ -752,17 +790,68 @@ class _BatchSender:
         # Concurrent accepts share the spool's group commits: a batch costs a few fsyncs.
         for start in range(0, len(pending), 200):
             chunk = pending[start : start + 200]
-            sent = await asyncio.gather(*(self.send(i, addresses[i]) for i in chunk))
+            rendered = await self._render_chunk(chunk, addresses, accepted=start > 0)
+            stopped = len(rendered) < len(chunk)
+            if stopped:  # a broken limit ended rendering: the rest fail with its problem
+                chunk = pending[start:]
+                rendered += [rendered[-1]] * (len(chunk) - len(rendered))
+            sent = await asyncio.gather(
+                *(
+                    self.send(i, addresses[i], fields)
+                    for i, fields in zip(chunk, rendered, strict=True)
+                )
+            )
             for i, item in zip(chunk, sent, strict=True):
                 results[i] = item
+            if stopped:
+                break
         return [r for r in results if r is not None]
 
-    async def send(self, index: int, address: CheckedAddress) -> BatchItem:
+    async def _render_chunk(
+        self, chunk: list[int], addresses: list[CheckedAddress], *, accepted: bool
+    ) -> list[dict[str, str] | Problem]:
+        """Each recipient's rendered fields or why not, in the worker processes. A template
+        that does not compile, or one that breaks a limit before anything was queued, fails
+        the whole request (422); a limit broken later ends the list early, with its problem
+        last."""
+        pool = self.api.renderers
+        share = -(-len(chunk) // pool.size)
+        parts = [chunk[i : i + share] for i in range(0, len(chunk), share)]
+        replies = await asyncio.gather(
+            *(
+                pool.render(self.templates, [self.batch.recipients[i].variables for i in part])
+                for part in parts
+            )
+        )
+        out: list[dict[str, str] | Problem] = []
+        for part, reply in zip(parts, replies, strict=True):
+            for result in reply:
+                failure = result.failure
+                if failure is None:
+                    assert result.fields is not None
+                    out.append(result.fields)
+                elif failure.kind == "render":
+                    out.append(Problem.invalid(failure.field, failure.detail))
+                elif failure.kind == "compile":
+                    raise Problem.invalid(failure.field, failure.detail)
+                else:
+                    problem = _limit_problem(failure.field, failure.detail, failure.limit)
+                    if not accepted:
+                        raise problem
+                    out.append(problem)
+                    return out
+            if len(reply) < len(part):
+                break
+        return out
+
+    async def send(
+        self, index: int, address: CheckedAddress, fields: dict[str, str] | Problem
+    ) -> BatchItem:
         recipient = self.batch.recipients[index]
+        if isinstance(fields, Problem):
+            return self._failed(index, address, fields)
         try:
-            raw = self._render(recipient.variables, address)
-        except RenderError as e:
-            return self._failed(index, address, Problem.invalid(e.field, e.detail))
+            raw = self._compose(fields, address)
         except Problem as p:
             return self._failed(index, address, p)
         item = BatchItem(index=index, email=address.email, status=self.state)
@@ -822,8 +911,7 @@ class _BatchSender:
             )
         return msgspec.structs.replace(item, id=message.id)
 
-    def _render(self, variables: dict[str, Any], address: CheckedAddress) -> bytes:
-        rendered = {t.field: t.render(variables) for t in self.templates}
+    def _compose(self, rendered: dict[str, str], address: CheckedAddress) -> bytes:
         subject = check_header_text(rendered["subject"], "subject")
         return build_message(
             Composition(
@@ -847,20 +935,6 @@ class _BatchSender:
 
 
 # --- views -----------------------------------------------------------------------------------
-
-
-def _epoch(value: dt.datetime | None, field: str) -> float | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise Problem(
-            400,
-            "invalid-parameter",
-            "Invalid parameter",
-            f"{field}: give a time zone, e.g. 2030-01-31T09:00:00Z",
-            field=field,
-        )
-    return value.timestamp()
 
 
 def _time(epoch: float) -> dt.datetime:

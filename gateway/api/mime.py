@@ -24,7 +24,9 @@ from gateway.ingress import content_problem
 # not need them, so they are refused.
 _LOCAL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]{1,64}$")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0 (but tab), DEL, C1 (U+0085 NEL among them) and the Unicode line and paragraph separators:
+any of them can end a header line for some parser."""
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
 _MIME_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")

@@ -7,15 +7,17 @@ either way, so a load balancer and a person read the same answer.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import hmac
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, FromQuery
+from litestar import Controller, Request, Response, get, head, post
+from litestar.params import FromPath, FromQuery, QueryParameter
 
-from gateway.api.auth import requires
+from gateway.api.auth import bearer_token, requires
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
+from gateway.config import is_loopback
 from gateway.ops.health import Readiness, readiness
 from gateway.ops.metrics import CONTENT_TYPE
 from gateway.ops.sender_webhooks import webhook_event_view
@@ -36,6 +38,11 @@ async def healthz(request: Request[Any, Any, Any]) -> Health:
     return Health(status="ok", version=__version__, worker=ApiContext.of(request).gateway.worker)
 
 
+@head("/healthz", include_in_schema=False, cache_control=None)
+async def healthz_head() -> None:
+    """``HEAD /healthz``: the same check for probes that only look at the status."""
+
+
 @get("/readyz", include_in_schema=False)
 async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
     """Ready for traffic: spool writable, store reachable, a route open, listeners bound."""
@@ -47,11 +54,30 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition of this worker's registry."""
     gateway = ApiContext.of(request).gateway
+    _check_metrics_access(request, gateway.config.http.metrics_token)
     await gateway.metrics.refresh()
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 
-OPS_ROUTES = [healthz, readyz, metrics]
+def _check_metrics_access(request: Request[Any, Any, Any], token: str) -> None:
+    if token:
+        given = bearer_token(request.headers.get("authorization")) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Problem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                "send http.metrics_token as 'Authorization: Bearer <token>'",
+                field="Authorization",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    elif not is_loopback(request.client.host if request.client else ""):
+        raise Problem(
+            403, "forbidden", "Forbidden", "set http.metrics_token to scrape from elsewhere"
+        )
+
+
+OPS_ROUTES = [healthz, healthz_head, readyz, metrics]
 
 
 # --- /v1/webhooks: a sender's endpoints, their events and delivery log, replay ------------------
@@ -121,12 +147,8 @@ class WebhooksController(Controller):
         status: FromQuery[Literal["pending", "delivered", "failed"] | None] = None,
         endpoint: FromQuery[str | None] = None,
         before: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 50,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> list[WebhookEventView]:
-        if not 1 <= limit <= 500:
-            raise Problem(
-                400, "invalid-parameter", "Invalid parameter", "limit: 1 to 500", field="limit"
-            )
         api = ApiContext.of(request)
         found = await api.store.list_webhook_events(
             request.state.api_key.tenant,

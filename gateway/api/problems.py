@@ -8,7 +8,9 @@ cannot write) is ``503`` with ``Retry-After``: the client keeps the message and 
 
 from __future__ import annotations
 
+import datetime as dt
 import http
+import json
 import logging
 import math
 import re
@@ -39,6 +41,8 @@ class ProblemDetail(msgspec.Struct, omit_defaults=True, kw_only=True):
     status: int
     detail: str
     field: str | None = None
+    limit: str | None = None
+    """Which limit a request broke (``cpu_time``, ``memory``, ``output_size``), when one did."""
 
 
 class Problem(Exception):
@@ -53,10 +57,16 @@ class Problem(Exception):
         *,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        limit: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = ProblemDetail(
-            type=PROBLEM_TYPE + slug, title=title, status=status, detail=detail, field=field
+            type=PROBLEM_TYPE + slug,
+            title=title,
+            status=status,
+            detail=detail,
+            field=field,
+            limit=limit,
         )
         self.headers = headers or {}
 
@@ -70,6 +80,7 @@ def decode_json(body: bytes, into: type[T]) -> T:
     """Strictly decode a JSON body; errors name the field (``$.to[0].email`` → ``to[0].email``)."""
     if not body.strip():
         raise Problem(400, "invalid-json", "Invalid JSON", "the request body is empty")
+    _refuse_duplicate_keys(body)
     try:
         return msgspec.json.decode(body, type=into)
     except msgspec.ValidationError as e:
@@ -90,6 +101,55 @@ def decode_json(body: bytes, into: type[T]) -> T:
         ) from None
     except msgspec.DecodeError as e:
         raise Problem(400, "invalid-json", "Invalid JSON", str(e)) from None
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """400 for an object with a key twice: msgspec (like most parsers) keeps the last one, so
+    two parsers on the way could read two different requests. The standard library's C
+    scanner hands us each object's pairs; anything else it dislikes is left to msgspec."""
+    try:
+        json.loads(body, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as e:
+        raise Problem(
+            400, "invalid-json", "Invalid JSON", f"duplicate key {e.args[0]!r} in an object"
+        ) from None
+    except (ValueError, RecursionError):
+        return
+
+
+def query_time(text: str | None, field: str) -> float | None:
+    """A query parameter holding an RFC 3339 time with a zone, as epoch seconds; anything else
+    (a bare date, ``0.5``) is 400."""
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in text.upper():
+        raise Problem(
+            400,
+            "invalid-parameter",
+            "Invalid parameter",
+            f"{field}: an RFC 3339 time with a zone, e.g. 2030-01-31T09:00:00Z",
+            field=field,
+        )
+    return value.timestamp()
 
 
 def problem_response(

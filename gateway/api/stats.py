@@ -4,15 +4,15 @@ and clicks recorded for them by classification; optionally of one stream."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import FromQuery
+from litestar.params import FromQuery, QueryParameter
 
 from gateway.api.auth import requires
 from gateway.api.context import ApiContext
-from gateway.api.problems import Problem
+from gateway.api.problems import query_time
 
 DEFAULT_PERIOD = 7 * 86400.0
 
@@ -41,22 +41,16 @@ class StatsController(Controller):
     async def show(
         self,
         request: Request[Any, Any, Any],
-        since: FromQuery[dt.datetime | None] = None,
-        until: FromQuery[dt.datetime | None] = None,
+        since: Annotated[str | None, QueryParameter(format="date-time")] = None,
+        until: Annotated[str | None, QueryParameter(format="date-time")] = None,
         stream: FromQuery[str | None] = None,
     ) -> Stats:
+        """A window with ``since`` at or after ``until`` is empty: every count is zero."""
         api = ApiContext.of(request)
         now = api.clock.now()
-        end = _epoch(until, "until") if until is not None else now
-        start = _epoch(since, "since") if since is not None else end - DEFAULT_PERIOD
-        if start >= end:
-            raise Problem(
-                400,
-                "invalid-parameter",
-                "Invalid parameter",
-                "since: must be before until",
-                field="since",
-            )
+        given_end, given_start = query_time(until, "until"), query_time(since, "since")
+        end = now if given_end is None else given_end
+        start = end - DEFAULT_PERIOD if given_start is None else given_start
         # Without an explicit until, "up to now" includes what was accepted this instant.
         upper = end if until is not None else end + 1.0
         found = await api.store.delivery_stats(
@@ -71,15 +65,3 @@ class StatsController(Controller):
             by_stream=found.by_stream,
             engagement=found.engagement,
         )
-
-
-def _epoch(value: dt.datetime, field: str) -> float:
-    if value.tzinfo is None:
-        raise Problem(
-            400,
-            "invalid-parameter",
-            "Invalid parameter",
-            f"{field}: give a time zone, e.g. 2030-01-31T09:00:00Z",
-            field=field,
-        )
-    return value.timestamp()

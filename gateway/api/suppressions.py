@@ -67,6 +67,20 @@ def _view(entry: Suppression) -> SuppressionView:
     )
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
+
+
+def csv_cell(value: str) -> str:
+    """``value`` made inert for spreadsheets: a leading ``'`` before a formula character."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _uncell(value: str) -> str:
+    """The inverse of ``csv_cell``, so an export imports as it was."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA_START) else value
+
+
 def _check_scope(value: str, field: str) -> str:
     scope = value.strip() or TENANT_SCOPE
     if not is_scope(scope):
@@ -88,11 +102,11 @@ def _parse_csv(text: str, tenant: str, now: float) -> list[Suppression]:
         entries.append(
             Suppression(
                 tenant=tenant,
-                address=check_address(row.get("email") or "", f"line {line}.email").email,
+                address=check_address(_uncell(row.get("email") or ""), f"line {line}.email").email,
                 reason=reason,  # type: ignore[arg-type]
                 created_at=now,
                 detail=check_header_text(
-                    row.get("detail") or "", f"line {line}.detail", max_length=500
+                    _uncell(row.get("detail") or ""), f"line {line}.detail", max_length=500
                 ),
                 scope=_check_scope(row.get("scope") or "", f"line {line}.scope"),
             )
@@ -212,7 +226,8 @@ class SuppressionsController(Controller):
             page = await api.store.list_suppressions(tenant, after=after, limit=1000)
             for e in page:
                 created = dt.datetime.fromtimestamp(e.created_at, dt.UTC).isoformat()
-                writer.writerow([e.address, e.reason, created, e.detail, e.scope])
+                row = [e.address, e.reason, created, e.detail, e.scope]
+                writer.writerow([csv_cell(cell) for cell in row])
             if len(page) < 1000:
                 break
             after = page[-1].key

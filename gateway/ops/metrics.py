@@ -2,11 +2,13 @@
 
 Counters move as things happen — accepted messages (``Ingress`` observer), delivery outcomes
 and normalized events (``gateway_event``), delivery latency and final states
-(``gateway_delivery_result``), SMTP sessions (``SessionTracker``), webhook POSTs (the sender
-webhook worker). Gauges that describe shared state — queue depth and age, breakers, warming
-caps, the webhook queue — are read from the store and plugins when ``/metrics`` is scraped
-(:meth:`GatewayMetrics.refresh`), as are the supervisor's worker restarts. With several
-workers, each serves its own counters; the gauges read from shared state are the same on
+(``gateway_delivery_result``), SMTP sessions and refusals (``SessionTracker``), HTTP requests
+(the API's middleware) and rate-limit refusals, webhook POSTs (the sender webhook worker); the
+client library's process and platform collectors are registered too. Gauges that describe
+shared state — queue depth and age, breakers, warming caps, the webhook queue — are read from
+the store and plugins when ``/metrics`` is scraped (:meth:`GatewayMetrics.refresh`), as are the
+supervisor's worker restarts. With several workers, each serves its own counters; the gauges
+read from shared state are the same on
 every worker.
 """
 
@@ -17,7 +19,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from gateway.events import Event
 from gateway.message import Delivery, DeliveryStatus, Message
@@ -31,6 +42,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4"
 RECENT_EVENTS = 200
 BREAKER_STATES = ("closed", "half_open", "open")
 _DELIVERY_EVENTS = frozenset({"delivered", "deferred", "bounced"})
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
 
 
@@ -39,8 +51,37 @@ class GatewayMetrics:
 
     def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
+        # Every counter's `_created` twin only repeats the process start time.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.http_requests = Counter(
+            "gateway_http_requests",
+            "HTTP requests answered, by method, route (its path template) and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route",
+            ["method", "route"],
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.http_rate_limited = Counter(
+            "gateway_http_rate_limited",
+            "Requests refused with 429 by an API key's rate limit, by tenant",
+            ["tenant"],
+            registry=r,
+        )
+        self.smtp_refusals = Counter(
+            "gateway_smtp_refusals",
+            "SMTP replies refusing something (4xx/5xx), by listener and reason",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.accepted = Counter(
             "gateway_messages_accepted",
             "Messages accepted (durably spooled), by tenant, stream and entry point",
@@ -94,6 +135,11 @@ class GatewayMetrics:
         self.queue = Gauge(
             "gateway_queue_deliveries", "Deliveries in the store by status", ["status"], registry=r
         )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Deliveries not finished yet (queued, deferred or being sent); final ones excluded",
+            registry=r,
+        )
         self.queue_oldest = Gauge(
             "gateway_queue_oldest_age_seconds",
             "Age of the oldest message with a delivery still waiting (0 when none)",
@@ -146,6 +192,21 @@ class GatewayMetrics:
     def smtp_limit_hit(self, listener: str, limit: str) -> None:
         self.smtp_limits.labels(listener, limit).inc()
 
+    def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_latency.labels(method, route).observe(seconds)
+
+    def rate_limited(self, tenant: str) -> None:
+        self.http_rate_limited.labels(tenant).inc()
+
+    def smtp_refused(self, listener: str, reason: str) -> None:
+        """One refusal; ``reason`` is a short stable name (by default the reply's codes,
+        ``smtp_reply_reason``), so callers with their own vocabulary can plug in."""
+        self.smtp_refusals.labels(listener, reason).inc()
+
+    def smtp_refused_reply(self, listener: str, reply: str) -> None:
+        self.smtp_refused(listener, smtp_reply_reason(reply))
+
     def webhook_posted(self, tenant: str, endpoint: str, outcome: str) -> None:
         self.webhook_posts.labels(tenant, endpoint, outcome).inc()
 
@@ -186,6 +247,7 @@ class GatewayMetrics:
             self.up.set(1)
             for status, n in counts.items():
                 self.queue.labels(status.value).set(n)
+            self.queue_depth.set(sum(n for s, n in counts.items() if not s.is_terminal))
             now = self.gateway.clock.now()
             self.queue_oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
             for wh_status, n in webhooks.items():
@@ -228,3 +290,12 @@ def warming_usage(gateway: Any) -> list[tuple[str, str, int, int]]:
     except Exception:
         log.exception("warming usage_snapshot() failed")
         return []
+
+
+def smtp_reply_reason(reply: str) -> str:
+    """The default refusal reason of an SMTP reply: its basic and enhanced codes
+    (``"550 5.7.1"``), a small, stable label set whatever the reply's text says."""
+    parts = reply.split(None, 2)
+    if len(parts) >= 2 and parts[1][:1] in ("4", "5") and parts[1].count(".") == 2:
+        return f"{parts[0][:3]} {parts[1]}"
+    return reply[:3]

@@ -11,6 +11,7 @@ session mid-transaction loses nothing the client was told we have.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,8 @@ class SessionTracker:
         self._all_closed.set()
         self.on_change: Callable[[str, int, bool], None] | None = None
         """Called as ``(listener, open sessions, opened)`` after each open/close (metrics)."""
+        self.on_refusal: Callable[[str, str], None] | None = None
+        """Called as ``(listener, reply)`` for every 4xx/5xx reply (metrics)."""
 
     @property
     def open_sessions(self) -> int:
@@ -44,6 +47,8 @@ class SessionTracker:
         def make() -> Any:
             protocol = factory()
             made, lost = protocol.connection_made, protocol.connection_lost
+            if self.on_refusal is not None:
+                protocol.refused = functools.partial(self.on_refusal, listener)
 
             def connection_made(transport: asyncio.BaseTransport) -> None:
                 self._opened(listener, protocol)

@@ -57,7 +57,9 @@ class CaptureProvider(Provider):
             path = await asyncio.to_thread(self._write, message)
         except OSError as e:
             return SendResult.soft_fail(f"capture: cannot write outbox: {e.strerror}")
-        return SendResult.sent(f"captured to {path}", provider_message_id=path.name)
+        # The file's name only: events reach the API, webhooks and the console, which have no
+        # business knowing the server's paths (`gateway outbox` shows the full path).
+        return SendResult.sent(f"captured to {path.name}", provider_message_id=path.name)
 
     def _write(self, message: OutboundMessage) -> Path:
         stem = f"{message.message_id}-{message.delivery_id}"

@@ -22,6 +22,7 @@ KEYS = {
     ("acme", "reader"): (generate_api_key(), ["read"]),
     ("acme", "admin"): (generate_api_key(), ["admin"]),
     ("globex", "admin"): (generate_api_key(), ["admin"]),
+    ("globex", "operator"): (generate_api_key(), ["read", "operator"]),
 }
 
 

@@ -154,6 +154,24 @@ BAD_INPUT = [
     (b'{"from": "a@acme.test", "to": [', 400, None, "truncated"),
     (b'{"from": "a@acme.test",, }', 400, None, "JSON is malformed"),
     (b"", 400, None, "empty"),
+    # Two parsers on the way could each read a different subject: refused, not "last wins".
+    (
+        b'{"from": "a@acme.test", "to": ["b@example.org"], "subject": "a", "subject": "b",'
+        b' "text": "x"}',
+        400,
+        None,
+        "duplicate key 'subject'",
+    ),
+    (
+        b'{"from": "a@acme.test", "to": [{"email": "b@example.org", "email": "c@example.org"}],'
+        b' "subject": "a", "text": "x"}',
+        400,
+        None,
+        "duplicate key 'email'",
+    ),
+    (_with(subject="Hi\u0085Bcc: victim@example.org"), 422, "subject", "control character"),
+    (_with(subject="Hi\u009bX"), 422, "subject", "control character"),
+    (_with(subject="Hi\u2028Bcc: victim@example.org"), 422, "subject", "control character"),
     (_with(subject="Hi\r\nBcc: victim@example.org"), 422, "subject", "carriage return"),
     (_with(subject="Hi\nX-Injected: 1"), 422, "subject", "line feed"),
     (

@@ -126,6 +126,33 @@ def test_suppressed_recipients_are_skipped_and_reported(api: Api) -> None:
     assert batch["suppressed"] == 1
 
 
+def test_csv_export_cannot_carry_a_spreadsheet_formula(api: Api) -> None:
+    admin = api.client(key="admin")
+    formulas = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tx"]
+    entries = [
+        {"email": f"f{i}@example.org", "reason": "manual", "detail": detail}
+        for i, detail in enumerate(formulas[:4])
+    ] + [{"email": "-dash@example.org", "reason": "manual", "detail": "plain"}]
+    assert admin.post("/v1/suppressions", json={"entries": entries}).status_code == 200
+    exported = admin.get("/v1/suppressions/export").text
+    rows = {r["email"]: r for r in csv.DictReader(io.StringIO(exported))}
+    assert rows["'-dash@example.org"]["detail"] == "plain"
+    for i, detail in enumerate(formulas[:4]):
+        assert rows[f"f{i}@example.org"]["detail"] == "'" + detail
+    for row in rows.values():
+        assert not row["email"].startswith(("=", "+", "-", "@", "\t", "\r"))
+        assert not row["detail"].startswith(("=", "+", "-", "@", "\t", "\r"))
+    # Importing the export gives back the same entries.
+    assert admin.delete("/v1/suppressions/-dash@example.org").status_code == 204
+    again = admin.post(
+        "/v1/suppressions/import", content=exported.encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert again.status_code == 200, again.text
+    listed = {e["email"]: e["detail"] for e in admin.get("/v1/suppressions").json()["data"]}
+    assert listed["-dash@example.org"] == "plain"
+    assert listed["f0@example.org"] == formulas[0]
+
+
 def test_scopes_are_accepted_shown_filtered_and_removed_one_at_a_time(api: Api) -> None:
     admin = api.client(key="admin")
     added = admin.post(

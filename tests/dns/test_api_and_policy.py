@@ -22,6 +22,8 @@ from tests.dnsserver import start_dns_server
 
 ADMIN = generate_api_key()
 OTHER = generate_api_key()
+OTHER_ADMIN = generate_api_key()
+OPERATOR = generate_api_key()
 
 CONFIG = """
 [smtp]
@@ -45,6 +47,14 @@ scopes = ["send", "read"]
 name = "other"
 key_hash = "{other_hash}"
 scopes = ["send", "read"]
+[[tenants.globex.api_keys]]
+name = "other-admin"
+key_hash = "{other_admin_hash}"
+scopes = ["admin"]
+[[tenants.globex.api_keys]]
+name = "operator"
+key_hash = "{operator_hash}"
+scopes = ["read", "operator"]
 [delivery]
 providers = ["capture"]
 [ips."192.0.2.10"]
@@ -77,6 +87,8 @@ class Env:
             mode=mode,
             admin_hash=hash_api_key(ADMIN),
             other_hash=hash_api_key(OTHER),
+            other_admin_hash=hash_api_key(OTHER_ADMIN),
+            operator_hash=hash_api_key(OPERATOR),
             key_dir=self.key_dir,
         )
 
@@ -190,6 +202,13 @@ def test_records_endpoint_and_mta_sts_policy(
         ) as other:
             assert other.get("/v1/domains/good.test/dns").status_code == 404, "not its domain"
             assert other.post("/v1/domains/good.test/verify").status_code == 404
+        for key in (OTHER_ADMIN, OPERATOR):
+            with httpx.Client(
+                base_url=str(client.base_url), headers={"Authorization": f"Bearer {key}"}
+            ) as other:
+                # admin is its own tenant's; only the separate operator scope spans tenants.
+                expected = 200 if key == OPERATOR else 404
+                assert other.get("/v1/domains/good.test/dns").status_code == expected
 
         policy = httpx.get(
             f"{client.base_url}/.well-known/mta-sts.txt", headers={"Host": "mta-sts.good.test"}

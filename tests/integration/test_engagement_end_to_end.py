@@ -54,6 +54,7 @@ k1 = "{"k" * 40}"
 
 [tenants.acme]
 smtp_networks = ["127.0.0.1/32"]
+sending_domains = ["acme.test"]  # its domains' health is the tenant's to read
 
 [[tenants.acme.api_keys]]
 name = "app"

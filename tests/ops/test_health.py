@@ -28,6 +28,8 @@ def test_readiness_flips_when_the_store_is_unreachable_and_recovers(
         gateway = gateway_factory(make_config(tmp_path, toml, **ops_config_args(sink.port)))
         port = gateway.gateway.http_port
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["status"] == "ok"
+        probe = httpx.head(f"http://127.0.0.1:{port}/healthz")  # load balancers' HEAD probes
+        assert probe.status_code == 200 and probe.content == b""
         status, checks = ready(port)
         assert status == 200, checks
         assert set(checks) == {"spool", "store", "persistence", "routes", "listeners"}

@@ -377,7 +377,7 @@ def test_complaints_and_bounces_pause_until_the_operator_resumes(api_gateway, si
     # Bounces halt an established domain: 1 in 21 = 4.76 % > 2 %.
     push(api, "promo.test", "delivered", 20)
     push(api, "promo.test", "bounced", 1, bounce="hard")
-    globex = api.client("globex", "admin")
+    globex = api.client("globex", "operator")  # the operator scope spans tenants
     promo = globex.get("/v1/domains/promo.test/health").json()
     assert (promo["paused"], promo["counts"]["bounced"]) == (True, 1)
     assert promo["pause_reason"].startswith("bounce rate 4.76% above 2%")
