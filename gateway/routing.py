@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -465,7 +466,9 @@ def status_dir(config: Config) -> Path:
 
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    # One temporary name per thread: a write cancelled at stop can still be running in its
+    # thread when the final write starts, and a shared name made one of them fail.
+    temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     temporary.write_text(json.dumps(data, indent=1))
     os.replace(temporary, path)
 
