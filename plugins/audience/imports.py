@@ -259,6 +259,7 @@ class Importer:
                 await asyncio.wait([upcoming])  # the thread must finish before the file closes
             reader.close()
         await self._finish(record, "done")
+        await self.store.analyze()
         return record
 
     async def _has_erased(self, tenant: str) -> bool:
