@@ -95,8 +95,8 @@ async def drop(schema: str) -> None:
         await engine.dispose()
 
 
-def run_timed(command: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one process."""
+def run_timed(command: list[str]) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in MB, stdout) of one process."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -105,7 +105,7 @@ def run_timed(command: list[str]) -> tuple[float, float, str]:
     out, err = process.stdout.read().decode(), process.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{shlex.join(command)} failed:\n{out}\n{err}")
-    return wall, usage.ru_maxrss / 1024, out
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
 
 
 def bench(engine: str, rows: int, faults: int, workdir: Path) -> None:
@@ -126,7 +126,7 @@ def bench(engine: str, rows: int, faults: int, workdir: Path) -> None:
         cli = [sys.executable, "-m", "gateway", "-c", str(config), "audience", "import"]
         run_timed([*cli, str(suppress_file), "--list", str(list_id), "--mode", "suppress"])
         command = [*cli, str(csv_file), "--list", str(list_id), "--quiet", *ATTESTATION]
-        wall, rss, _ = run_timed(command)
+        wall, cpu, rss, _ = run_timed(command)
         counts, codes = asyncio.run(outcome(url, schema))
     finally:
         if schema:
@@ -140,7 +140,7 @@ def bench(engine: str, rows: int, faults: int, workdir: Path) -> None:
     size = csv_file.stat().st_size / 1e6
     print(
         f"{engine:10}  {rows:>9,} rows ({size:.1f} MB), {faults:,} faults: {wall:6.2f} s "
-        f"({rows / wall:,.0f} rows/s), peak RSS {rss:5.0f} MB, "
+        f"({rows / wall:,.0f} rows/s, {cpu:.1f} s CPU), peak RSS {rss:5.0f} MB, "
         f"counts and errors {'exact' if exact else 'WRONG'}"
     )
     if not exact:

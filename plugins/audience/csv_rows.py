@@ -9,7 +9,6 @@ batch at a time, so the event loop never parses.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
 from collections.abc import Iterator
@@ -134,7 +133,8 @@ def _typed(value: str, declared: AttributeType) -> Any:
 
 
 class RowReader:
-    """Rows of one file, checked; duplicates are recognised across the whole file."""
+    """Rows of one file, checked one by one (duplicates across the file are the importer's
+    concern: it finds them in the database, so nothing here grows with the file)."""
 
     def __init__(
         self,
@@ -164,8 +164,6 @@ class RowReader:
             self._file.close()
             raise ImportFormatError("no email column (name one 'email', or map one to it)")
         self.types = types or {}
-        self._seen: set[bytes] = set()
-        """8-byte digests of the addresses seen so far (duplicates across the file)."""
         self._row = 1
 
     def close(self) -> None:
@@ -245,10 +243,6 @@ class RowReader:
                 problems.insert(0, RowProblem("invalid_email", str(e)))
         if problems:
             return BadRow(row, raw, problems)
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        if digest in self._seen:
-            return BadRow(row, raw, [RowProblem("duplicate_in_file", f"{email} appears earlier")])
-        self._seen.add(digest)
         warnings = []
         if key.partition("@")[0] in ROLE_LOCAL_PARTS:
             warnings.append(

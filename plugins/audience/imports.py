@@ -29,6 +29,7 @@ from gateway_plugins.audience.csv_rows import (
 )
 from gateway_plugins.audience.store import AudienceStore, row_fields
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 ImportMode = Literal["subscribe", "suppress"]
 ImportStatus = Literal["running", "done", "failed"]
@@ -173,11 +174,8 @@ class Importer:
             existing = _record((await conn.execute(sa.select(schema.imports).where(*same))).one())
             if existing.status != "failed":
                 return existing, False
-            await conn.execute(
-                sa.delete(schema.import_errors).where(
-                    schema.import_errors.c.import_id == existing.id
-                )
-            )
+            for table in (schema.import_errors, schema.import_keys):
+                await conn.execute(sa.delete(table).where(table.c.import_id == existing.id))
             row = (
                 await conn.execute(
                     sa.update(schema.imports)
@@ -215,6 +213,8 @@ class Importer:
 
     async def _finish(self, record: ImportRecord, status: ImportStatus, error: str = "") -> None:
         async with self.store.engine.begin() as conn:
+            keys = schema.import_keys.c
+            await conn.execute(sa.delete(schema.import_keys).where(keys.import_id == record.id))
             await conn.execute(
                 sa.update(schema.imports)
                 .where(schema.imports.c.id == record.id)
@@ -300,27 +300,72 @@ class Importer:
                 counts["skipped"] += 1
             else:
                 good.append(item)
-        good = await self._drop_suppressed(record.tenant, good, salt, fail, counts)
-        for item in good:
-            for warning in item.warnings:
-                fail(item.row, item.raw, warning.code, warning.message)
-                counts["warnings"] += 1
-        if options.mode == "suppress":
-            await self.suppress(record.tenant, [r.key for r in good], f"import {record.id}")
-            counts["imported"] += len(good)
-            await self._save(record, errors)
-            return
+        # One transaction per batch: what this import has seen and what it wrote go
+        # together (a crash loses both), and a commit is one disk flush, not several.
         async with self.store.engine.begin() as conn:
-            ids = await self._upsert_contacts(conn, record.tenant, good, counts)
-            kept = await self._subscribe(conn, record, good, ids, options, counts)
-            for item in kept:
-                fail(
-                    item.row, item.raw, "unsubscribed_kept", "unsubscribed from this list; kept so"
-                )
-            await self._save(record, errors, conn)
+            good = await self._drop_duplicates(conn, record, good, fail, counts)
+            good = await self._drop_suppressed(conn, record.tenant, good, salt, fail, counts)
+            for item in good:
+                for warning in item.warnings:
+                    fail(item.row, item.raw, warning.code, warning.message)
+                    counts["warnings"] += 1
+            if options.mode == "suppress":
+                await self.suppress(record.tenant, [r.key for r in good], f"import {record.id}")
+                counts["imported"] += len(good)
+            else:
+                ids = await self._upsert_contacts(conn, record.tenant, good, counts)
+                kept = await self._subscribe(conn, record, good, ids, options, counts)
+                for item in kept:
+                    fail(
+                        item.row,
+                        item.raw,
+                        "unsubscribed_kept",
+                        "unsubscribed from this list; kept so",
+                    )
+            await self._save(conn, record, errors)
+
+    async def _drop_duplicates(
+        self,
+        conn: AsyncConnection,
+        record: ImportRecord,
+        rows: list[CheckedRow],
+        fail: Callable[[int, list[str], str, str], None],
+        counts: dict[str, int],
+    ) -> list[CheckedRow]:
+        """The rows whose address this import has not seen before (in this batch or an
+        earlier one); the others are ``duplicate_in_file``. What was seen is kept in the
+        database, so memory does not grow with the file."""
+        first: dict[bytes, CheckedRow] = {}
+        repeated: list[CheckedRow] = []
+        for r in rows:
+            digest = hashlib.blake2b(r.key.encode(), digest_size=16).digest()
+            if digest in first:
+                repeated.append(r)
+            else:
+                first[digest] = r
+        if first:
+            k = schema.import_keys.c
+            # What comes back is what no earlier batch had.
+            inserted = await self.store.insert_many(
+                conn,
+                schema.import_keys,
+                [{"import_id": record.id, "key_hash": d} for d in first],
+                skip_conflicts=("import_id", "key_hash"),
+                returning=(k.key_hash,),
+            )
+            fresh = {bytes(row.key_hash) for row in inserted}
+            repeated += [r for d, r in first.items() if d not in fresh]
+            kept = {id(r) for d, r in first.items() if d in fresh}
+        else:
+            kept = set()
+        for r in repeated:
+            fail(r.row, r.raw, "duplicate_in_file", f"{r.email} appears earlier")
+            counts["skipped"] += 1
+        return [r for r in rows if id(r) in kept]
 
     async def _drop_suppressed(
         self,
+        conn: AsyncConnection,
         tenant: str,
         rows: list[CheckedRow],
         salt: bytes | None,
@@ -333,13 +378,12 @@ class Importer:
         if salt is not None:
             hashes = {hash_identifier(salt, r.key): r.key for r in rows}
             er = schema.erased.c
-            async with self.store.engine.connect() as conn:
-                found = await conn.execute(
-                    sa.select(er.email_hash).where(
-                        er.tenant == tenant, self.store.member_of(er.email_hash, list(hashes))
-                    )
+            found = await conn.execute(
+                sa.select(er.email_hash).where(
+                    er.tenant == tenant, self.store.member_of(er.email_hash, list(hashes))
                 )
-                blocked |= {hashes[h] for h in found.scalars()}
+            )
+            blocked |= {hashes[h] for h in found.scalars()}
         kept = []
         for r in rows:
             if r.key in blocked:
@@ -399,19 +443,22 @@ class Importer:
             )
         ids = {key: row.id for key, row in existing.items()}
         if inserts:
-            await conn.execute(
-                self.store._insert(schema.contacts).on_conflict_do_nothing(
-                    index_elements=["tenant", "email_key"]
-                ),
+            found = await self.store.insert_many(
+                conn,
+                schema.contacts,
                 inserts,
-            )
-            new_keys = [i["email_key"] for i in inserts]
-            found = await conn.execute(
-                sa.select(c.id, c.email_key).where(
-                    c.tenant == tenant, self.store.member_of(c.email_key, new_keys)
-                )
+                skip_conflicts=("tenant", "email_key"),
+                returning=(c.id, c.email_key),
             )
             ids.update({r.email_key: r.id for r in found})
+            missing = [i["email_key"] for i in inserts if i["email_key"] not in ids]
+            if missing:  # made meanwhile by someone else
+                found = await conn.execute(
+                    sa.select(c.id, c.email_key).where(
+                        c.tenant == tenant, self.store.member_of(c.email_key, missing)
+                    )
+                )
+                ids.update({r.email_key: r.id for r in found})
         counts["created"] += len(inserts)
         counts["updated"] += len(updates)
         counts["imported"] += len(rows)
@@ -454,7 +501,7 @@ class Importer:
             elif status == "pending":
                 activate.append({"b_contact": contact_id})
         if inserts:
-            await conn.execute(sa.insert(schema.subscriptions), inserts)
+            await self.store.insert_many(conn, schema.subscriptions, inserts)
         if activate:
             await conn.execute(
                 sa.update(schema.subscriptions)
@@ -501,14 +548,9 @@ class Importer:
         return kept
 
     async def _save(
-        self, record: ImportRecord, errors: list[dict[str, Any]], conn: Any = None
+        self, conn: AsyncConnection, record: ImportRecord, errors: list[dict[str, Any]]
     ) -> None:
-        if conn is None:
-            async with self.store.engine.begin() as own:
-                await self._save(record, errors, own)
-            return
-        if errors:
-            await conn.execute(sa.insert(schema.import_errors), errors)
+        await self.store.insert_many(conn, schema.import_errors, errors)
         await conn.execute(
             sa.update(schema.imports)
             .where(schema.imports.c.id == record.id)

@@ -183,6 +183,21 @@ import_errors = sa.Table(
     sa.Column("fields", Json, nullable=False),
 )
 
+import_keys = sa.Table(
+    "audience_import_keys",
+    metadata,
+    sa.Column(
+        "import_id",
+        Id,
+        sa.ForeignKey("audience_imports.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key_hash", sa.LargeBinary(16), primary_key=True),
+)
+"""The folded addresses a running import has seen (as a 16-byte BLAKE2b, never the address),
+so ``duplicate_in_file`` is found in the database and the importer's memory stays flat
+however long the file; emptied when the import ends."""
+
 erased = sa.Table(
     "audience_erased",
     metadata,
