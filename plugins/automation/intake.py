@@ -43,7 +43,7 @@ class Intake:
         message_id: str = "",
     ) -> Outcome:
         tenant = contact.tenant
-        stored = await self.store.record_event(
+        stored = await self.store.add_event(
             tenant,
             event_id,
             name,

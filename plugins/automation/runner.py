@@ -198,7 +198,9 @@ class Runner:
 
     async def advance(self, enrolment: Enrolment) -> None:
         flow = await self.store.definition(enrolment.flow_id, enrolment.version)
-        now = self.gateway.clock.now()
+        # Steps run as of when they were due: a busy or restarted node does not stretch waits.
+        clock_now = self.gateway.clock.now()
+        now = min(clock_now, enrolment.due_at if enrolment.due_at is not None else clock_now)
         entries: list[PathEntry] = []
         if enrolment.state == "waiting":  # the awaited event did not come in time
             entries.append(
@@ -389,7 +391,7 @@ class Runner:
             log.warning("automation: enrolment %d: send refused: %s", enrolment.id, e)
             raise Stop("send_refused") from None
         except StoreError as e:
-            raise Later(now + self.settings.defer, f"store: {e}") from None
+            raise Later(self.gateway.clock.now() + self.settings.defer, f"store: {e}") from None
         return str(message.id)
 
     async def update(self, contact: Contact, step: UpdateStep) -> None:

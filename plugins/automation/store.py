@@ -94,7 +94,7 @@ class AutomationStore:
 
     # --- events --------------------------------------------------------------------------------
 
-    async def record_event(
+    async def add_event(
         self,
         tenant: str,
         event_id: str,
