@@ -26,10 +26,10 @@ def add_commands(commands: Any) -> None:
     listing = sub.add_parser("list", help="every flow of a tenant")
     listing.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="a flow's counts per step and ends by reason")
-    show.add_argument("flow_id", type=int)
+    show.add_argument("flow_id", type=int, help="the flow's id")
     show.set_defaults(func=cmd_show)
     path = sub.add_parser("path", help="a contact's enrolments, step by step")
-    path.add_argument("contact_id", type=int)
+    path.add_argument("contact_id", type=int, help="the contact's id")
     path.set_defaults(func=cmd_path)
     for parser in (listing, show, path):
         parser.add_argument("--tenant", default="default", help="the tenant")
