@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway_plugins.audience.commands import add_commands as add_audience_commands
 
     add_audience_commands(commands)
+    from gateway_plugins.automation.commands import add_commands as add_automation_commands
+
+    add_automation_commands(commands)
     return parser
 
 

@@ -218,9 +218,14 @@ WEBHOOK_EVENT_TYPES = (
     "contact.imported",
     "contact.erased",
     "contact.status_changed",
+    "flow.send",
+    "flow.goal",
+    "flow.end",
 )
-"""Event types a sender's webhook endpoint may subscribe to: ``gateway.events.EventKind``, and
-``contact.`` + ``gateway.events.ContactEventKind`` (the audience plugin's contact events)."""
+"""Event types a sender's webhook endpoint may subscribe to: ``gateway.events.EventKind``,
+``contact.`` + ``gateway.events.ContactEventKind`` (the audience plugin's contact events), and
+the automation plugin's ``flow.send``, ``flow.goal`` (a goal ended an enrolment) and
+``flow.end``."""
 
 
 class WebhookEndpointSection(msgspec.Struct, **_STRICT):

@@ -33,6 +33,11 @@ PROBLEM_TYPE = "urn:gateway:problem:"
 MEDIA_TYPE = "application/problem+json"
 
 
+class FieldError(msgspec.Struct, kw_only=True):
+    field: str
+    detail: str
+
+
 class ProblemDetail(msgspec.Struct, omit_defaults=True, kw_only=True):
     """RFC 9457 problem details, with the field at fault."""
 
@@ -43,6 +48,8 @@ class ProblemDetail(msgspec.Struct, omit_defaults=True, kw_only=True):
     field: str | None = None
     limit: str | None = None
     """Which limit a request broke (``cpu_time``, ``memory``, ``output_size``), when one did."""
+    errors: list[FieldError] | None = None
+    """Every fault, when a document has several (a flow definition: one per bad step)."""
 
 
 class Problem(Exception):
@@ -58,6 +65,7 @@ class Problem(Exception):
         field: str | None = None,
         headers: dict[str, str] | None = None,
         limit: str | None = None,
+        errors: list[FieldError] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = ProblemDetail(
@@ -67,6 +75,7 @@ class Problem(Exception):
             detail=detail,
             field=field,
             limit=limit,
+            errors=errors,
         )
         self.headers = headers or {}
 

@@ -155,14 +155,17 @@ class WebhookSender:
 
     @hookimpl
     async def gateway_event(self, event: Event) -> None:
-        await self._queue(event.tenant, event.type, lambda: event_body(event))
+        await self.queue(event.tenant, event.type, lambda: event_body(event))
 
     @hookimpl
     async def gateway_contact_event(self, event: ContactEvent) -> None:
         kind = f"contact.{event.type}"
-        await self._queue(event.tenant, kind, lambda: contact_event_body(event))
+        await self.queue(event.tenant, kind, lambda: contact_event_body(event))
 
-    async def _queue(self, tenant_name: str, kind: str, body: Callable[[], bytes]) -> None:
+    async def queue(self, tenant_name: str, kind: str, body: Callable[[], bytes]) -> None:
+        """Queue an event of ``kind`` (one of ``WEBHOOK_EVENT_TYPES``) for the tenant's
+        endpoints that subscribe to it; ``body`` is only built when one does (the automation
+        plugin's ``flow.*`` events come this way)."""
         tenant = self.gateway.config.tenants.get(tenant_name)
         if tenant is None or not tenant.webhooks:
             return
