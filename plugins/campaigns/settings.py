@@ -14,6 +14,19 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Characters one template field (subject, preheader, HTML, text) may have as stored."""
     max_versions: int = 1000
     """Versions one template may have; older ones are kept (campaigns refer to them)."""
+    postal_addresses: dict[str, str] = msgspec.field(default_factory=dict)
+    """Tenant → its physical postal address (lines separated by newlines), required in every
+    campaign mail (CAN-SPAM); the precheck refuses a campaign of a tenant without one."""
+    require_verified_domain: bool = True
+    """The precheck refuses a From domain that ``gateway dns check`` has not verified."""
+    page_size: int = 500
+    """Recipients per fan-out page (one transaction each)."""
+    lease: float = 60.0
+    """Seconds a node holds a run it fans out without renewing; another node takes over after."""
+    poll_interval: float = 1.0
+    """Seconds between looks for due runs (an API schedule/send wakes the node at once)."""
+    pause_recheck: float = 60.0
+    """Seconds a paused campaign's queued deliveries wait before being looked at again."""
 
 
 def load_settings(config: Config) -> Settings:
@@ -26,6 +39,8 @@ def load_settings(config: Config) -> Settings:
         )
     if settings.max_template_size < 1024:
         raise ConfigError(f"plugins.{NAME}.max_template_size: at least 1024")
+    if settings.page_size < 1 or settings.lease < 5 or settings.poll_interval <= 0:
+        raise ConfigError(f"plugins.{NAME}: page_size ≥ 1, lease ≥ 5 seconds, poll_interval > 0")
     if settings.max_versions < 1:
         raise ConfigError(f"plugins.{NAME}.max_versions: at least 1")
     return settings

@@ -3,7 +3,10 @@ schema per test) and its gateway factory, with the campaign tables migrated besi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from gateway_plugins.audience.engine import create_engine, migrate
@@ -11,16 +14,25 @@ from gateway_plugins.campaigns.engine import migrate_campaigns
 from gateway_plugins.campaigns.template_store import TemplateStore
 
 from gateway.clock import FakeClock
+from tests.conftest import GatewayThread, Sink, make_config
 from tests.plugins.audience import conftest as audience_fixtures
-from tests.plugins.audience.conftest import AudienceGateway
+from tests.plugins.audience.conftest import AUDIENCE_CONFIG, AudienceGateway, key_tables
 from tests.plugins.audience.databases import Database
+from tests.plugins.audience.pages_env import pages_toml
 
 # The audience's fixtures, offered here too.
 audience_db = audience_fixtures.audience_db
-audience_gateway = audience_fixtures.audience_gateway
 receiver = audience_fixtures.receiver
 
-CAMPAIGNS = "[plugins.campaigns]\n"
+POSTAL = "Acme Inc.\\n1 Main Street\\nSpringfield 12345"
+CAMPAIGNS = (
+    "[plugins.campaigns]\n"
+    "require_verified_domain = false\n"
+    "poll_interval = 0.05\n"
+    f'postal_addresses = {{ acme = "{POSTAL}" }}\n'
+    "[tenants.acme.streams.news]\n"
+    'kind = "broadcast"\n'
+)
 
 
 @pytest.fixture
@@ -34,11 +46,31 @@ async def template_store(audience_db: Database) -> AsyncIterator[TemplateStore]:
 
 @pytest.fixture
 def campaigns_gateway(
-    audience_gateway: Callable[..., AudienceGateway],
-) -> Callable[..., AudienceGateway]:
-    """``campaigns_gateway(extra_toml)``: the audience gateway with ``[plugins.campaigns]``."""
+    audience_db: Database,
+    tmp_path: Path,
+    sink: Sink,
+    gateway_factory: Callable[..., GatewayThread],
+) -> Iterator[Callable[..., AudienceGateway]]:
+    """``campaigns_gateway(extra_toml, plugins=[...])``: the audience gateway (pages on) with
+    ``[plugins.campaigns]``, a broadcast stream ``news`` for acme, and ``plugins`` as
+    ``[gateway] plugins``."""
+    made: list[AudienceGateway] = []
 
-    def factory(extra: str = "") -> AudienceGateway:
-        return audience_gateway(CAMPAIGNS + extra)
+    def factory(extra: str = "", plugins: Sequence[str] = ()) -> AudienceGateway:
+        toml = (
+            f"plugins = {json.dumps(list(plugins))}\n"
+            + AUDIENCE_CONFIG % {"port": sink.port}
+            + key_tables()
+            + audience_db.toml()
+            + pages_toml()
+            + CAMPAIGNS
+            + extra
+        )
+        clock = FakeClock(time.time())
+        gw = gateway_factory(make_config(tmp_path, toml), clock=clock)
+        made.append(AudienceGateway(gw, clock))
+        return made[-1]
 
-    return factory
+    yield factory
+    for started in made:
+        started.close()
