@@ -453,6 +453,41 @@ class CampaignStore:
                 finished.append(campaign_id)
         return finished
 
+    async def stale_queued(self, before: float, limit: int) -> list[tuple[int, str, str]]:
+        """``(send id, tenant, message id)`` of sends of fanned-out runs still ``queued`` and
+        unchanged since ``before``."""
+        r, s = schema.runs, schema.sends
+        out: list[tuple[int, str, str]] = []
+        async with self.engine.connect() as conn:
+            run_ids = (
+                (await conn.execute(sa.select(r.c.id).where(r.c.status == "fanned_out")))
+                .scalars()
+                .all()
+            )
+            for run_id in run_ids:
+                rows = await conn.execute(
+                    sa.select(s.c.id, s.c.tenant, s.c.message_id)
+                    .where(s.c.run_id == run_id, s.c.status == "queued", s.c.updated_at < before)
+                    .order_by(s.c.id)
+                    .limit(limit - len(out))
+                )
+                out += [(int(i), str(t), str(m)) for i, t, m in rows]
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def touch(self, send_ids: Sequence[int]) -> None:
+        """Checked against the spool and still waiting: look again after ``reconcile_after``."""
+        if not send_ids:
+            return
+        s = schema.sends
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(s)
+                .where(s.c.id.in_(list(send_ids)), s.c.status == "queued")
+                .values(updated_at=self.clock.now())
+            )
+
     async def _has_future_runs(self, conn: AsyncConnection, campaign_id: int) -> bool:
         """Recurring campaigns keep ``sending`` between runs (overridden by recurrence)."""
         return False

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from gateway_plugins.campaigns import audience_walk as walk
 from gateway_plugins.campaigns.audience_walk import Candidate
 from gateway_plugins.campaigns.campaign_model import Campaign, Run, Send
 from gateway_plugins.campaigns.campaign_store import CampaignStore, LeaseLost, NewSend
+from gateway_plugins.campaigns.delivery_checks import OUTCOMES
 from gateway_plugins.campaigns.footer import FooterParts, add_html_footer, add_text_footer
 from gateway_plugins.campaigns.rendering import (
     RenderedMail,
@@ -55,6 +57,7 @@ from gateway.api.problems import Problem
 from gateway.ingress import Rejected, Submission
 from gateway.store.base import (
     TENANT_SCOPE,
+    DeliveryFilter,
     IdempotencyClaim,
     IdempotencyConflict,
     MessageMeta,
@@ -70,6 +73,8 @@ ACCEPT_CONCURRENCY = 100
 CAMPAIGN_KEYS = ("campaign_id", "campaign_run_id", "campaign_send_id")
 """Metadata every campaign message carries (``Event.metadata`` and the message record)."""
 LIST_KEY = "audience_list_id"
+RECONCILE_EVERY = 10.0
+"""Seconds (monotonic) between sweeps comparing stale ``queued`` sends with the spool."""
 
 
 def idempotency_key(send_id: int) -> str:
@@ -109,6 +114,7 @@ class Fanout:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._next_reconcile = 0.0
         audience = audience_of(gateway)
         self.audience = audience.store
         keys = audience.settings.keys
@@ -141,6 +147,9 @@ class Fanout:
 
     async def step(self) -> bool:
         """Settle finished runs, then fan out one due run if there is one; True if it did."""
+        if time.monotonic() >= self._next_reconcile:
+            self._next_reconcile = time.monotonic() + RECONCILE_EVERY
+            await self.reconcile_outcomes()
         await self.store.settle()
         claimed = await self.store.claim_run(self.owner, self.settings.lease)
         if claimed is None:
@@ -155,6 +164,27 @@ class Fanout:
                 await self.store.release(run, self.owner)
             raise
         return True
+
+    async def reconcile_outcomes(self) -> int:
+        """Sends still ``queued`` long after their run fanned out: take the outcome from the
+        spool where the delivery is final (the process that delivered it may have died before
+        recording it here). Returns how many changed."""
+        now = self.gateway.clock.now()
+        stale = await self.store.stale_queued(now - self.settings.reconcile_after, 500)
+        waiting, changed = [], 0
+        for send_id, tenant, message_id in stale:
+            deliveries = await self.gateway.store.list_deliveries(
+                DeliveryFilter(message_id=message_id, tenant=tenant, limit=1)
+            )
+            final = OUTCOMES.get(deliveries[0].status.value) if deliveries else None
+            if final is None:
+                waiting.append(send_id)
+            elif await self.store.record_outcome(send_id, final, deliveries[0].last_error[:200]):
+                changed += 1
+        await self.store.touch(waiting)
+        if changed:
+            log.info("%d campaign sends took their outcome from the spool", changed)
+        return changed
 
     async def fan_out(self, campaign: Campaign, run: Run) -> None:
         tenant = campaign.tenant

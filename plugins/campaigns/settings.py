@@ -25,6 +25,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Seconds a node holds a run it fans out without renewing; another node takes over after."""
     poll_interval: float = 1.0
     """Seconds between looks for due runs (an API schedule/send wakes the node at once)."""
+    reconcile_after: float = 300.0
+    """Seconds after which a send still ``queued`` is compared with its delivery in the spool
+    (an outcome lost when a process died between the spool and the campaign tables)."""
     pause_recheck: float = 60.0
     """Seconds a paused campaign's queued deliveries wait before being looked at again."""
 
