@@ -255,6 +255,29 @@ def gateway_contact_event(gateway: Any, event: ContactEvent) -> None:
 
 
 # -------------------------------------------------------------------------------------------------
+# Marketing: campaigns
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def gateway_campaign_precheck(gateway: Any, campaign: Any, template: Any) -> list[str] | None:
+    """List what stops a campaign from being scheduled or sent, before any recipient is
+    considered. The campaigns plugin's own checks are an implementation like any other:
+    a postal address for the tenant and an unsubscribe path (CAN-SPAM), a verified From
+    domain, http(s) links only, required template variables given, a non-empty audience.
+
+    :param gateway: the gateway.
+    :param campaign: the ``gateway_plugins.campaigns.campaign_model.Campaign``.
+    :param template: the ``gateway_plugins.campaigns.template_model.TemplateVersion`` it
+        would send.
+    :return: problems, each one sentence a person can act on; ``None`` or ``[]`` for none.
+
+    All implementations run and their problems are listed together (never one at a time);
+    any problem refuses the schedule or send (HTTP 422 listing them all).
+    """
+
+
+# -------------------------------------------------------------------------------------------------
 # Campaign decisions: first result replaces the built-in rule
 # -------------------------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway_plugins.dkim",
     "gateway_plugins.domain_verification",
     "gateway_plugins.audience",
+    "gateway_plugins.campaigns",
     "gateway_plugins.automation",
 )
 """Built-in plugin modules in call order. (pluggy calls the latest registration first, so they

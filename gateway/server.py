@@ -49,6 +49,8 @@ from gateway.submission.connection_limits import ConnectionLimits, LimitLog
 from gateway.submission.sender_policy import SenderPolicy
 from gateway.submission.session_limits import SessionRules
 from gateway.supervisor import Supervisor
+from gateway.templates.limits import RenderLimits
+from gateway.templates.pool import RenderPool
 from gateway.verp import VerpSigner
 
 if TYPE_CHECKING:
@@ -165,6 +167,17 @@ class Gateway:
         self.auth_throttle = AuthThrottle(auth, self.clock)
         self.directory = TenantDirectory(config.tenants, self.passwords)
         self._limit_log = LimitLog(self.clock, logging.getLogger("gateway.smtp"))
+        templates = config.templates
+        self.renderers = RenderPool(
+            RenderLimits(
+                cpu_time=templates.cpu_seconds,
+                memory=templates.memory,
+                output_size=templates.output_size,
+            ),
+            templates.workers,
+        )
+        """Untrusted-template render processes, started when first needed: batch sends and
+        plugins' stored templates (campaigns) share them, so ``[templates] workers`` bounds all."""
         self.handlers: list[SubmissionHandler] = []
         self.servers: dict[str, asyncio.Server] = {}
         self.http: HttpServer | None = None
@@ -362,6 +375,7 @@ class Gateway:
             await call_all(self.pm, "gateway_shutdown", gateway=self)
         except Exception:
             log.exception("a plugin failed during shutdown")
+        await self.renderers.close()
         await self.store.close()
 
 

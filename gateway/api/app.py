@@ -64,7 +64,6 @@ def create_app(gateway: Gateway) -> Litestar:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await api.renderers.close()
 
     openapi = None
     swagger_ui = load_swagger_ui() if gateway.config.http.docs else None

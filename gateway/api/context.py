@@ -11,7 +11,6 @@ from gateway.clock import Clock
 from gateway.config import Config, TenantSection
 from gateway.ingress import Ingress
 from gateway.store.base import Store
-from gateway.templates.limits import RenderLimits
 from gateway.templates.pool import RenderPool
 
 if TYPE_CHECKING:
@@ -31,16 +30,8 @@ class ApiContext:
         self.keys = keyring_from_config(gateway.config)
         self.limiter = RateLimiter(gateway.clock)
         self.plugin_state: dict[str, Any] = gateway.plugin_state
-        templates = gateway.config.templates
-        self.renderers = RenderPool(
-            RenderLimits(
-                cpu_time=templates.cpu_seconds,
-                memory=templates.memory,
-                output_size=templates.output_size,
-            ),
-            templates.workers,
-        )
-        """Template render processes (batch sends), started when first needed."""
+        self.renderers: RenderPool = gateway.renderers
+        """The gateway's template render processes (closed when the gateway stops)."""
 
     @staticmethod
     def of(request: Request[Any, Any, Any]) -> ApiContext:

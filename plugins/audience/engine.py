@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SCRIPT_LOCATION = "gateway_plugins.audience:migrations"
+VERSION_TABLE = "alembic_version"
 _MIGRATION_LOCK = 0x6175_6469_656E
 """PostgreSQL advisory lock key ("audien") held while migrating."""
 
@@ -50,30 +51,50 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
-def alembic_config(connection: sa.Connection | None = None) -> AlembicConfig:
+class Migrations:
+    """One chain of Alembic migrations: where its scripts are and the table recording how far
+    a database has come. The audience has one; a plugin building on the audience tables (the
+    campaigns) keeps its own chain beside it, in its own version table."""
+
+    def __init__(self, script_location: str, version_table: str) -> None:
+        self.script_location = script_location
+        self.version_table = version_table
+
+
+AUDIENCE = Migrations(SCRIPT_LOCATION, VERSION_TABLE)
+
+
+def alembic_config(
+    connection: sa.Connection | None = None, migrations: Migrations = AUDIENCE
+) -> AlembicConfig:
     config = AlembicConfig()
-    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("script_location", migrations.script_location)
     if connection is not None:
         config.attributes["connection"] = connection
     return config
 
 
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+def head_revision(migrations: Migrations = AUDIENCE) -> str:
+    head = ScriptDirectory.from_config(alembic_config(None, migrations)).get_current_head()
     assert head is not None
     return head
 
 
-def current_revision(connection: sa.Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+def current_revision(connection: sa.Connection, migrations: Migrations = AUDIENCE) -> str | None:
+    context = MigrationContext.configure(
+        connection, opts={"version_table": migrations.version_table}
+    )
+    return context.get_current_revision()
 
 
-async def migrate(engine: AsyncEngine, *, schema: str = "") -> None:
-    """Bring the schema to the newest revision (a no-op when it is current)."""
+async def migrate(
+    engine: AsyncEngine, *, schema: str = "", migrations: Migrations = AUDIENCE
+) -> None:
+    """Bring the schema to the newest revision of ``migrations`` (a no-op when current)."""
     if engine.dialect.name == "sqlite":
         lock = await asyncio.to_thread(_lock_file, engine)
         try:
-            await _upgrade(engine)
+            await _upgrade(engine, migrations)
         finally:
             if lock is not None:
                 os.close(lock)
@@ -85,18 +106,18 @@ async def migrate(engine: AsyncEngine, *, schema: str = "") -> None:
         await connection.execute(
             sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
         )
-        await _upgrade_on(connection)
+        await _upgrade_on(connection, migrations)
 
 
-async def _upgrade(engine: AsyncEngine) -> None:
+async def _upgrade(engine: AsyncEngine, migrations: Migrations) -> None:
     async with engine.begin() as connection:
-        await _upgrade_on(connection)
+        await _upgrade_on(connection, migrations)
 
 
-async def _upgrade_on(connection: AsyncConnection) -> None:
+async def _upgrade_on(connection: AsyncConnection, migrations: Migrations) -> None:
     def upgrade(sync_connection: sa.Connection) -> None:
-        if current_revision(sync_connection) != head_revision():
-            command.upgrade(alembic_config(sync_connection), "head")
+        if current_revision(sync_connection, migrations) != head_revision(migrations):
+            command.upgrade(alembic_config(sync_connection, migrations), "head")
 
     await connection.run_sync(upgrade)
 

@@ -515,6 +515,10 @@ class AudienceStore:
     async def delete_segment(self, tenant: str, segment_id: int) -> None:
         await self._delete(schema.segments, tenant, segment_id, "segment")
 
+    def segment_where(self, segment: Segment) -> Any:
+        """The WHERE clause (over ``audience_contacts``) selecting ``segment``'s members now."""
+        return self._matching(segment.tenant, segment.filter, segment.list_id)
+
     def _matching(self, tenant: str, filter: dict[str, Any], list_id: int | None) -> Any:
         """The WHERE clause of a segment: the tenant, the list (a segment narrows it, never
         widens it) and the compiled filter."""
