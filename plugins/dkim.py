@@ -265,7 +265,8 @@ class Signer:
         else:
             signature = key.key.sign(digest, _PKCS1, _PREHASHED_SHA256)
         value = head + base64.b64encode(signature) + b"\r\n"
-        return HEADER_NAME + b": " + dkim.fold(value, namelen=len(HEADER_NAME))
+        folded: bytes = dkim.fold(value, namelen=len(HEADER_NAME))
+        return HEADER_NAME + b": " + folded
 
     def _fixed_fields(self, key: SigningKey) -> bytes:
         fixed = self._fixed.get(key)
