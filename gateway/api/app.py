@@ -110,7 +110,8 @@ def create_app(gateway: Gateway) -> Litestar:
     )
     allow.learn(app)
     if openapi is not None:
-        complete_document(app.openapi_schema, declared_bodies(app.routes))
+        streams = {s for t in gateway.config.tenants.values() for s in t.streams}
+        complete_document(app.openapi_schema, declared_bodies(app.routes), sorted(streams))
     return app
 
 

@@ -69,6 +69,21 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _TAG = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,64}$")
 _ID = re.compile(r"^[0-9a-f]{22}$")
 
+_YEAR = "(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+_LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+SEND_AT_PATTERN = (
+    "^(?:"
+    f"{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    f"|{_LEAP_YEAR}-02-29"
+    ")[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:[.][0-9]+)?"
+    "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+"""The RFC 3339 ``date-time`` values ``send_at`` takes: a zone is required, and a leap second
+(``:60``) is refused, since no clock here can hold it. Every value that matches is accepted."""
+_SEND_AT = re.compile(SEND_AT_PATTERN)
+_SEND_AT_PROBLEM = "expected an RFC 3339 time with a time zone, e.g. 2030-01-31T09:00:00Z"
+
 # --- request Structs -------------------------------------------------------------------------
 
 
@@ -90,8 +105,9 @@ class _Content(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tags: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     tracking: Tracking = msgspec.field(default_factory=Tracking)
-    send_at: dt.datetime | None = None
-    """RFC 3339 time with a zone; the message is held until then (at most 30 days ahead)."""
+    send_at: str | None = None
+    """RFC 3339 time with a zone (``SEND_AT_PATTERN``); the message is held until then (at most
+    30 days ahead)."""
     stream: str | None = None
     """The tenant's message stream (``transactional`` when not given)."""
 
@@ -199,13 +215,13 @@ class MessageList(msgspec.Struct, kw_only=True):
 # --- checks shared by single and batch sends -------------------------------------------------
 
 
-def _timestamp(value: dt.datetime | None, now: float, field: str = "send_at") -> float | None:
+def _timestamp(value: str | None, now: float, field: str = "send_at") -> float | None:
     """``send_at`` as epoch seconds, or ``None`` for "now"."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise Problem.invalid(field, "give a time zone, e.g. 2030-01-31T09:00:00Z")
-    at = value.timestamp()
+    if not _SEND_AT.match(value):
+        raise Problem.invalid(field, _SEND_AT_PROBLEM)
+    at = msgspec.convert(value, dt.datetime).timestamp()
     if at > now + MAX_SCHEDULE:
         raise Problem.invalid(field, "may be at most 30 days ahead")
     return at if at > now else None
@@ -605,13 +621,7 @@ async def _raw_submission(
     for i, tag in enumerate(tags):
         if not _TAG.match(tag):
             raise Problem.invalid(f"tag[{i}]", "1-64 characters: letters, digits and _.:/@+-")
-    send_at = params.get("send_at")
-    when: dt.datetime | None = None
-    if send_at is not None:
-        try:
-            when = dt.datetime.fromisoformat(send_at)
-        except ValueError:
-            raise Problem.invalid("send_at", "expected an RFC 3339 time") from None
+    not_before = _timestamp(params.get("send_at"), api.clock.now())
     utf8 = not raw.isascii() or any(a.utf8 for a in (sender, *recipients))
     stream = _check_stream(api, key, params.get("stream") or take_header(raw)[1])
     return await _submission(
@@ -622,7 +632,7 @@ async def _raw_submission(
         raw,
         utf8,
         MessageMeta(tags=tuple(tags)),
-        _timestamp(when, api.clock.now()),
+        not_before,
         stream,
     )
 
@@ -638,13 +648,8 @@ def _check_raw_message_params(request: Request[Any, Any, Any]) -> None:
         if not _TAG.match(tag):
             raise Problem.invalid(f"tag[{i}]", "1-64 characters: letters, digits and _.:/@+-")
     send_at = params.get("send_at")
-    if send_at is not None:
-        try:
-            when = dt.datetime.fromisoformat(send_at)
-        except ValueError:
-            when = None
-        if when is None or when.tzinfo is None:
-            raise Problem.invalid("send_at", "expected an RFC 3339 time with a zone")
+    if send_at is not None and not _SEND_AT.match(send_at):
+        raise Problem.invalid("send_at", _SEND_AT_PROBLEM)
 
 
 def _check_recipient_count(api: ApiContext, count: int) -> None:

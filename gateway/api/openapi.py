@@ -17,7 +17,6 @@ from typing import Any, cast, get_args
 import msgspec
 from litestar.openapi.spec import (
     OpenAPI,
-    OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
@@ -29,10 +28,12 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from gateway.api.messages import BatchRequest, SendRequest
+from gateway.api.messages import MAX_SCHEDULE, SEND_AT_PATTERN, BatchRequest, SendRequest
+from gateway.api.mime import RESERVED_HEADERS
 from gateway.api.problems import MEDIA_TYPE, ProblemDetail
 from gateway.api.suppressions import SuppressionAdd
-from gateway.store.base import SuppressionReason
+from gateway.store.base import SCOPE_PATTERN, SuppressionReason
+from gateway.streams import TRANSACTIONAL
 
 Body = tuple[str, str, type[msgspec.Struct] | None, tuple[str, ...]]
 """(path, method, request Struct or None, extra media types) of a hand-decoded body."""
@@ -76,6 +77,38 @@ CSV_PATTERN = (
 TAG_PATTERN = "^[A-Za-z0-9_.:/@+-]{1,64}$"
 HEADER_TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
 """No control character but tab: what ``check_header_text`` accepts."""
+_CONTROLS = "\\u0000-\\u0008\\u000a-\\u001f\\u007f-\\u009f\\u2028\\u2029"
+_SPACES = "\\t \\u00a0\\u1680\\u2000-\\u200a\\u202f\\u205f\\u3000"
+NOT_BLANK_TEXT_PATTERN = f"^[^{_CONTROLS}]*[^{_CONTROLS}{_SPACES}][^{_CONTROLS}]*$"
+"""Header text with something in it but white space (what ``str.strip`` leaves non-empty)."""
+HEADER_NAME_PATTERN = "^[!-9;-~]{1,76}$"
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+RESERVED_HEADER_PATTERN = f"^(?:{'|'.join(_any_case(n) for n in sorted(RESERVED_HEADERS))})$"
+"""Header names set from the request's own fields or by the gateway, in any case."""
+TOKEN = "[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+CONTENT_ID_PATTERN = "^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,200}$"
+METADATA = {
+    "type": "object",
+    "maxProperties": 20,
+    "propertyNames": {"minLength": 1, "maxLength": 64},
+    "additionalProperties": {"type": "string", "maxLength": 1024},
+}
+SEND_AT: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time", "pattern": SEND_AT_PATTERN},
+        {"type": "null"},
+    ],
+    "default": None,
+    "description": "Hold the message until then: an RFC 3339 time with a zone, no leap "
+    "second, at most 30 days ahead (`x-max-ahead-seconds`; a later time is a 422)",
+    "x-max-ahead-seconds": int(MAX_SCHEDULE),
+}
 
 
 def declared_bodies(routes: Sequence[Any]) -> list[Body]:
@@ -94,11 +127,14 @@ def declared_bodies(routes: Sequence[Any]) -> list[Body]:
     return found
 
 
-def complete_document(document: OpenAPI, declared: Sequence[Body] = ()) -> None:
+def complete_document(
+    document: OpenAPI, declared: Sequence[Body] = (), streams: Sequence[str] = ()
+) -> None:
     """Add everything above to ``document`` (litestar's generated one), in place; ``declared``
-    are the bodies plugin handlers declare (``declared_bodies``)."""
+    are the bodies plugin handlers declare (``declared_bodies``), ``streams`` the message
+    streams the tenants configure."""
     _add_bodies(document, [(p, "POST", s, e) for p, s, e in BODIES] + list(declared))
-    _constrain_schemas(cast(dict[str, Any], document.components.schemas))
+    _constrain_schemas(cast(dict[str, Any], document.components.schemas), streams)
     for path, item in (document.paths or {}).items():
         for method, operation in (
             ("get", item.get),
@@ -111,7 +147,12 @@ def complete_document(document: OpenAPI, declared: Sequence[Body] = ()) -> None:
                 _add_responses(path, method, operation)
     send = document.paths["/v1/messages"].post if document.paths else None
     if send is not None:
-        send.parameters = [*(send.parameters or []), *_raw_message_parameters()]
+        send.parameters = [*(send.parameters or []), *_raw_message_parameters(streams)]
+    for item in (document.paths or {}).values():
+        for operation in (item.get, item.post, item.delete):
+            for parameter in (operation.parameters or []) if operation is not None else ():
+                if isinstance(parameter, Parameter) and parameter.name == "scope":
+                    parameter.schema = Schema(type=OpenAPIType.STRING, pattern=SCOPE_PATTERN)
 
 
 def _add_bodies(document: OpenAPI, bodies: list[Body]) -> None:
@@ -136,8 +177,15 @@ def _add_bodies(document: OpenAPI, bodies: list[Body]) -> None:
         operation.request_body = RequestBody(content=content, required=True)
 
 
-def _constrain_schemas(schemas: dict[str, Any]) -> None:
-    """Patterns msgspec's schemas cannot know: addresses, tags, one-line header text."""
+def _stream_names(streams: Sequence[str]) -> dict[str, Any]:
+    """A send's ``stream``: one the tenants configure; ``null`` or "" is ``transactional``."""
+    names = sorted({TRANSACTIONAL, "", *streams})
+    return {"anyOf": [{"type": "string", "enum": names}, {"type": "null"}], "default": None}
+
+
+def _constrain_schemas(schemas: dict[str, Any], streams: Sequence[str] = ()) -> None:
+    """Rules msgspec's schemas cannot know: addresses, tags, one-line header text, header
+    names, metadata and attachment limits, ``send_at``, scopes and streams."""
     schemas["EmailAddress"] = {"type": "string", "pattern": EMAIL_PATTERN, "maxLength": 254}
     address = {"$ref": "#/components/schemas/EmailAddress"}
     mailbox = {"$ref": "#/components/schemas/Mailbox"}
@@ -162,10 +210,54 @@ def _constrain_schemas(schemas: dict[str, Any]) -> None:
         properties["Mailbox"]["email"] = address
     if "email" in properties.get("SuppressionIn", {}):
         properties["SuppressionIn"]["email"] = address
+    header_text = {"type": "string", "pattern": HEADER_TEXT_PATTERN, "maxLength": 998}
     for name in ("SendRequest", "BatchRequest"):
         fields = properties.get(name, {})
         if "tags" in fields:
-            fields["tags"] = {"type": "array", "items": {"type": "string", "pattern": TAG_PATTERN}}
+            fields["tags"] = {
+                "type": "array",
+                "maxItems": 10,
+                "items": {"type": "string", "pattern": TAG_PATTERN},
+            }
+        fields["metadata"] = METADATA
+        fields["send_at"] = SEND_AT
+        fields["stream"] = _stream_names(streams)
+        fields["headers"] = {
+            "type": "object",
+            "propertyNames": {
+                "pattern": HEADER_NAME_PATTERN,
+                "not": {"pattern": RESERVED_HEADER_PATTERN},
+            },
+            "additionalProperties": header_text,
+            "description": "Extra header fields; names that the request's own fields or the "
+            "gateway set (From, Subject, Date, DKIM-Signature...) are refused, in any case",
+        }
+    if "metadata" in properties.get("BatchRecipient", {}):
+        properties["BatchRecipient"]["metadata"] = METADATA
+    attachment = properties.get("Attachment", {})
+    if attachment:
+        attachment["filename"] = {
+            "type": "string",
+            "pattern": NOT_BLANK_TEXT_PATTERN,
+            "maxLength": 255,
+        }
+        attachment["content"] = {"type": "string", "pattern": BASE64_PATTERN}
+        attachment["content_type"] = {
+            "type": "string",
+            "pattern": f"^{TOKEN}/{TOKEN}$",
+            "not": {"pattern": f"^(?:{_any_case('multipart')}|{_any_case('message')})/"},
+            "default": "application/octet-stream",
+        }
+        attachment["content_id"] = {
+            "anyOf": [{"type": "string", "pattern": CONTENT_ID_PATTERN}, {"type": "null"}],
+            "default": None,
+        }
+    if "scope" in properties.get("SuppressionIn", {}):
+        properties["SuppressionIn"]["scope"] = {
+            "type": "string",
+            "pattern": SCOPE_PATTERN,
+            "default": "tenant",
+        }
         if name == "SendRequest" and "subject" in fields:
             fields["subject"] = {"type": "string", "pattern": HEADER_TEXT_PATTERN, "maxLength": 998}
     bodies = [
@@ -252,7 +344,7 @@ def _add_responses(path: str, method: str, operation: Operation) -> None:
             }
 
 
-def _raw_message_parameters() -> list[Parameter]:
+def _raw_message_parameters(streams: Sequence[str]) -> list[Parameter]:
     """Query parameters of a ``message/rfc822`` send (ignored for JSON)."""
     address = Reference(ref="#/components/schemas/EmailAddress")
     return [
@@ -283,12 +375,13 @@ def _raw_message_parameters() -> list[Parameter]:
             param_in="query",
             description="message/rfc822 only: the tenant's message stream (default: the "
             "message's stream header, else transactional)",
-            schema=Schema(type=OpenAPIType.STRING),
+            schema=Schema(type=OpenAPIType.STRING, enum=sorted({TRANSACTIONAL, "", *streams})),
         ),
         Parameter(
             name="send_at",
             param_in="query",
-            description="message/rfc822 only: hold until this RFC 3339 time (with a zone)",
-            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME),
+            description="message/rfc822 only: hold until this RFC 3339 time (with a zone, no "
+            "leap second, at most 30 days ahead: `x-max-ahead-seconds`)",
+            schema=cast(Schema, SEND_AT["anyOf"][0] | {"x-max-ahead-seconds": int(MAX_SCHEDULE)}),
         ),
     ]

@@ -81,8 +81,10 @@ def _uncell(value: str) -> str:
     return value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA_START) else value
 
 
-def _check_scope(value: str, field: str) -> str:
-    scope = value.strip() or TENANT_SCOPE
+def _check_scope(value: str, field: str, *, lenient: bool = False) -> str:
+    """The scope, exactly as the document's pattern says; a CSV cell may be blank (tenant) or
+    padded, as spreadsheets leave them."""
+    scope = (value.strip() or TENANT_SCOPE) if lenient else value
     if not is_scope(scope):
         raise Problem.invalid(field, "'tenant' or 'stream:<name>'")
     return scope
@@ -108,7 +110,7 @@ def _parse_csv(text: str, tenant: str, now: float) -> list[Suppression]:
                 detail=check_header_text(
                     _uncell(row.get("detail") or ""), f"line {line}.detail", max_length=500
                 ),
-                scope=_check_scope(row.get("scope") or "", f"line {line}.scope"),
+                scope=_check_scope(row.get("scope") or "", f"line {line}.scope", lenient=True),
             )
         )
         if len(entries) > MAX_IMPORT:

@@ -1,44 +1,51 @@
-"""SPF evaluation (RFC 7208 ``check_host()``), async over ``Lookup``.
+"""SPF evaluation (RFC 7208 ``check_host()``) by pyspf, over our async resolver.
 
-Includes and redirects are followed; every term that costs a DNS query (``include``, ``a``,
-``mx``, ``ptr``, ``exists``, ``redirect``) counts toward the limit of 10 (4.6.4), and more than
-2 "void" lookups (no answer) is a permerror too. Lookups that fail (timeout, SERVFAIL) give
-``temperror``: the caller reports "could not check", not a verdict.
+pyspf passes the RFC 7208 test suite (``tests/dns/rfc7208-tests.yml`` runs every case), so the
+gateway does not keep an SPF evaluator of its own. pyspf is synchronous: an evaluation runs in
+a worker thread (``asyncio.to_thread``), and pyspf's one DNS entry point, the module-level
+``spf.DNSLookup``, is replaced once by ``_dispatch``. That serves the calling thread's bridge:
+each query goes back to the event loop (``asyncio.run_coroutine_threadsafe``) and is answered
+by the evaluation's resolver, so the ``[dns]`` servers and timeout apply and nothing blocks the
+loop. A thread without a bridge gets a temperror, never the system resolver.
 
-``evaluate(domain, ip)`` also records every domain it included, so a caller probing with an
-address nothing matches walks the whole record and sees each include and the lookup count.
+``evaluate(domain, ip)`` also records every domain reached through ``include:`` and
+``redirect=``, so a caller probing with an address nothing matches walks the whole record and
+sees each include and the lookup count (pyspf's ``query.lookups``).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from typing import Literal
+import asyncio
+import concurrent.futures
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 import msgspec
 
-from gateway.dnsauth.lookup import Answer, Lookup
+from gateway.dnsauth.lookup import Answer
+
+with warnings.catch_warnings():
+    # pyspf's docstrings hold invalid escape sequences: compiling it (no cached .pyc) warns.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", SyntaxWarning)
+    import spf as pyspf
 
 Result = Literal["pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"]
 
-LOOKUP_LIMIT = 10
-VOID_LIMIT = 2
-MX_LIMIT = 10
+LOOKUP_LIMIT = pyspf.MAX_LOOKUP
+"""RFC 7208 4.6.4: terms that query DNS, at most 10 per evaluation."""
 
-_QUALIFIERS: dict[str, Result] = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
-_MECHANISM = re.compile(
-    r"^(?P<q>[+\-~?]?)(?P<name>all|include|a|mx|ptr|ip4|ip6|exists)"
-    r"(?::(?P<arg>[^/]+))?(?P<cidr>(?:/\d+)?(?://\d+)?)$",
-    re.I,
-)
-_MODIFIER = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]*)=(?P<value>.*)$")
+QUERY_TIMEOUT = 30.0
+"""The most one bridged query may wait for the loop; the resolver's own lifetime (``[dns]
+timeout``) normally ends it long before."""
 
 
-class SpfError(Exception):
-    def __init__(self, result: Result, reason: str) -> None:
-        super().__init__(reason)
-        self.result: Result = result
-        self.reason = reason
+class Resolver(Protocol):
+    """What an evaluation queries: ``gateway.dnsauth.lookup.Lookup`` (or a test's zone data)."""
+
+    async def query(self, name: str, rdtype: str) -> Answer: ...
 
 
 class SpfResult(msgspec.Struct, kw_only=True):
@@ -49,6 +56,8 @@ class SpfResult(msgspec.Struct, kw_only=True):
     lookups: int = 0
     includes: list[str] = msgspec.field(default_factory=list)
     """Domains reached through ``include:`` and ``redirect=``, in evaluation order."""
+    explanation: str = ""
+    """For a fail: the domain's ``exp=`` text (RFC 7208 6.2), else the default given."""
 
 
 def spf_records(answer: Answer) -> list[str]:
@@ -56,176 +65,133 @@ def spf_records(answer: Answer) -> list[str]:
     return [v for v in answer.values if v.lower() == "v=spf1" or v.lower().startswith("v=spf1 ")]
 
 
-class _Evaluation:
-    def __init__(self, lookup: Lookup, ip: str, sender: str) -> None:
-        self.lookup = lookup
-        self.ip = ipaddress.ip_address(ip)
-        self.sender = sender
-        self.lookups = 0
-        self.voids = 0
-        self.includes: list[str] = []
+Bridge = Callable[[str, str, float], list[tuple[tuple[str, str], Any]]]
+_local = threading.local()
 
-    def count(self) -> None:
-        self.lookups += 1
-        if self.lookups > LOOKUP_LIMIT:
-            raise SpfError("permerror", f"more than {LOOKUP_LIMIT} DNS lookups (RFC 7208 4.6.4)")
 
-    async def query(self, name: str, rdtype: str) -> Answer:
-        answer = await self.lookup.query(name, rdtype)
+def _dispatch(
+    name: str, qtype: str, strict: Any = True, timeout: float | None = None
+) -> list[tuple[tuple[str, str], Any]]:
+    """pyspf's ``DNSLookup(name, qtype, strict, timeout)``: ``((name, type), value)`` tuples."""
+    bridge: Bridge | None = getattr(_local, "bridge", None)
+    if bridge is None:
+        raise pyspf.TempError(f"no resolver for {qtype} {name} in this thread")
+    return bridge(name, qtype, min(timeout or QUERY_TIMEOUT, QUERY_TIMEOUT))
+
+
+pyspf.DNSLookup = _dispatch
+
+
+def _bridge(resolver: Resolver, loop: asyncio.AbstractEventLoop) -> Bridge:
+    def lookup(name: str, qtype: str, timeout: float) -> list[tuple[tuple[str, str], Any]]:
+        future = asyncio.run_coroutine_threadsafe(resolver.query(name, qtype), loop)
+        try:
+            answer = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise pyspf.TempError(f"timed out looking up {qtype} {name}") from None
         if answer.status == "error":
-            raise SpfError("temperror", answer.error)
-        if answer.absent:
-            self.voids += 1
-            if self.voids > VOID_LIMIT:
-                raise SpfError("permerror", f"more than {VOID_LIMIT} void lookups (4.6.4)")
-        return answer
+            raise pyspf.TempError(answer.error)
+        return [((name, qtype), _value(qtype, v)) for v in answer.values]
 
-    async def record(self, domain: str) -> str | None:
-        answer = await self.lookup.txt(domain)
-        if answer.status == "error":
-            raise SpfError("temperror", answer.error)
-        records = spf_records(answer)
-        if len(records) > 1:
-            raise SpfError("permerror", f"{domain} has {len(records)} SPF records (4.5)")
-        return records[0] if records else None
+    return lookup
 
-    async def check_host(self, domain: str, depth: int = 0) -> Result:
-        record = await self.record(domain)
-        if record is None:
-            return "none"
-        terms = record.split()[1:]
-        redirect = None
-        for term in terms:
-            modifier = _MODIFIER.match(term)
-            if modifier and not _MECHANISM.match(term):
-                if modifier["name"].lower() == "redirect":
-                    if redirect is not None:
-                        raise SpfError("permerror", f"{domain}: two redirect= modifiers")
-                    redirect = self.expand(modifier["value"], domain)
-                continue
-            match = _MECHANISM.match(term)
-            if match is None:
-                raise SpfError("permerror", f"{domain}: unknown term {term!r}")
-            if await self.matches(match, domain, depth):
-                return _QUALIFIERS[match["q"] or "+"]
-        if redirect is not None:
-            self.count()
-            self.includes.append(redirect)
-            result = await self.check_host(redirect, depth + 1)
-            if result == "none":
-                raise SpfError("permerror", f"redirect={redirect} has no SPF record")
-            return result
-        return "neutral"
 
-    async def matches(self, match: re.Match[str], domain: str, depth: int) -> bool:
-        name = match["name"].lower()
-        arg = match["arg"]
-        if name == "all":
-            return True
-        if name in ("ip4", "ip6"):
-            if not arg:
-                raise SpfError("permerror", f"{domain}: {name} needs an address")
+def _value(qtype: str, text: str) -> Any:
+    """An ``Answer`` value in the form pyspf's own dnspython driver gives it."""
+    if qtype in ("TXT", "SPF"):
+        return (text.encode("utf-8"),)
+    if qtype == "MX":
+        preference, _, host = text.partition(" ")
+        return (int(preference), host)
+    return text
+
+
+class _Query(pyspf.query):  # type: ignore[misc]
+    """pyspf's query, recording the SPF records it fetches and following RFC 7208 5.5 on
+    DNS errors while validating PTR names."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetched: list[str] = []
+
+    def dns_spf(self, domain: str) -> str | None:
+        self.fetched.append(domain)
+        return pyspf.query.dns_spf(self, domain)  # type: ignore[no-any-return]
+
+    def validated_ptrs(self) -> list[str]:
+        # 5.5: a DNS error on the PTR lookup is "no match"; on a name's address lookup, that
+        # name is skipped and the search goes on (pyspf would end the evaluation instead).
+        try:
+            names = self.dns_ptr(self.i)
+        except pyspf.TempError:
+            return []
+        validated = []
+        for name in names[: pyspf.MAX_PTR]:
             try:
-                network = ipaddress.ip_network(arg + (match["cidr"] or ""), strict=False)
-            except ValueError:
-                raise SpfError("permerror", f"{domain}: bad {name}:{arg}") from None
-            if (name == "ip4") != (network.version == 4):
-                raise SpfError("permerror", f"{domain}: {name}:{arg} is the wrong family")
-            return self.ip.version == network.version and self.ip in network
-        target = self.expand(arg, domain) if arg else domain
-        self.count()
-        if name == "include":
-            if not arg:
-                raise SpfError("permerror", f"{domain}: include needs a domain")
-            if depth > LOOKUP_LIMIT:
-                raise SpfError("permerror", "include loop")
-            self.includes.append(target)
-            result = await self.check_host(target, depth + 1)
-            if result == "none":
-                raise SpfError("permerror", f"include:{target} has no SPF record (5.2)")
-            if result in ("permerror", "temperror"):
-                raise SpfError(result, f"include:{target}")
-            return result == "pass"
-        if name == "exists":
-            return (await self.query(target, "A")).status == "ok"
-        if name == "a":
-            return await self.address_matches(target, match["cidr"])
-        if name == "mx":
-            answer = await self.query(target, "MX")
-            hosts = [v.split()[-1] for v in answer.values][:MX_LIMIT]
-            for host in hosts:
-                if await self.address_matches(host, match["cidr"], count_void=False):
-                    return True
-            return False
-        # ptr: discouraged (5.5) and slow; treated as "does not match", after counting it.
-        return False
-
-    async def address_matches(self, host: str, cidr: str | None, count_void: bool = True) -> bool:
-        v4, _, v6 = (cidr or "").lstrip("/").partition("//")
-        prefix = int(v4) if self.ip.version == 4 and v4 else None
-        if self.ip.version == 6:
-            prefix = int(v6) if v6 else None
-        rdtype = "A" if self.ip.version == 4 else "AAAA"
-        answer = await (self.query(host, rdtype) if count_void else self.lookup.query(host, rdtype))
-        if answer.status == "error":
-            raise SpfError("temperror", answer.error)
-        for value in answer.values:
-            bits = prefix if prefix is not None else self.ip.max_prefixlen
-            if self.ip in ipaddress.ip_network(f"{value}/{bits}", strict=False):
-                return True
-        return False
-
-    def expand(self, spec: str, domain: str) -> str:
-        """Macro expansion (7.3) for the letters s l o d i h, with reversal and truncation."""
-        local, _, sender_domain = self.sender.rpartition("@")
-
-        def letter(m: re.Match[str]) -> str:
-            char, digits, reverse, delimiters = (
-                m.group(1).lower(),
-                m.group(2),
-                m.group(3),
-                m.group(4),
-            )
-            values = {
-                "s": self.sender,
-                "l": local or "postmaster",
-                "o": sender_domain,
-                "d": domain,
-                "h": domain,
-                "i": (
-                    str(self.ip)
-                    if self.ip.version == 4
-                    else ".".join(self.ip.exploded.replace(":", ""))
-                ),
-            }
-            if char not in values:
-                raise SpfError("permerror", f"unsupported macro %{{{m.group(1)}}}")
-            parts = re.split("[" + re.escape(delimiters or ".") + "]", values[char])
-            if reverse:
-                parts.reverse()
-            if digits:
-                parts = parts[-int(digits) :]
-            return ".".join(parts)
-
-        text = re.sub(r"%\{([a-zA-Z])(\d*)(r?)([.\-+,/_=]*)\}", letter, spec)
-        return text.replace("%%", "%").replace("%_", " ").replace("%-", "%20").rstrip(".")
+                addresses = self.dns_a(name, self.A)
+            except pyspf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
 
 
-async def evaluate(lookup: Lookup, domain: str, ip: str, sender: str = "") -> SpfResult:
-    """``check_host(ip, domain, sender)``: the result and how it was reached."""
-    evaluation = _Evaluation(lookup, ip, sender or f"postmaster@{domain}")
-    record = ""
+_PREFIXES = ("SPF Permanent Error: ", "SPF Temporary Error: ")
+
+
+def check_host(
+    bridge: Bridge, ip: str, sender: str, helo: str, domain: str = "", explanation: str = ""
+) -> SpfResult:
+    """pyspf's evaluation in the calling thread, its DNS through ``bridge``: the policy of
+    ``domain`` (default: the sender's domain, or HELO's for an empty sender); ``explanation``
+    is the text of a fail whose domain gives no ``exp=``."""
+    _local.bridge = bridge
     try:
-        top = await evaluation.record(domain)
-        record = top or ""
-        result = await evaluation.check_host(domain)
-        reason = "no SPF record" if result == "none" else ""
-    except SpfError as e:
-        result, reason = e.result, e.reason
+        query = _Query(i=ip, s=sender, h=helo, strict=True)
+        if domain:
+            query.d = domain.rstrip(".")
+        query.set_default_explanation(explanation)
+        result, _code, text = query.check()
+    except pyspf.PermError as e:  # a malformed client IP, before any evaluation
+        return SpfResult(result="permerror", reason=str(e))
+    finally:
+        del _local.bridge
+    reason = text if result in ("permerror", "temperror") else ""
+    for prefix in _PREFIXES:
+        reason = reason.removeprefix(prefix)
     return SpfResult(
         result=result,
-        reason=reason,
-        record=record,
-        lookups=evaluation.lookups,
-        includes=evaluation.includes,
+        reason=reason or ("no SPF record" if result == "none" else ""),
+        record=_top_record(query, query.fetched[0]) if query.fetched else "",
+        lookups=query.lookups,
+        includes=query.fetched[1:],
+        explanation=text if result == "fail" else "",
     )
+
+
+def _top_record(query: _Query, domain: str) -> str:
+    records = [
+        b"".join(parts).decode("utf-8", "replace")
+        for parts in query.cache.get((domain.lower(), "TXT"), [])
+    ]
+    spf1 = [r for r in records if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")]
+    return spf1[0] if len(spf1) == 1 else ""
+
+
+async def evaluate(
+    resolver: Resolver,
+    domain: str,
+    ip: str,
+    sender: str = "",
+    helo: str = "",
+    explanation: str = "",
+) -> SpfResult:
+    """``check_host(ip, domain, sender)``: the result and how it was reached. With ``domain``
+    "" the sender's domain is evaluated (HELO's for an empty sender), as a receiver does;
+    ``explanation`` is the text of a fail whose domain gives no ``exp=``."""
+    if domain:
+        sender = sender or f"postmaster@{domain}"
+        helo = helo or domain
+    bridge = _bridge(resolver, asyncio.get_running_loop())
+    return await asyncio.to_thread(check_host, bridge, ip, sender, helo, domain, explanation)

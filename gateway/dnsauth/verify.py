@@ -97,23 +97,30 @@ async def check_spf(lookup: Lookup, config: Config, domain: str, record: DnsReco
         return _check(record, "could_not_check", seen, f"could not check: {probe.reason}")
     if probe.result == "permerror":
         return _check(record, "wrong", seen, f"permerror: {probe.reason}")
-    problems = []
     section = domain_section(config, domain)
     included = {d.lower() for d in probe.includes}
-    problems += [
+    problems = [
         f"include:{d} is not reached" for d in section.spf_include if d.lower() not in included
     ]
-    for address in sending_ips(config, section):
-        ip = str(ipaddress.ip_network(address, strict=False).network_address)
-        result = await spf.evaluate(lookup, record.name, ip)
+    addresses = sending_ips(config, section)
+    results = await asyncio.gather(
+        *(
+            spf.evaluate(lookup, record.name, str(ipaddress.ip_network(a, strict=False)[0]))
+            for a in addresses
+        )
+    )
+    verdicts = []
+    for address, result in zip(addresses, results, strict=True):
         if result.result == "temperror":
             return _check(record, "could_not_check", seen, f"could not check: {result.reason}")
+        reason = f" ({result.reason})" if result.reason else ""
+        verdicts.append(f"{address} {result.result}{reason}")
         if result.result != "pass":
-            problems.append(f"{address} gets {result.result}, not pass")
-    detail = f"{probe.lookups} of {spf.LOOKUP_LIMIT} DNS lookups"
-    if problems:
-        return _check(record, "wrong", seen, "; ".join([*problems, detail]))
-    return _check(record, "found", seen, detail)
+            problems.append(f"{address} must pass")
+    # What a receiver's SPF check gives each address the domain sends from.
+    parts = [*problems, "RFC 7208 check_host(): " + ", ".join(verdicts)] if verdicts else problems
+    detail = "; ".join([*parts, f"{probe.lookups} of {spf.LOOKUP_LIMIT} DNS lookups"])
+    return _check(record, "wrong" if problems else "found", seen, detail)
 
 
 def _tags(text: str) -> dict[str, str]:

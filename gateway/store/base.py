@@ -112,7 +112,8 @@ def suppression_key(address: str) -> str:
 
 TENANT_SCOPE = "tenant"
 """A suppression for every message of the tenant: bounces, complaints, manual entries."""
-_SCOPE = re.compile(r"^(?:tenant|[a-z]{1,16}:[A-Za-z0-9][A-Za-z0-9_.:-]{0,127})$")
+SCOPE_PATTERN = "^(?:tenant|[a-z]{1,16}:[A-Za-z0-9][A-Za-z0-9_.:-]{0,127})$"
+_SCOPE = re.compile(SCOPE_PATTERN)
 
 
 def stream_scope(stream: str) -> str:

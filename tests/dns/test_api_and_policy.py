@@ -36,7 +36,7 @@ resolvers = ["{resolver}"]
 timeout = 3.0
 unverified_sending = "{mode}"
 [tenants.acme]
-sending_domains = ["good.test", "missing.test"]
+sending_domains = ["good.test", "missing.test", "spfptr.test", "spfport.test", "spfmx.test"]
 smtp_networks = ["127.0.0.1/32"]
 [[tenants.acme.api_keys]]
 name = "ops"
@@ -66,6 +66,9 @@ mta_sts_mode = "testing"
 mta_sts_mx = ["mx1.good.test", "*.mx.good.test"]
 mta_sts_cname = "gw.example.net"
 [domains."missing.test"]
+[domains."spfptr.test"]
+[domains."spfport.test"]
+[domains."spfmx.test"]
 [plugins.dkim]
 key_dir = "{key_dir}"
 """
@@ -261,6 +264,42 @@ def test_cli_dns_records_and_check(
     out, _ = capsys.readouterr()
     assert out.startswith("servfail.test: could_not_check\n")
     assert "missing" not in out
+
+
+def test_spf_is_judged_by_rfc_7208_in_the_api_and_the_cli(
+    env: Env,
+    tmp_path: Path,
+    gateway_factory: Callable[..., GatewayThread],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The verification endpoint and ``gateway dns check`` report each sending address's
+    ``check_host()`` result: ``ptr`` matches, a port in a term and 11 MX names are permerrors."""
+    _gw, _, client = start(env, tmp_path, gateway_factory, "allow")
+    with client:
+        checks = {}
+        for domain in zones.SPF_EDGES:
+            report = client.post(f"/v1/domains/{domain}/verify")
+            assert report.status_code == 200, report.text
+            (checks[domain],) = [r for r in report.json()["records"] if r["purpose"] == "spf"]
+    assert (checks["spfptr.test"]["status"], checks["spfptr.test"]["detail"]) == (
+        "found",
+        "RFC 7208 check_host(): 192.0.2.10 pass; 1 of 10 DNS lookups",
+    )
+    assert (checks["spfport.test"]["status"], checks["spfport.test"]["detail"]) == (
+        "wrong",
+        "permerror: Invalid domain found (use FQDN): mail.spfport.test:80",
+    )
+    assert (checks["spfmx.test"]["status"], checks["spfmx.test"]["detail"]) == (
+        "wrong",
+        "permerror: More than 10 MX records returned",
+    )
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n' + env.toml("allow"))
+    assert main(["-c", str(config), "dns", "check", "spfptr.test"]) == 1  # no DKIM key
+    out, _ = capsys.readouterr()
+    assert "found            spf" in out
+    assert "RFC 7208 check_host(): 192.0.2.10 pass; 1 of 10 DNS lookups" in out
 
 
 def test_bad_dns_config_is_refused_with_the_key_path(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""SPF evaluation (RFC 7208) and DMARC parsing/alignment, against NSD: redirect, mx, exists
-with a macro, the void-lookup limit, an include without a record, two records, strict SPF
-alignment of the Return-Path."""
+"""SPF evaluation (RFC 7208, pyspf over our resolver) and DMARC parsing/alignment, against NSD:
+redirect, mx, exists with a macro, the void-lookup limit, an include without a record, two
+records, strict SPF alignment of the Return-Path. ``test_rfc7208.py`` runs the RFC's suite."""
 
 from __future__ import annotations
 
@@ -49,14 +49,15 @@ def lookup(server: DnsServer) -> Lookup:
         ("mx.test", "192.0.2.8", "fail", ""),
         ("macro.test", "192.0.2.7", "pass", ""),
         ("macro.test", "192.0.2.8", "fail", ""),
-        ("void.test", "192.0.2.1", "permerror", "more than 2 void lookups (4.6.4)"),
+        ("void.test", "192.0.2.1", "permerror", "Void lookup limit of 2 exceeded"),
         (
             "noinc.test",
             "192.0.2.1",
             "permerror",
-            "include:nothing.noinc.test has no SPF record (5.2)",
+            "No valid SPF record for included domain: nothing.noinc.test: "
+            "include:nothing.noinc.test",
         ),
-        ("two.test", "192.0.2.1", "permerror", "two.test has 2 SPF records (4.5)"),
+        ("two.test", "192.0.2.1", "permerror", "Two or more type TXT spf records found."),
         ("nothing.redirect.test", "192.0.2.1", "none", "no SPF record"),
     ],
 )

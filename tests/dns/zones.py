@@ -18,6 +18,17 @@ GOOD_DMARC = '_dmarc TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc@{domain}"'
 DOMAINS = ("good.test", "missing.test", "wrongkey.test", "spf11.test", "dmarcnone.test")
 DOMAINS += ("dmarcbad.test", "servfail.test", "sts.test", "nullmx.test")
 STS_TABLE = 'mta_sts_mode = "testing"\nmta_sts_mx = ["mx.sts.test"]\n'
+SPF_EDGES = {
+    # RFC 7208 edges an evaluator of our own got wrong: ptr matches (5.5), a term with a port
+    # is a syntax error anywhere in the record (4.6), more than 10 MX names is a permerror (4.6.4).
+    "spfptr.test": ['@ TXT "v=spf1 ptr:good.test -all"'],
+    "spfport.test": ['@ TXT "v=spf1 ip4:192.0.2.10 a:mail.spfport.test:80 -all"'],
+    "spfmx.test": [
+        '@ TXT "v=spf1 mx ip4:192.0.2.10 -all"',
+        *(f"@ MX {n} mx{n}.spfmx.test." for n in range(11)),
+    ],
+}
+"""Zones whose SPF only an RFC 7208 evaluation judges right (``test_api_and_policy``)."""
 
 
 def config_for(key_dir: Path, resolvers: list[str], extra: str = "") -> Config:
@@ -96,4 +107,5 @@ def zones(keys: list[DkimKey], other_key: DkimKey) -> dict[str, list[str]]:
         ],
         # RFC 7505 null MX: the domain receives no mail, so it must not be a From domain.
         "nullmx.test": [*correct("nullmx.test"), "@ MX 0 ."],
+        **SPF_EDGES,
     }
