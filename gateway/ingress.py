@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import msgspec
 
 from gateway.clock import Clock, rfc5322_date
-from gateway.message import Message, Reject, Source, new_message_id
+from gateway.message import Delivery, Message, Reject, Source, new_message_id
 from gateway.store.base import IdempotencyClaim, MessageMeta, Store
 from gateway.streams import DEFAULT, TRANSACTIONAL, StreamSection, take_header
 from gateway.submission.sender_policy import SenderPolicy
@@ -141,6 +142,19 @@ def unknown_stream(name: str) -> Reject:
     return Reject(550, "5.7.1", f"Unknown message stream {name!r}")
 
 
+class Deliverer(Protocol):
+    """Who takes a new message's deliveries straight from ingress (the dispatcher)."""
+
+    def reserve(self, count: int) -> bool:
+        """Hold room for ``count`` deliveries; ``False`` when they should wait in the queue."""
+
+    def release(self, count: int) -> None:
+        """Give back room reserved for a message that was not stored."""
+
+    def hand_off(self, message: Message, deliveries: Sequence[Delivery], reserved: int) -> None:
+        """Deliver ``deliveries`` (already claimed), using the room ``reserve`` held."""
+
+
 class Ingress:
     """Turns submissions into stored messages."""
 
@@ -166,6 +180,9 @@ class Ingress:
         """Who may send as whom (replaced on reload)."""
         self.streams = streams
         """``(tenant, stream name)`` → the stream's settings, ``None`` if it has none."""
+        self.deliverer: Deliverer | None = None
+        """Takes the deliveries of a message due now as it is stored, when it has room and
+        the store can claim them in the same transaction (no separate claim round trip)."""
         self.observers: list[Callable[[Message, Sequence[str]], None]] = []
         """Called with each accepted message and its recipients, after the durable write
         (metrics)."""
@@ -229,16 +246,38 @@ class Ingress:
         )
         # A scheduled message gets its whole lifetime from the time it is due.
         starts = now if not_before is None else max(now, not_before)
-        await self.store.enqueue(
-            message,
-            submission.recipients,
-            expires_at=starts + self.lifetime,
-            not_before=not_before,
-            meta=submission.meta,
-            idempotency=idempotency,
-            broadcast=stream.broadcast,
-        )
-        self.on_enqueued()
+        recipients = submission.recipients
+        deliverer = self.deliverer
+        if (
+            deliverer is not None
+            and not_before is None
+            and not stream.broadcast
+            and self.store.claims_on_enqueue
+            and deliverer.reserve(len(recipients))
+        ):
+            try:
+                deliveries = await self.store.enqueue_claimed(
+                    message,
+                    recipients,
+                    expires_at=starts + self.lifetime,
+                    meta=submission.meta,
+                    idempotency=idempotency,
+                )
+            except BaseException:
+                deliverer.release(len(recipients))
+                raise
+            deliverer.hand_off(message, deliveries, len(recipients))
+        else:
+            await self.store.enqueue(
+                message,
+                recipients,
+                expires_at=starts + self.lifetime,
+                not_before=not_before,
+                meta=submission.meta,
+                idempotency=idempotency,
+                broadcast=stream.broadcast,
+            )
+            self.on_enqueued()
         for observe in self.observers:
             observe(message, submission.recipients)
         return message
