@@ -252,3 +252,42 @@ def gateway_contact_event(gateway: Any, event: ContactEvent) -> None:
     All implementations run; the sender's webhooks subscribe here (as ``contact.<type>``).
     A failing observer is logged and does not undo the change.
     """
+
+
+# -------------------------------------------------------------------------------------------------
+# Campaign decisions: first result replaces the built-in rule
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def gateway_ab_decide(gateway: Any, variants: list[Any], rules: Any, number: int) -> Any | None:
+    """Replace the A/B decision rule at a planned look.
+
+    :param gateway: the gateway.
+    :param variants: the :class:`gateway_plugins.ab_testing.decision.Variant` counts, control
+        first (``n`` recipients, ``x`` who did the metric; machine opens and clicks never count).
+    :param rules: the test's :class:`gateway_plugins.ab_testing.decision.Rules`.
+    :param number: the 1-based look (of ``rules.looks``).
+
+    Return a :class:`gateway_plugins.ab_testing.decision.Look` (stored and served as the
+    built-in one is), or ``None`` to leave the decision to the built-in rule. First result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def gateway_send_time_plan(
+    gateway: Any, profile: Any | None, scheduled_at: float, key: str, window: float
+) -> float | None:
+    """Replace send-time optimization's planned time for one campaign recipient.
+
+    :param gateway: the gateway.
+    :param profile: the contact's :class:`gateway_plugins.send_time.profile.Profile`, or
+        ``None`` without human engagement in the last 90 days.
+    :param scheduled_at: the campaign's scheduled time (seconds since the epoch).
+    :param key: a stable key of the campaign run and contact (for spreading load).
+    :param window: the optimization window in seconds.
+
+    Return the planned time (seconds since the epoch, inside ``[scheduled_at, scheduled_at +
+    window)``), or ``None`` for the built-in formula. Caps, throttle and the send window are
+    applied afterwards either way (:mod:`gateway_plugins.send_time.capacity`). First result wins.
+    """

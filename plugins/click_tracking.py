@@ -233,10 +233,18 @@ def build_template(
         header = raw[part.header_start : part.body_start]
         body = raw[part.body_start : part.body_end]
         trap = not trapped and part.content_type == b"text/html"
-        key = (body, part.content_type, part.encoding, part.charset)
-        key += (sample.tenant, len(sample.message_id), trap)
-        found = parts.get(key, False) if parts is not None else False
-        if found is False:
+        key: PartKey = (
+            body,
+            part.content_type,
+            part.encoding,
+            part.charset,
+            str(sample.tenant),
+            len(sample.message_id),
+            trap,
+        )
+        if parts is not None and key in parts:
+            found = parts[key]
+        else:
             found = _part_template(part, body, settings, tracker, sample, trap)
             if parts is not None and len(body) <= _CACHED_PART_BYTES:
                 if len(parts) >= _CACHE_SIZE:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the test suite needs, then runs lint, types and tests.
-# Safe to run again; extra arguments go to pytest (e.g. `bash scripts/test.sh -k smtp`).
+# Safe to run again; extra arguments go to pytest (e.g. `bash scripts/test.sh -k smtp`);
+# TEST_WORKERS sets how many parallel pytest workers run (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,4 +59,9 @@ bash scripts/install.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check gateway plugins tests bench
 .venv/bin/mypy
-.venv/bin/pytest "$@"
+# Most tests wait on real servers and processes, so they run in parallel (pytest-xdist); the few
+# marked `serial` assert latency under load and run afterwards, alone. Exit code 5 means the
+# arguments selected no test of that phase.
+phase() { .venv/bin/pytest "$@" || { rc=$?; [ "$rc" -eq 5 ] || exit "$rc"; }; }
+phase -n "${TEST_WORKERS:-3}" -m "not serial" "$@"
+phase -m serial "$@"

@@ -188,7 +188,8 @@ class DnsServer:
                 )
                 if rrset is not None and rrset[0].serial == serial:
                     return
-            except (OSError, dns.exception.Timeout):
+            except (OSError, dns.exception.DNSException):
+                # Not up yet, or a stray datagram from whoever held this port before: ask again.
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nsd did not serve {zone} serial {serial}:\n{self.log}")
@@ -271,6 +272,9 @@ def start_dns_server(
             # Another process may have taken the port between probing and binding: retry.
             if attempt >= 2 or "bind" not in server.log:
                 raise
+        except BaseException:
+            server.stop()
+            raise
     raise AssertionError("unreachable")
 
 

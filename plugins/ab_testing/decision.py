@@ -19,10 +19,12 @@ the campaign can store and serve it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from gateway_plugins.ab_testing.statistics import chi_square, two_proportion_ztest, wilson_interval
+
+from gateway.plugin_manager import call_first
 
 Test = Literal["ztest", "chisquare"]
 Fallback = Literal["control", "best", "hold"]
@@ -139,6 +141,24 @@ def decide(variants: Sequence[Variant], rules: Rules, number: int) -> Look:
         )
     reason = f"{best.name} vs {runner_up.name}: {test} p = {p_value:.5g} ≥ {level:.5g}"
     return _conclude(look, rules, last, reason, variants)
+
+
+async def decide_look(gateway: Any, variants: Sequence[Variant], rules: Rules, number: int) -> Look:
+    """The decision at a look: a plugin's ``gateway_ab_decide`` if one answers, else
+    :func:`decide`."""
+    look: Look | None = await call_first(
+        gateway.pm,
+        "gateway_ab_decide",
+        gateway=gateway,
+        variants=list(variants),
+        rules=rules,
+        number=number,
+    )
+    if look is None:
+        return decide(variants, rules, number)
+    if not isinstance(look, Look):
+        raise TypeError(f"gateway_ab_decide returned {type(look).__name__}, not a Look")
+    return look
 
 
 def _conclude(

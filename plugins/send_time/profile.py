@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
+
+from gateway.plugin_manager import call_first
 
 WINDOW_DAYS = 90
 WEIGHTS = {"opened": 1, "clicked": 2}
@@ -110,3 +112,22 @@ def plan_send(profile: Profile | None, scheduled_at: float, key: str, window: fl
             return planned if planned < end else scheduled_at
         hour_start += HOUR
     return scheduled_at
+
+
+async def planned_time(
+    gateway: Any, profile: Profile | None, scheduled_at: float, key: str, window: float = DAY
+) -> float:
+    """The planned time: a plugin's ``gateway_send_time_plan`` if one answers (clamped to the
+    window), else :func:`plan_send`."""
+    planned: float | None = await call_first(
+        gateway.pm,
+        "gateway_send_time_plan",
+        gateway=gateway,
+        profile=profile,
+        scheduled_at=scheduled_at,
+        key=key,
+        window=window,
+    )
+    if planned is None:
+        return plan_send(profile, scheduled_at, key, window)
+    return min(max(float(planned), scheduled_at), scheduled_at + window - 1)

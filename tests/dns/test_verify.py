@@ -142,6 +142,7 @@ async def test_servfail_could_not_check_never_missing(setup: Setup) -> None:
         assert "SERVFAIL" in check.detail
 
 
+@pytest.mark.serial
 async def test_timeout_could_not_check_never_missing(setup: Setup) -> None:
     with BlackHole() as hole:
         lookup = Lookup([f"{hole.host}:{hole.port}"], timeout=1.5)

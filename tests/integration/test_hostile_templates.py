@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "template_bench.py"
 EXPECTED_LIMIT = {
     "nested loops": "cpu_time",
@@ -20,6 +22,7 @@ EXPECTED_LIMIT = {
 }
 
 
+@pytest.mark.serial
 def test_hostile_templates_do_not_stall_the_gateway() -> None:
     run = subprocess.run(
         [sys.executable, str(BENCH), "--duration", "8", "--json"],

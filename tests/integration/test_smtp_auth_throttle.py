@@ -162,6 +162,7 @@ def test_unknown_users_are_throttled_the_same_way(gw: GatewayThread) -> None:
     assert code(attempt(gw, PASSWORD, "127.0.0.2")) == (454, "4.7.0")
 
 
+@pytest.mark.serial
 def test_a_real_login_is_quick_while_others_guess(
     tmp_path, sink: Sink, gateway_factory, password_hash
 ) -> None:

@@ -103,6 +103,7 @@ def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.serial
 def test_2000_idle_connections_do_not_keep_out_a_legitimate_client(
     enough_descriptors: None,
     gateway_process: tuple[subprocess.Popen[bytes], int],
