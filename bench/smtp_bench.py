@@ -1563,6 +1563,9 @@ def export_rev(rev: str, directory: Path) -> Path:
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(directory, filter="data")
+    # The editable install maps ``gateway_plugins`` to the work tree's plugins/; on
+    # PYTHONPATH this name comes first, so the revision's own plugins are measured.
+    (directory / "gateway_plugins").symlink_to("plugins")
     return directory
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -117,6 +118,13 @@ class Dispatcher:
         self._broadcast_in_flight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._running = False
+        self._reserved = 0
+        """Slots held for deliveries that ingress is storing and will hand over."""
+        self._full = False
+        """The loop waits for a slot: a finished delivery must wake it."""
+        self._sleeps_until = 0.0
+        """When the idle loop looks again by itself (clock time)."""
         self._meta_cache: collections.OrderedDict[str, MessageMeta] = collections.OrderedDict()
         config = getattr(gateway, "config", None)
         self._verp = VerpSigner.from_config(config) if config is not None else None
@@ -139,10 +147,48 @@ class Dispatcher:
             total += len(claimed)
             await asyncio.gather(*(self._handle(c) for c in claimed))
 
+    def reserve(self, count: int) -> bool:
+        """Hold ``count`` slots for a new message's deliveries (``Ingress.deliverer``); only
+        while ``run`` is delivering and that many are free."""
+        if not self._running or self._stopping:
+            return False
+        if self.settings.concurrency - len(self._in_flight) - self._reserved < count:
+            return False
+        self._reserved += count
+        return True
+
+    def release(self, count: int) -> None:
+        self._reserved -= count
+        self._wake_if_full()
+
+    def hand_off(self, message: Message, deliveries: Sequence[Delivery], reserved: int) -> None:
+        """Deliver the deliveries ingress claimed as it stored ``message``, in the slots it
+        reserved. Stopping by now, they stay ``sending`` for ``recover`` at the next start."""
+        self._reserved -= reserved
+        if self._stopping:
+            return
+        for delivery in deliveries:
+            self._start(Claimed(delivery, message))
+        self._wake_if_full()
+
+    def _start(self, claimed: Claimed) -> None:
+        task = asyncio.create_task(self._handle(claimed))
+        self._in_flight.add(task)
+        if claimed.delivery.broadcast:
+            self._broadcast_in_flight.add(task)
+        task.add_done_callback(self._finished)
+
     async def run(self) -> None:
         """Deliver until ``stop()``: claim as many as there are free slots, sleep when idle."""
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._running = False
+
+    async def _run(self) -> None:
         while not self._stopping:
-            free = self.settings.concurrency - len(self._in_flight)
+            free = self.settings.concurrency - len(self._in_flight) - self._reserved
             claimed: list[Claimed] = []
             if free > 0:
                 # Transactional mail is claimed first and always finds a slot: broadcast
@@ -157,23 +203,27 @@ class Dispatcher:
                 except Exception:
                     log.exception("claiming deliveries failed; retrying shortly")
             for item in claimed:
-                task = asyncio.create_task(self._handle(item))
-                self._in_flight.add(task)
-                if item.delivery.broadcast:
-                    self._broadcast_in_flight.add(task)
-                task.add_done_callback(self._finished)
+                self._start(item)
             if claimed and len(claimed) == min(free, self.settings.batch_size):
                 await asyncio.sleep(0)  # more may be due: claim again after yielding once
                 continue
             # With the broadcast slots full, what is due may be broadcast only: wait for a slot
             # or a new message rather than spin on "something is due now".
             broadcast_room = self.settings.broadcast_slots > len(self._broadcast_in_flight)
-            await self._idle(free > 0 and broadcast_room)
+            self._full = not (free > 0 and broadcast_room)
+            await self._idle(not self._full)
+            self._full = False
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._broadcast_in_flight.discard(task)
-        self._wake.set()  # a slot is free: a loop that was full may claim again now
+        self._wake_if_full()
+
+    def _wake_if_full(self) -> None:
+        # Only a loop waiting for a slot needs to look again; one that had room and found
+        # nothing due would claim nothing (a wasted store round trip per delivery).
+        if self._full:
+            self._wake.set()
 
     async def _idle(self, had_room: bool) -> None:
         self._wake.clear()
@@ -186,6 +236,7 @@ class Dispatcher:
                 due = None
             if due is not None:
                 timeout = max(0.0, min(timeout, due - self.clock.now()))
+        self._sleeps_until = self.clock.now() + timeout
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
@@ -224,6 +275,10 @@ class Dispatcher:
             if update.status in (DeliveryStatus.BOUNCED, DeliveryStatus.EXPIRED):
                 await self._notify_sender(claimed, update)
             await self._record(claimed, update)
+            if update.status is DeliveryStatus.DEFERRED and (
+                update.next_attempt_at < self._sleeps_until
+            ):
+                self.wake()  # due again before the idle loop would look
             _log_transition(claimed, update)
             await self._observe(claimed, update)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import msgspec
 
 from gateway.clock import Clock, rfc5322_date
-from gateway.message import Message, Reject, Source, new_message_id
+from gateway.message import Delivery, Message, Reject, Source, new_message_id
 from gateway.store.base import IdempotencyClaim, MessageMeta, Store
 from gateway.streams import DEFAULT, TRANSACTIONAL, StreamSection, take_header
 from gateway.submission.sender_policy import SenderPolicy
@@ -22,6 +23,10 @@ _HEADER_NAME = re.compile(rb"[!-9;-~]+:")
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:")
 _DATE = re.compile(rb"(?im)^date:")
+# Each led by its literal, so the search skips ahead by byte (~2 µs over 5 KB, where counting
+# the two-byte CRLF takes 8).
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 class Submission(msgspec.Struct, kw_only=True):
@@ -49,7 +54,6 @@ class Submission(msgspec.Struct, kw_only=True):
 
 MAX_LINE_OCTETS = 998
 """RFC 5322 2.1.1: at most 998 characters per line, excluding the CRLF."""
-_LONG_LINE = re.compile(rb"(?:^|(?<=\n))[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
 
 
 def content_problem(raw: bytes) -> Reject | None:
@@ -59,8 +63,7 @@ def content_problem(raw: bytes) -> Reject | None:
     (a downstream server that ends DATA on ``<LF>.<LF>`` would see a second message), and a
     client that sends it is broken in a way its operator should hear about.
     """
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+    if _BARE_LF.search(raw) is not None or _BARE_CR.search(raw) is not None:
         position = _first_bare_newline(raw)
         return Reject(
             550,
@@ -70,14 +73,15 @@ def content_problem(raw: bytes) -> Reject | None:
     nul = raw.find(b"\x00")
     if nul >= 0:
         return Reject(550, "5.6.0", f"Message refused: NUL byte at byte {nul}")
-    long_line = _LONG_LINE.search(raw)
-    if long_line is not None:
+    # Every CR is now part of a CRLF, so the lines are exactly the pieces between CRLFs
+    # (splitting is ~10x faster than a regular expression over 5 KB).
+    lines = raw.split(b"\r\n") if len(raw) > MAX_LINE_OCTETS else []
+    if lines and max(map(len, lines)) > MAX_LINE_OCTETS:
         # Refused, not re-encoded: the sender may have signed these bytes, and a relay that
         # wraps the line would break the signature or the content (RFC 5322 2.1.1).
-        start = long_line.start()
-        end = raw.find(b"\r\n", start)
-        length = (len(raw) if end < 0 else end) - start
-        number = raw.count(b"\r\n", 0, start) + 1
+        number, length = next(
+            (n, len(line)) for n, line in enumerate(lines, 1) if len(line) > MAX_LINE_OCTETS
+        )
         return Reject(
             554,
             "5.6.0",
@@ -141,6 +145,19 @@ def unknown_stream(name: str) -> Reject:
     return Reject(550, "5.7.1", f"Unknown message stream {name!r}")
 
 
+class Deliverer(Protocol):
+    """Who takes a new message's deliveries straight from ingress (the dispatcher)."""
+
+    def reserve(self, count: int) -> bool:
+        """Hold room for ``count`` deliveries; ``False`` when they should wait in the queue."""
+
+    def release(self, count: int) -> None:
+        """Give back room reserved for a message that was not stored."""
+
+    def hand_off(self, message: Message, deliveries: Sequence[Delivery], reserved: int) -> None:
+        """Deliver ``deliveries`` (already claimed), using the room ``reserve`` held."""
+
+
 class Ingress:
     """Turns submissions into stored messages."""
 
@@ -166,6 +183,9 @@ class Ingress:
         """Who may send as whom (replaced on reload)."""
         self.streams = streams
         """``(tenant, stream name)`` → the stream's settings, ``None`` if it has none."""
+        self.deliverer: Deliverer | None = None
+        """Takes the deliveries of a message due now as it is stored, when it has room and
+        the store can claim them in the same transaction (no separate claim round trip)."""
         self.observers: list[Callable[[Message, Sequence[str]], None]] = []
         """Called with each accepted message and its recipients, after the durable write
         (metrics)."""
@@ -229,16 +249,38 @@ class Ingress:
         )
         # A scheduled message gets its whole lifetime from the time it is due.
         starts = now if not_before is None else max(now, not_before)
-        await self.store.enqueue(
-            message,
-            submission.recipients,
-            expires_at=starts + self.lifetime,
-            not_before=not_before,
-            meta=submission.meta,
-            idempotency=idempotency,
-            broadcast=stream.broadcast,
-        )
-        self.on_enqueued()
+        recipients = submission.recipients
+        deliverer = self.deliverer
+        if (
+            deliverer is not None
+            and not_before is None
+            and not stream.broadcast
+            and self.store.claims_on_enqueue
+            and deliverer.reserve(len(recipients))
+        ):
+            try:
+                deliveries = await self.store.enqueue_claimed(
+                    message,
+                    recipients,
+                    expires_at=starts + self.lifetime,
+                    meta=submission.meta,
+                    idempotency=idempotency,
+                )
+            except BaseException:
+                deliverer.release(len(recipients))
+                raise
+            deliverer.hand_off(message, deliveries, len(recipients))
+        else:
+            await self.store.enqueue(
+                message,
+                recipients,
+                expires_at=starts + self.lifetime,
+                not_before=not_before,
+                meta=submission.meta,
+                idempotency=idempotency,
+                broadcast=stream.broadcast,
+            )
+            self.on_enqueued()
         for observe in self.observers:
             observe(message, submission.recipients)
         return message

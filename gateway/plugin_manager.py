@@ -136,14 +136,18 @@ def _call_impl(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
 
 
 async def _run(impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> Any:
-    started = time.perf_counter()
+    # Run for every plugin on every message: the clock and the awaitable check only when
+    # they can matter.
+    tracing = log.isEnabledFor(logging.DEBUG)
+    started = time.perf_counter() if tracing else 0.0
     try:
         result = _call_impl(impl, kwargs)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             result = await result
     except Exception as e:
         raise HookError(impl.plugin_name, hook_name, e) from e
-    _trace(hook_name, impl, started, result)
+    if tracing:
+        _trace(hook_name, impl, started, result)
     return result
 
 
@@ -192,14 +196,13 @@ async def call_all(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> l
 
 
 def _trace(hook_name: str, impl: pluggy.HookImpl, started: float, result: Any) -> None:
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "%s[%s] %.3f ms -> %r",
-            hook_name,
-            impl.plugin_name,
-            (time.perf_counter() - started) * 1000,
-            result,
-        )
+    log.debug(
+        "%s[%s] %.3f ms -> %r",
+        hook_name,
+        impl.plugin_name,
+        (time.perf_counter() - started) * 1000,
+        result,
+    )
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[tuple[str, str, list[str]]]:

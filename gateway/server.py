@@ -161,6 +161,7 @@ class Gateway:
             senders=SenderPolicy(config.tenants),
             streams=functools.partial(stream_section, config),
         )
+        self.ingress.deliverer = self.dispatcher
         self.ingress.observers.append(self.metrics.message_accepted)
         auth = config.smtp.auth
         self.passwords = PasswordChecker(auth.password_workers, auth.password_queue)

@@ -445,12 +445,25 @@ class TenantDirectory:
             if user.stream
         }
         self._cache = CredentialCache()
+        self._tenant_of_address: dict[str, str | None] = {}
 
     def stream_of(self, username: bytes | None) -> str:
         """The SMTP user's default message stream ("" when it has none)."""
         return self._streams.get(username, "") if username else ""
 
     def tenant_for_address(self, address: str) -> str | None:
+        # Asked at connect and at every MAIL: parsing the address is most of the cost.
+        try:
+            return self._tenant_of_address[address]
+        except KeyError:
+            pass
+        tenant = self._find_tenant(address)
+        if len(self._tenant_of_address) >= _ADDRESS_CACHE_SIZE:
+            self._tenant_of_address.clear()
+        self._tenant_of_address[address] = tenant
+        return tenant
+
+    def _find_tenant(self, address: str) -> str | None:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -46,6 +46,9 @@ _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
 
 
+_MAX_CHILDREN = 10_000
+
+
 class GatewayMetrics:
     """The gateway's metrics and the hook implementations that move them."""
 
@@ -175,19 +178,31 @@ class GatewayMetrics:
             registry=r,
         )
         self._routes: dict[int, str] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.recent_events: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
         """The latest events this worker saw, newest last (the console shows them)."""
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: ``labels()`` checks and locks on every
+        call, and these move per message or per connection."""
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # --- moved by what happens -----------------------------------------------------------------
 
     def message_accepted(self, message: Message, recipients: Sequence[str]) -> None:
-        self.accepted.labels(message.tenant, message.stream, message.source).inc()
-        self.recipients.labels(message.tenant).inc(len(recipients))
+        self._child(self.accepted, message.tenant, message.stream, message.source).inc()
+        self._child(self.recipients, message.tenant).inc(len(recipients))
 
     def session_changed(self, listener: str, open_sessions: int, opened: bool) -> None:
         if opened:
-            self.smtp_sessions.labels(listener).inc()
-        self.smtp_sessions_open.labels(listener).set(open_sessions)
+            self._child(self.smtp_sessions, listener).inc()
+        self._child(self.smtp_sessions_open, listener).set(open_sessions)
 
     def smtp_limit_hit(self, listener: str, limit: str) -> None:
         self.smtp_limits.labels(listener, limit).inc()
@@ -213,10 +228,10 @@ class GatewayMetrics:
     @hookimpl
     def gateway_event(self, event: Event) -> None:
         self.recent_events.append(event)
-        self.events.labels(event.tenant, event.stream, event.type).inc()
+        self._child(self.events, event.tenant, event.stream, event.type).inc()
         if event.type in _DELIVERY_EVENTS and event.delivery_id:
             route = event.provider or "-"
-            self.deliveries.labels(event.tenant, event.stream, route, event.type).inc()
+            self._child(self.deliveries, event.tenant, event.stream, route, event.type).inc()
             if event.type == "delivered":
                 # gateway_delivery_result (next) knows the message's age but not the route.
                 self._routes[event.delivery_id] = event.provider or "-"
@@ -226,7 +241,9 @@ class GatewayMetrics:
         route = self._routes.pop(delivery.id, None)
         if status == DeliveryStatus.DELIVERED.value:
             age = max(0.0, self.gateway.clock.now() - message.created_at)
-            self.latency.labels(message.tenant, route or delivery.provider or "-").observe(age)
+            self._child(self.latency, message.tenant, route or delivery.provider or "-").observe(
+                age
+            )
         elif status in (DeliveryStatus.EXPIRED.value, DeliveryStatus.SKIPPED.value):
             route = delivery.provider or "-"
             self.deliveries.labels(message.tenant, message.stream, route, status).inc()

@@ -299,6 +299,24 @@ class Store(abc.ABC):
         ``broadcast`` puts the deliveries in the broadcast lane (see ``claim``).
         """
 
+    claims_on_enqueue = False
+    """Whether ``enqueue_claimed`` works: the deliveries of a new message can be claimed by
+    this process in the transaction that stores it."""
+
+    async def enqueue_claimed(
+        self,
+        message: Message,
+        recipients: Sequence[str],
+        *,
+        expires_at: float,
+        meta: MessageMeta | None = None,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> list[Delivery]:
+        """``enqueue`` of a message due now, its deliveries returned already ``sending``
+        (claimed by this process, which must deliver them, as after ``claim``); one
+        transaction, one fsync. Only where ``claims_on_enqueue``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot claim on enqueue")
+
     @abc.abstractmethod
     async def recover(self, now: float) -> int:
         """Return deliveries left in ``sending`` by a dead process to the queue; count them."""

@@ -442,6 +442,8 @@ class SqliteStore(Store):
             )
         )
 
+    claims_on_enqueue = True
+
     async def enqueue(
         self,
         message: Message,
@@ -453,35 +455,80 @@ class SqliteStore(Store):
         idempotency: IdempotencyClaim | None = None,
         broadcast: bool = False,
     ) -> list[Delivery]:
-        shard = self.write_shard
         due = message.created_at if not_before is None else not_before
-        lane = BROADCAST_LANE if broadcast else TRANSACTIONAL_LANE
+        insert = self._insert_op(
+            message,
+            recipients,
+            status=DeliveryStatus.QUEUED,
+            due=due,
+            expires_at=expires_at,
+            lane=BROADCAST_LANE if broadcast else TRANSACTIONAL_LANE,
+            meta=meta,
+            not_before=not_before,
+            idempotency=idempotency,
+        )
+        return await self._on(self.write_shard, insert)
+
+    async def enqueue_claimed(
+        self,
+        message: Message,
+        recipients: Sequence[str],
+        *,
+        expires_at: float,
+        meta: MessageMeta | None = None,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> list[Delivery]:
+        # ``sending`` from the start: a crash before the outcome is recorded leaves them to
+        # ``recover``, exactly like deliveries claimed a moment after being queued.
+        insert = self._insert_op(
+            message,
+            recipients,
+            status=DeliveryStatus.SENDING,
+            due=message.created_at,
+            expires_at=expires_at,
+            lane=TRANSACTIONAL_LANE,
+            meta=meta,
+            not_before=None,
+            idempotency=idempotency,
+        )
+        return await self._on(self.write_shard, insert)
+
+    def _insert_op(
+        self,
+        message: Message,
+        recipients: Sequence[str],
+        *,
+        status: DeliveryStatus,
+        due: float,
+        expires_at: float,
+        lane: int,
+        meta: MessageMeta | None,
+        not_before: float | None,
+        idempotency: IdempotencyClaim | None,
+    ) -> Callable[[sqlite3.Connection], list[Delivery]]:
+        shard = self.write_shard
+        message_row = (
+            message.id,
+            message.tenant,
+            message.source,
+            message.mail_from,
+            int(message.smtp_utf8),
+            message.created_at,
+            message.raw,
+            message.stream,
+        )
 
         def insert(conn: sqlite3.Connection) -> list[Delivery]:
-            conn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.id,
-                    message.tenant,
-                    message.source,
-                    message.mail_from,
-                    int(message.smtp_utf8),
-                    message.created_at,
-                    message.raw,
-                    message.stream,
-                ),
-            )
+            conn.execute(_INSERT_MESSAGE, message_row)
             deliveries = []
             for recipient in recipients:
                 cursor = conn.execute(
-                    "INSERT INTO deliveries (message_id, recipient, domain, status,"
-                    " next_attempt_at, expires_at, updated_at, lane)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INSERT_DELIVERY,
                     (
                         message.id,
                         recipient,
                         recipient.rpartition("@")[2].lower(),
-                        DeliveryStatus.QUEUED.value,
+                        status.value,
                         due,
                         expires_at,
                         message.created_at,
@@ -494,11 +541,12 @@ class SqliteStore(Store):
                         id=cursor.lastrowid,
                         message_id=message.id,
                         recipient=recipient,
-                        status=DeliveryStatus.QUEUED,
+                        status=status,
                         next_attempt_at=due,
                         expires_at=expires_at,
                         updated_at=message.created_at,
                         shard=shard,
+                        broadcast=lane == BROADCAST_LANE,
                     )
                 )
             if meta is not None or not_before is not None:
@@ -507,7 +555,7 @@ class SqliteStore(Store):
                 sqlite_api.insert_idempotency(conn, idempotency, message.id, message.created_at)
             return deliveries
 
-        return await self._on(shard, insert)
+        return insert
 
     async def recover(self, now: float) -> int:
         def requeue(conn: sqlite3.Connection, shard: int) -> int:
@@ -938,6 +986,11 @@ def _update_elsewhere(paths: list[Path], sql: str, args: tuple[Any, ...]) -> boo
     return False
 
 
+_INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (message_id, recipient, domain, status,"
+    " next_attempt_at, expires_at, updated_at, lane) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _CLAIM_LANE = (
     "UPDATE deliveries SET status = ?, updated_at = ? WHERE id IN ("
     " SELECT id FROM deliveries WHERE status IN ('queued', 'deferred') AND lane = ?"

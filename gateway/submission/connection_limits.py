@@ -11,6 +11,7 @@ IPv6 clients are counted per ``ipv6_prefix`` network, since one host may hold a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -27,6 +28,7 @@ that stops reading must not keep a file descriptor)."""
 _MAX_RATE_KEYS = 100_000
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(address: str, ipv6_prefix: int) -> str:
     """What a client is counted as: its IPv4 address, or its IPv6 network of ``ipv6_prefix``."""
     try:

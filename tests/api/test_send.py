@@ -268,6 +268,7 @@ def test_a_local_store_fault_is_503_and_nothing_is_lost(api: Api, monkeypatch) -
         raise StoreError("disk full")
 
     monkeypatch.setattr(api.gw.gateway.store, "enqueue", broken)
+    monkeypatch.setattr(api.gw.gateway.store, "enqueue_claimed", broken)
     with api.client(key="sender") as client:
         response = client.post("/v1/messages", json=MESSAGE)
     assert response.status_code == 503

@@ -4,6 +4,7 @@ ed25519, over SMTP and HTTP. Keys are generated per test; none is committed."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import smtplib
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from gateway_plugins.dkim import (
+    _PLACEHOLDER,
+    HEADER_NAME,
     Settings,
     Signer,
     dns_txt_record,
@@ -24,6 +27,7 @@ from gateway_plugins.dkim import (
     relaxed_header_value,
     split_message,
 )
+from gateway_plugins.dkim import _with_b_value as _with_b_value
 
 from gateway.clock import FakeClock
 from gateway.config import ConfigError
@@ -364,3 +368,18 @@ def test_sighup_reloads_the_keys_so_a_rotation_signs_without_a_restart(
     assert send_one() == [b"ed2025", b"rsa2026"]
     keys.records[new.record_name] = new.record
     assert all(verify_with_dkimpy(sink.messages[-1].data, keys))
+
+
+@pytest.mark.parametrize("b_length", [0, 1, 67, 68, 69, 70, 71, 138, 139, 140, 141, 142, 344, 88])
+@pytest.mark.parametrize("headers", [1, 3, 8])
+def test_signature_fields_are_folded_exactly_as_dkimpy_folds_them(
+    b_length: int, headers: int
+) -> None:
+    """The b= value is folded from the placeholder's fold, not folded again: same bytes."""
+    names = b" : ".join([b"from", b"to", b"subject", b"list-unsubscribe-post"][:headers] * 2)
+    head = b"v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=rsa2025; t=1767225600; "
+    head += b"h=" + names + b"; bh=" + base64.b64encode(b"x" * 32) + b"; b="
+    folded = dkim.fold(head + _PLACEHOLDER, namelen=len(HEADER_NAME))
+    b_value = (b"AbCd+/09" * 50)[:b_length]
+    expected = dkim.fold(head + b_value + b"\r\n", namelen=len(HEADER_NAME))
+    assert _with_b_value(folded, head, b_value) == expected

@@ -74,6 +74,32 @@ async def test_recover_returns_sending_deliveries_to_the_queue(tmp_path: Path) -
         await second.close()
 
 
+async def test_a_message_claimed_as_it_is_stored_is_fsyncd_and_recovered_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "spool"
+    first = await opened(directory)
+    unsynced = first.stats()["unsynced_commits"]
+    deliveries = await first.enqueue_claimed(
+        message(1), ["a@example.org", "b@example.org"], expires_at=T0 + HOUR
+    )
+    assert first.claims_on_enqueue
+    assert [d.status for d in deliveries] == [DeliveryStatus.SENDING] * 2
+    assert first.stats()["unsynced_commits"] == unsynced, "one fsync'd commit, as an enqueue"
+    assert await first.claim(T0, limit=10) == [], "already claimed: nobody else takes them"
+    assert await first.next_due() is None
+    await first.close()  # the process dies before the outcome is recorded
+
+    second = await opened(directory)
+    try:
+        assert await second.recover(T0 + 5) == 2
+        again = await second.claim(T0 + 5, limit=10)
+        assert sorted(c.delivery.recipient for c in again) == ["a@example.org", "b@example.org"]
+        assert again[0].message.raw == message(1).raw
+    finally:
+        await second.close()
+
+
 # --- group commit --------------------------------------------------------------------------
 
 
