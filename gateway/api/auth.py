@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
@@ -107,3 +108,9 @@ def requires(scope: Scope) -> Guard:
         connection.state.api_key = key
 
     return guard
+
+
+def request_tenant(request: Request[Any, Any, Any]) -> str:
+    """The tenant of the API key that authenticated ``request`` (set by the key guard)."""
+    tenant: str = request.state.api_key.tenant
+    return tenant

@@ -38,7 +38,7 @@ from gateway_plugins.audience.store import AudienceStore, Conflict, ContactChang
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from gateway.api.auth import requires
+from gateway.api.auth import request_tenant, requires
 from gateway.api.problems import Problem, decode_json
 from gateway.events import ContactEvent, ContactEventKind, publish_contact_event
 from gateway.message import DeliveryStatus
@@ -300,7 +300,8 @@ def decode_cursor(cursor: str | None) -> int:
     )
 
 
-def _next(rows: list[Any], limit: int) -> str | None:
+def next_cursor(rows: list[Any], limit: int) -> str | None:
+    """The cursor of the page after ``rows``; ``None`` when this page was the last."""
     return encode_cursor(rows[-1].id) if len(rows) == limit else None
 
 
@@ -327,11 +328,6 @@ def _store(request: Request[Any, Any, Any]) -> AudienceStore:
     return audience_of(request.app.state.api.gateway).store
 
 
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    tenant: str = request.state.api_key.tenant
-    return tenant
-
-
 def _not_found(e: NotFound) -> Problem:
     return Problem(404, "not-found", "Not found", str(e))
 
@@ -356,7 +352,7 @@ async def _publish(
         gateway,
         ContactEvent(
             type=kind,
-            tenant=_tenant(request),
+            tenant=request_tenant(request),
             contact_id=contact_id,
             email=email,
             at=gateway.clock.now(),
@@ -384,9 +380,11 @@ class ContactsController(Controller):
         limit: Limit = 100,
     ) -> ContactPage:
         rows = await _store(request).list_contacts(
-            _tenant(request), after=decode_cursor(cursor), limit=limit, status=status
+            request_tenant(request), after=decode_cursor(cursor), limit=limit, status=status
         )
-        return ContactPage(data=[contact_view(c) for c in rows], next_cursor=_next(rows, limit))
+        return ContactPage(
+            data=[contact_view(c) for c in rows], next_cursor=next_cursor(rows, limit)
+        )
 
     @post(
         "/",
@@ -398,7 +396,7 @@ class ContactsController(Controller):
         body = decode_json(await request.body(), ContactIn)
         try:
             contact, created = await _store(request).upsert_contact(
-                _tenant(request), body.email, _changes(body, "")
+                request_tenant(request), body.email, _changes(body, "")
             )
         except AddressError as e:
             raise Problem.invalid("email", str(e)) from None
@@ -416,7 +414,7 @@ class ContactsController(Controller):
         checked = [
             (item, _changes(item, f"contacts[{i}].")) for i, item in enumerate(body.contacts)
         ]
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         created = updated = 0
         views: list[ContactView] = []
         for i, (item, changes) in enumerate(checked):
@@ -432,7 +430,9 @@ class ContactsController(Controller):
     @get("/{contact_id:int}", guards=[requires("read")], summary="One contact")
     async def show(self, request: Request[Any, Any, Any], contact_id: FromPath[int]) -> ContactView:
         try:
-            return contact_view(await _store(request).get_contact(_tenant(request), contact_id))
+            return contact_view(
+                await _store(request).get_contact(request_tenant(request), contact_id)
+            )
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -448,7 +448,7 @@ class ContactsController(Controller):
         body = decode_json(await request.body(), ContactPatch)
         try:
             contact = await _store(request).update_contact(
-                _tenant(request), contact_id, _changes(body, "")
+                request_tenant(request), contact_id, _changes(body, "")
             )
         except NotFound as e:
             raise _not_found(e) from None
@@ -457,7 +457,7 @@ class ContactsController(Controller):
     @delete("/{contact_id:int}", guards=[requires("admin")], summary="Delete a contact")
     async def remove(self, request: Request[Any, Any, Any], contact_id: FromPath[int]) -> None:
         try:
-            await _store(request).delete_contact(_tenant(request), contact_id)
+            await _store(request).delete_contact(request_tenant(request), contact_id)
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -476,7 +476,7 @@ class ContactsController(Controller):
         summary="Erase a contact (GDPR): personal data removed, the address kept only hashed",
     )
     async def erase(self, request: Request[Any, Any, Any], contact_id: FromPath[int]) -> Erased:
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         try:
             contact = await store.erase_contact(tenant, contact_id)
         except NotFound as e:
@@ -504,7 +504,7 @@ class ContactsController(Controller):
 
 async def contact_timeline(request: Request[Any, Any, Any], contact_id: int) -> Timeline:
     """A contact with its subscriptions, topics, consent log and deliveries."""
-    store, tenant = _store(request), _tenant(request)
+    store, tenant = _store(request), request_tenant(request)
     try:
         contact = await store.get_contact(tenant, contact_id)
     except NotFound as e:
@@ -567,9 +567,9 @@ class ListsController(Controller):
         limit: Limit = 100,
     ) -> ListPage:
         rows = await _store(request).list_lists(
-            _tenant(request), after=decode_cursor(cursor), limit=limit
+            request_tenant(request), after=decode_cursor(cursor), limit=limit
         )
-        return ListPage(data=[list_view(m) for m in rows], next_cursor=_next(rows, limit))
+        return ListPage(data=[list_view(m) for m in rows], next_cursor=next_cursor(rows, limit))
 
     @post("/", guards=[requires("admin")], summary="Create a list", opt={"body": ListIn})
     async def create(self, request: Request[Any, Any, Any]) -> ListView:
@@ -577,14 +577,16 @@ class ListsController(Controller):
         fields = _unset_removed(body)
         name = fields.pop("name")
         try:
-            return list_view(await _store(request).create_list(_tenant(request), name, **fields))
+            return list_view(
+                await _store(request).create_list(request_tenant(request), name, **fields)
+            )
         except Conflict as e:
             raise _conflict(e) from None
 
     @get("/{list_id:int}", guards=[requires("read")], summary="One list")
     async def show(self, request: Request[Any, Any, Any], list_id: FromPath[int]) -> ListView:
         try:
-            return list_view(await _store(request).get_list(_tenant(request), list_id))
+            return list_view(await _store(request).get_list(request_tenant(request), list_id))
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -597,7 +599,9 @@ class ListsController(Controller):
     async def change(self, request: Request[Any, Any, Any], list_id: FromPath[int]) -> ListView:
         fields = _unset_removed(decode_json(await request.body(), ListPatch))
         try:
-            return list_view(await _store(request).update_list(_tenant(request), list_id, **fields))
+            return list_view(
+                await _store(request).update_list(request_tenant(request), list_id, **fields)
+            )
         except NotFound as e:
             raise _not_found(e) from None
         except Conflict as e:
@@ -608,7 +612,7 @@ class ListsController(Controller):
     )
     async def remove(self, request: Request[Any, Any, Any], list_id: FromPath[int]) -> None:
         try:
-            await _store(request).delete_list(_tenant(request), list_id)
+            await _store(request).delete_list(request_tenant(request), list_id)
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -629,7 +633,7 @@ class ListsController(Controller):
             raise Problem.invalid(
                 "status", "use DELETE …/subscriptions/{contact_id} to unsubscribe"
             )
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         consent = body.consent or ConsentIn()
         evidence = ConsentEvidence(
             method="api",
@@ -676,7 +680,7 @@ class ListsController(Controller):
     async def unsubscribe(
         self, request: Request[Any, Any, Any], list_id: FromPath[int], contact_id: FromPath[int]
     ) -> SubscriptionView:
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         try:
             contact = await store.get_contact(tenant, contact_id)
             subscription, changed = await store.unsubscribe(
@@ -710,23 +714,25 @@ class TopicsController(Controller):
         limit: Limit = 100,
     ) -> TopicPage:
         rows = await _store(request).list_topics(
-            _tenant(request), after=decode_cursor(cursor), limit=limit
+            request_tenant(request), after=decode_cursor(cursor), limit=limit
         )
-        return TopicPage(data=[topic_view(t) for t in rows], next_cursor=_next(rows, limit))
+        return TopicPage(data=[topic_view(t) for t in rows], next_cursor=next_cursor(rows, limit))
 
     @post("/", guards=[requires("admin")], summary="Create a topic", opt={"body": TopicIn})
     async def create(self, request: Request[Any, Any, Any]) -> TopicView:
         fields = _unset_removed(decode_json(await request.body(), TopicIn))
         name = fields.pop("name")
         try:
-            return topic_view(await _store(request).create_topic(_tenant(request), name, **fields))
+            return topic_view(
+                await _store(request).create_topic(request_tenant(request), name, **fields)
+            )
         except Conflict as e:
             raise _conflict(e) from None
 
     @get("/{topic_id:int}", guards=[requires("read")], summary="One topic")
     async def show(self, request: Request[Any, Any, Any], topic_id: FromPath[int]) -> TopicView:
         try:
-            return topic_view(await _store(request).get_topic(_tenant(request), topic_id))
+            return topic_view(await _store(request).get_topic(request_tenant(request), topic_id))
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -740,7 +746,7 @@ class TopicsController(Controller):
         fields = _unset_removed(decode_json(await request.body(), TopicPatch))
         try:
             return topic_view(
-                await _store(request).update_topic(_tenant(request), topic_id, **fields)
+                await _store(request).update_topic(request_tenant(request), topic_id, **fields)
             )
         except NotFound as e:
             raise _not_found(e) from None
@@ -752,7 +758,7 @@ class TopicsController(Controller):
     )
     async def remove(self, request: Request[Any, Any, Any], topic_id: FromPath[int]) -> None:
         try:
-            await _store(request).delete_topic(_tenant(request), topic_id)
+            await _store(request).delete_topic(request_tenant(request), topic_id)
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -766,7 +772,7 @@ class TopicsController(Controller):
         self, request: Request[Any, Any, Any], topic_id: FromPath[int], contact_id: FromPath[int]
     ) -> TopicPreferenceView:
         body = decode_json(await request.body(), TopicPreferenceIn)
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         try:
             contact = await store.get_contact(tenant, contact_id)
             preference = await store.set_topic(
@@ -856,16 +862,18 @@ class SegmentsController(Controller):
         limit: Limit = 100,
     ) -> SegmentPage:
         rows = await _store(request).list_segments(
-            _tenant(request), after=decode_cursor(cursor), limit=limit
+            request_tenant(request), after=decode_cursor(cursor), limit=limit
         )
-        return SegmentPage(data=[segment_view(x) for x in rows], next_cursor=_next(rows, limit))
+        return SegmentPage(
+            data=[segment_view(x) for x in rows], next_cursor=next_cursor(rows, limit)
+        )
 
     @post("/", guards=[requires("admin")], summary="Save a segment", opt={"body": SegmentIn})
     async def create(self, request: Request[Any, Any, Any]) -> SegmentView:
         body = decode_json(await request.body(), SegmentIn)
         try:
             segment = await _store(request).create_segment(
-                _tenant(request), body.name, list_id=body.list_id, filter=body.filter
+                request_tenant(request), body.name, list_id=body.list_id, filter=body.filter
             )
         except SegmentError as e:
             raise _invalid_filter(e) from None
@@ -889,7 +897,9 @@ class SegmentsController(Controller):
     @get("/{segment_id:int}", guards=[requires("read")], summary="One segment")
     async def show(self, request: Request[Any, Any, Any], segment_id: FromPath[int]) -> SegmentView:
         try:
-            return segment_view(await _store(request).get_segment(_tenant(request), segment_id))
+            return segment_view(
+                await _store(request).get_segment(request_tenant(request), segment_id)
+            )
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -905,7 +915,7 @@ class SegmentsController(Controller):
         sample: Annotated[int, QueryParameter(ge=0, le=100)] = 10,
     ) -> SegmentCount:
         try:
-            segment = await _store(request).get_segment(_tenant(request), segment_id)
+            segment = await _store(request).get_segment(request_tenant(request), segment_id)
         except NotFound as e:
             raise _not_found(e) from None
         return await _count(request, segment.filter, segment.list_id, sample)
@@ -921,7 +931,9 @@ class SegmentsController(Controller):
     ) -> SegmentView:
         fields = _unset_removed(decode_json(await request.body(), SegmentPatch))
         try:
-            segment = await _store(request).update_segment(_tenant(request), segment_id, **fields)
+            segment = await _store(request).update_segment(
+                request_tenant(request), segment_id, **fields
+            )
         except SegmentError as e:
             raise _invalid_filter(e) from None
         except NotFound as e:
@@ -935,7 +947,7 @@ class SegmentsController(Controller):
     @delete("/{segment_id:int}", guards=[requires("admin")], summary="Delete a segment")
     async def remove(self, request: Request[Any, Any, Any], segment_id: FromPath[int]) -> None:
         try:
-            await _store(request).delete_segment(_tenant(request), segment_id)
+            await _store(request).delete_segment(request_tenant(request), segment_id)
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -943,7 +955,7 @@ class SegmentsController(Controller):
 async def _count(
     request: Request[Any, Any, Any], tree: dict[str, Any], list_id: int | None, sample: int
 ) -> SegmentCount:
-    store, tenant = _store(request), _tenant(request)
+    store, tenant = _store(request), request_tenant(request)
     try:
         if list_id is not None:
             await store.get_list(tenant, list_id)

@@ -28,7 +28,7 @@ from gateway_plugins.automation.store import (
 from litestar import Controller, Request, Response, get, post, put
 from litestar.params import FromPath, FromQuery
 
-from gateway.api.auth import requires
+from gateway.api.auth import request_tenant, requires
 from gateway.api.problems import FieldError, Problem, decode_json
 
 EventName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
@@ -138,11 +138,6 @@ def enrolment_view(e: Enrolment, path: list[PathEntry]) -> EnrolmentView:
     )
 
 
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    tenant: str = request.state.api_key.tenant
-    return tenant
-
-
 def _gateway(request: Request[Any, Any, Any]) -> Any:
     return request.app.state.api.gateway
 
@@ -177,7 +172,7 @@ class EventsController(Controller):
     @post("/", guards=[requires("send")], summary="Record a contact event", opt={"body": EventIn})
     async def record(self, request: Request[Any, Any, Any]) -> Response[EventResult]:
         body = decode_json(await request.body(), EventIn)
-        tenant, gateway = _tenant(request), _gateway(request)
+        tenant, gateway = request_tenant(request), _gateway(request)
         audience = audience_of(gateway).store
         if (body.contact_id is None) == (body.email is None):
             raise Problem.invalid("contact_id", "give the contact's id or its email, not both")
@@ -216,7 +211,7 @@ class FlowsController(Controller):
 
     @get("/", guards=[requires("read")], summary="List flows")
     async def index(self, request: Request[Any, Any, Any]) -> list[FlowView]:
-        return [flow_view(f) for f in await _store(request).list_flows(_tenant(request))]
+        return [flow_view(f) for f in await _store(request).list_flows(request_tenant(request))]
 
     @post(
         "/", guards=[requires("admin")], summary="Create a flow (version 1)", opt={"body": FlowIn}
@@ -225,7 +220,7 @@ class FlowsController(Controller):
         document = decode_json(await request.body(), dict[str, Any])
         flow = _checked(document)
         try:
-            row = await _store(request).create_flow(_tenant(request), flow, document)
+            row = await _store(request).create_flow(request_tenant(request), flow, document)
         except Conflict as e:
             raise Problem(409, "conflict", "Conflict", str(e), field="name") from None
         return Response(flow_view(row, definition=document), status_code=201)
@@ -234,7 +229,7 @@ class FlowsController(Controller):
     async def show(
         self, request: Request[Any, Any, Any], flow_id: FromPath[int], version: FromQuery[int] = 0
     ) -> FlowView:
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         try:
             row = await store.get_flow(tenant, flow_id)
             document = await store.document(tenant, flow_id, version or row.version)
@@ -253,7 +248,9 @@ class FlowsController(Controller):
         document = decode_json(await request.body(), dict[str, Any])
         flow = _checked(document)
         try:
-            row = await _store(request).new_version(_tenant(request), flow_id, flow, document)
+            row = await _store(request).new_version(
+                request_tenant(request), flow_id, flow, document
+            )
         except NotFound as e:
             raise _not_found(e) from None
         except Conflict as e:
@@ -274,7 +271,7 @@ class FlowsController(Controller):
 
 
 async def _status(request: Request[Any, Any, Any], flow_id: int, status: FlowStatus) -> FlowView:
-    store, tenant = _store(request), _tenant(request)
+    store, tenant = _store(request), request_tenant(request)
     try:
         row = await store.get_flow(tenant, flow_id)
         if row.status == "archived" and status != "archived":
@@ -297,7 +294,7 @@ class EnrolmentsController(Controller):
         self, request: Request[Any, Any, Any], contact_id: FromQuery[int]
     ) -> list[EnrolmentView]:
         store = _store(request)
-        enrolments = await store.enrolments_of(_tenant(request), contact_id)
+        enrolments = await store.enrolments_of(request_tenant(request), contact_id)
         return [enrolment_view(e, await store.path_of(e.id)) for e in enrolments]
 
 

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from gateway_plugins.audience import audience_of
-from gateway_plugins.audience.api import decode_cursor, encode_cursor
+from gateway_plugins.audience.api import Limit, decode_cursor, next_cursor
 from gateway_plugins.campaigns import campaigns_of
 from gateway_plugins.campaigns.campaign_model import (
     Campaign,
@@ -26,14 +26,13 @@ from gateway_plugins.campaigns.campaign_model import (
 from gateway_plugins.campaigns.campaign_store import CampaignStore
 from gateway_plugins.campaigns.template_store import NotFound
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery
 
-from gateway.api.auth import requires
+from gateway.api.auth import request_tenant, requires
 from gateway.api.mime import check_address
 from gateway.api.problems import PROBLEM_TYPE, Problem, decode_json
 from gateway.plugin_manager import call_all
 
-Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 MAX_SEEDS = 20
 
@@ -151,11 +150,11 @@ class CampaignsController(Controller):
         limit: Limit = 100,
     ) -> CampaignPage:
         rows = await _store(request).list_campaigns(
-            _tenant(request), after=decode_cursor(cursor), limit=limit
+            request_tenant(request), after=decode_cursor(cursor), limit=limit
         )
         return CampaignPage(
             data=[campaign_view(c) for c in rows],
-            next_cursor=encode_cursor(rows[-1].id) if len(rows) == limit else None,
+            next_cursor=next_cursor(rows, limit),
         )
 
     @post(
@@ -163,7 +162,7 @@ class CampaignsController(Controller):
     )
     async def create(self, request: Request[Any, Any, Any]) -> CampaignView:
         body = decode_json(await request.body(), CampaignIn)
-        tenant = _tenant(request)
+        tenant = request_tenant(request)
         await _check_references(request, tenant, body)
         try:
             sender = check_address(body.from_, "from").email
@@ -211,7 +210,7 @@ class CampaignsController(Controller):
         }
         if "window" in fields:
             fields["window"] = _window(fields["window"])
-        tenant = _tenant(request)
+        tenant = request_tenant(request)
         current = await _get(request, campaign_id)
         merged = CampaignIn(
             name=fields.get("name", current.name),
@@ -259,7 +258,7 @@ class CampaignsController(Controller):
     ) -> CampaignView:
         await _get(request, campaign_id)
         try:
-            paused = await _store(request).pause(_tenant(request), campaign_id)
+            paused = await _store(request).pause(request_tenant(request), campaign_id)
         except StateError as e:
             raise _state_problem(e) from None
         campaigns_of(request.app.state.api.gateway).checks.forget()
@@ -273,7 +272,7 @@ class CampaignsController(Controller):
     ) -> CampaignView:
         await _get(request, campaign_id)
         try:
-            resumed = await _store(request).resume(_tenant(request), campaign_id)
+            resumed = await _store(request).resume(request_tenant(request), campaign_id)
         except StateError as e:
             raise _state_problem(e) from None
         state = campaigns_of(request.app.state.api.gateway)
@@ -292,7 +291,7 @@ class CampaignsController(Controller):
     ) -> CampaignView:
         await _get(request, campaign_id)
         try:
-            cancelled, _ = await _store(request).cancel(_tenant(request), campaign_id)
+            cancelled, _ = await _store(request).cancel(request_tenant(request), campaign_id)
         except StateError as e:
             raise _state_problem(e) from None
         campaigns_of(request.app.state.api.gateway).checks.forget()
@@ -424,18 +423,13 @@ def _window(value: WindowIn | None) -> Window | None:
 
 async def _get(request: Request[Any, Any, Any], campaign_id: int) -> Campaign:
     try:
-        return await _store(request).get(_tenant(request), campaign_id)
+        return await _store(request).get(request_tenant(request), campaign_id)
     except NotFound as e:
         raise Problem(404, "not-found", "Not found", str(e)) from None
 
 
 def _store(request: Request[Any, Any, Any]) -> CampaignStore:
     return campaigns_of(request.app.state.api.gateway).campaigns
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    tenant: str = request.state.api_key.tenant
-    return tenant
 
 
 def _state_problem(e: StateError) -> Problem:

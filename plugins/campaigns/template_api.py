@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from gateway_plugins.audience import audience_of
 from gateway_plugins.audience.addresses import AddressError
-from gateway_plugins.audience.api import decode_cursor, encode_cursor
+from gateway_plugins.audience.api import Limit, decode_cursor, next_cursor
 from gateway_plugins.audience.model import Contact
 from gateway_plugins.campaigns import campaigns_of
 from gateway_plugins.campaigns.rendering import (
@@ -33,12 +33,11 @@ from gateway_plugins.campaigns.template_model import (
 )
 from gateway_plugins.campaigns.template_store import Conflict, NotFound, TemplateStore
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery
 
-from gateway.api.auth import requires
+from gateway.api.auth import request_tenant, requires
 from gateway.api.problems import Problem, decode_json
 
-Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=2000)]
 Subject = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
@@ -126,11 +125,11 @@ class TemplatesController(Controller):
         limit: Limit = 100,
     ) -> TemplatePage:
         rows = await _store(request).list_templates(
-            _tenant(request), after=decode_cursor(cursor), limit=limit
+            request_tenant(request), after=decode_cursor(cursor), limit=limit
         )
         return TemplatePage(
             data=[template_view(t) for t in rows],
-            next_cursor=encode_cursor(rows[-1].id) if len(rows) == limit else None,
+            next_cursor=next_cursor(rows, limit),
         )
 
     @post(
@@ -144,7 +143,7 @@ class TemplatesController(Controller):
         content = await _checked(request, body)
         try:
             template, version = await _store(request).create(
-                _tenant(request), body.name, content, body.description
+                request_tenant(request), body.name, content, body.description
             )
         except Conflict as e:
             raise Problem(409, "conflict", "Conflict", str(e), field="name") from None
@@ -154,7 +153,7 @@ class TemplatesController(Controller):
     async def show(
         self, request: Request[Any, Any, Any], template_id: FromPath[int]
     ) -> TemplateView:
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         try:
             template = await store.get(tenant, template_id)
             version = await store.version(tenant, template_id, template.latest_version)
@@ -174,7 +173,7 @@ class TemplatesController(Controller):
         body = decode_json(await request.body(), TemplatePatch)
         try:
             template = await _store(request).update(
-                _tenant(request), template_id, name=body.name, description=body.description
+                request_tenant(request), template_id, name=body.name, description=body.description
             )
         except NotFound as e:
             raise _not_found(e) from None
@@ -185,7 +184,7 @@ class TemplatesController(Controller):
     @delete("/{template_id:int}", guards=[requires("admin")], summary="Delete a template")
     async def remove(self, request: Request[Any, Any, Any], template_id: FromPath[int]) -> None:
         try:
-            await _store(request).delete(_tenant(request), template_id)
+            await _store(request).delete(request_tenant(request), template_id)
         except NotFound as e:
             raise _not_found(e) from None
 
@@ -198,7 +197,7 @@ class TemplatesController(Controller):
         self, request: Request[Any, Any, Any], template_id: FromPath[int]
     ) -> VersionList:
         try:
-            rows = await _store(request).versions(_tenant(request), template_id)
+            rows = await _store(request).versions(request_tenant(request), template_id)
         except NotFound as e:
             raise _not_found(e) from None
         return VersionList(data=[version_view(v) for v in rows])
@@ -215,7 +214,7 @@ class TemplatesController(Controller):
         body = decode_json(await request.body(), ContentIn)
         content = await _checked(request, body)
         settings = campaigns_of(request.app.state.api.gateway).settings
-        store, tenant = _store(request), _tenant(request)
+        store, tenant = _store(request), request_tenant(request)
         try:
             template = await store.get(tenant, template_id)
             if template.latest_version >= settings.max_versions:
@@ -238,7 +237,7 @@ class TemplatesController(Controller):
         self, request: Request[Any, Any, Any], template_id: FromPath[int], version: FromPath[int]
     ) -> VersionView:
         try:
-            found = await _store(request).version(_tenant(request), template_id, version)
+            found = await _store(request).version(request_tenant(request), template_id, version)
         except NotFound as e:
             raise _not_found(e) from None
         return version_view(found)
@@ -254,7 +253,7 @@ class TemplatesController(Controller):
         self, request: Request[Any, Any, Any], template_id: FromPath[int]
     ) -> PreviewView:
         body = decode_json(await request.body(), PreviewIn)
-        tenant = _tenant(request)
+        tenant = request_tenant(request)
         gateway = request.app.state.api.gateway
         try:
             version = await _store(request).version(tenant, template_id, body.version)
@@ -334,11 +333,6 @@ def refused_problem(e: TemplateRefused) -> Problem:
 
 def _store(request: Request[Any, Any, Any]) -> TemplateStore:
     return campaigns_of(request.app.state.api.gateway).templates
-
-
-def _tenant(request: Request[Any, Any, Any]) -> str:
-    tenant: str = request.state.api_key.tenant
-    return tenant
 
 
 def _not_found(e: NotFound) -> Problem:
